@@ -27,7 +27,9 @@ Choices the contract leaves to us, and what we chose
 - The reference sheet writes the GRPO advantage as (r_i - mu_G) / sigma_G without saying which
   std or where the guard goes: we use the unbiased std (divisor n - 1, ``torch.std``'s default,
   which is what TRL and verl compute) and add ``eps`` to the std, not to the variance.
-- A group whose scores are all equal gets advantage 0 for every scale (0 / (0 + eps)).
+- A group whose scores are all equal gets advantage exactly 0 for every scale (0 / (0 + eps)):
+  means are taken of the scores shifted by their group's minimum, so no rounding of the mean
+  leaves a residue of order 1e-16 / eps.
 - Groups are found by value of ``group_ids`` (``torch.unique``), so ids need not be contiguous,
   sorted, or of equal group size; no Python loop over groups or samples.
 - A group of one has no std and no leave-one-out baseline: a ValueError for every scale.
@@ -67,6 +69,14 @@ def _group_sum(x: Tensor, inverse: Tensor, n_groups: int) -> Tensor:
     return torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, inverse, x)
 
 
+def _shifted(scores: Tensor, inverse: Tensor, n_groups: int) -> Tensor:
+    """Scores minus their group's minimum: sums of these are exact for a constant group, so
+    an all-equal group gets advantage exactly 0 (the shifted-data algorithm for the mean)."""
+    low = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).scatter_reduce(
+        0, inverse, scores.detach(), "amin", include_self=False)
+    return scores - low[inverse]
+
+
 def _safe_sqrt(var: Tensor) -> Tensor:
     """sqrt with a finite gradient at 0 (same value as ``torch.sqrt``)."""
     positive = var > 0
@@ -90,8 +100,8 @@ def group_normalized_advantages(scores: Tensor, group_ids: Tensor, scale: str = 
     eps = _checks.positive("eps", eps, allow_zero=True)
 
     n = counts.to(scores.dtype)
-    mean = _group_sum(scores, inverse, len(counts)) / n                  # mean_g
-    centred = scores - mean[inverse]                                     # s_i - mean_g(i)
+    x = _shifted(scores, inverse, len(counts))                           # s_i - min_g
+    centred = x - (_group_sum(x, inverse, len(counts)) / n)[inverse]     # s_i - mean_g(i)
     if scale == "none":
         return centred
     if scale == "group":
@@ -112,6 +122,7 @@ def leave_one_out_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
     """
     inverse, counts = _groups(scores, group_ids)
     n = counts.to(scores.dtype)[inverse]
-    total = _group_sum(scores, inverse, len(counts))[inverse]
-    baseline = (total - scores) / (n - 1)                               # mean over j != i
-    return scores - baseline
+    x = _shifted(scores, inverse, len(counts))                          # s_i - min_g
+    total = _group_sum(x, inverse, len(counts))[inverse]
+    baseline = (total - x) / (n - 1)                                    # mean over j != i
+    return x - baseline

@@ -97,6 +97,10 @@ def randn(gen: torch.Generator, *shape, dtype=torch.float64, scale=1.0) -> torch
 
 def close(actual, expected, tol, what=""):
     """Assert ``actual`` equals ``expected`` within ``tol`` (absolute), with a readable message."""
+    if isinstance(actual, torch.Tensor):
+        actual = actual.detach()
+    if isinstance(expected, torch.Tensor):
+        expected = expected.detach()
     actual = torch.as_tensor(actual, dtype=torch.float64)
     expected = torch.as_tensor(expected, dtype=torch.float64)
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, but should be {tuple(expected.shape)}"
