@@ -340,7 +340,7 @@ class TabularPolicy:
         return Tuples(rows // C, rows % C, counts, False)
 
     def tuple_weights(self, tup: Tuples) -> Tensor:
-        """``(K,)``: exact probability of each row of ``tup`` under the current policy (detached)."""
+        """``(K,)``: exact probability of each row of ``tup`` under this policy (detached)."""
         p = self.probs().detach()
         w = self.prompt_weights
         member = p[tup.prompt, tup.completion].prod(dim=1)
@@ -355,17 +355,20 @@ class TabularPolicy:
         return {"logp": lp, "mask": self.tree.mask[tup.completion], "prompt": tup.prompt,
                 "completion": tup.completion}
 
-    def expected_gradient(self, surrogate, tup: Tuples) -> Tensor:
+    def expected_gradient(self, surrogate, tup: Tuples,
+                          sampler: "TabularPolicy | None" = None) -> Tensor:
         """Exact ``E[grad_theta L]`` over every row of ``tup``, ``(P, S, A)``.
 
         ``surrogate(batch) -> (K,)`` gives the loss of each row from ``self.batch(tup)``; the
         sampling probabilities are held fixed (the estimator is differentiated, not the
         distribution), which is what a trainer's ``loss.backward()`` on a sampled batch does.
+        Rows are drawn from ``sampler`` (default: this policy; PPO's behaviour policy otherwise).
         """
         losses = surrogate(self.batch(tup))
         if losses.shape != (len(tup),):
             raise ValueError(f"surrogate must return ({len(tup)},), got {tuple(losses.shape)}")
-        return self.grad((self.tuple_weights(tup) * losses).sum())
+        weights = (sampler or self).tuple_weights(tup)
+        return self.grad((weights * losses).sum())
 
     def ideal_normalized_gradient(self, scores: Tensor, per_prompt: bool = True) -> Tensor:
         """grad J / sigma: sigma the std of the score under pi, per prompt (``per_prompt``) or
