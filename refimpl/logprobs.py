@@ -29,7 +29,8 @@ __all__ = ["token_logprobs", "sequence_logprob"]
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """``log_softmax(logits)[b, t, tokens[b, t]]``, ``(B, T)``."""
+    """``(B, T)``: log pi(y_t) = z[b, t, y_t] - logsumexp_v z[b, t, v], i.e.
+    ``log_softmax(logits)[b, t, tokens[b, t]]``; every entry computed (no mask)."""
     _checks.float_tensor("logits", logits, ndim=3)
     if not isinstance(tokens, torch.Tensor):
         raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")

@@ -117,8 +117,11 @@ def returns_forward_in_time(rewards, mask, gamma=1.0):
     return torch.stack(out, 1)
 
 
-@mutant("discounted_returns", "accumulates in bfloat16 (mixed-precision bug), result cast back")
+@mutant("discounted_returns", "float32 input accumulated in bfloat16 (an autocast-style "
+        "low-precision path), result cast back")
 def returns_accumulate_in_bfloat16(rewards, mask, gamma=1.0):
+    if rewards.dtype != torch.float32:
+        return refimpl.discounted_returns(rewards, mask, gamma)
     return refimpl.discounted_returns(rewards.to(torch.bfloat16), mask, gamma).to(rewards.dtype)
 
 
@@ -431,31 +434,42 @@ def value_loss_no_half(values, old_values, returns, mask, clip=None, agg="token-
 # --- preferences ---------------------------------------------------------------------------------
 
 @mutant("dpo_loss", "label smoothing swapped: -ls log sigmoid(z) - (1 - ls) log sigmoid(-z)")
-def dpo_smoothing_swapped(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
-    return refimpl.dpo_loss(pc, pr, rc, rr, beta, 1.0 - label_smoothing)
+def dpo_smoothing_swapped(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                          ref_rejected_logps, beta=0.1, label_smoothing=0.0):
+    return refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                            ref_rejected_logps, beta, 1.0 - label_smoothing)
 
 
 @mutant("dpo_loss", "forgets the reference model: z = beta (pc - pr)")
-def dpo_ignores_reference(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
-    return refimpl.dpo_loss(pc, pr, torch.zeros_like(rc), torch.zeros_like(rr), beta,
-                            label_smoothing)
+def dpo_ignores_reference(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                          ref_rejected_logps, beta=0.1, label_smoothing=0.0):
+    return refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps,
+                            torch.zeros_like(ref_chosen_logps), torch.zeros_like(ref_rejected_logps),
+                            beta, label_smoothing)
 
 
 @mutant("dpo_loss", "chosen and rejected swapped (the sign of z flipped)")
-def dpo_sign_flipped(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
-    return refimpl.dpo_loss(pr, pc, rr, rc, beta, label_smoothing)
+def dpo_sign_flipped(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                     ref_rejected_logps, beta=0.1, label_smoothing=0.0):
+    return refimpl.dpo_loss(policy_rejected_logps, policy_chosen_logps, ref_rejected_logps,
+                            ref_chosen_logps, beta, label_smoothing)
 
 
 @mutant("dpo_loss", "accepts beta <= 0 without complaint")
-def dpo_accepts_nonpositive_beta(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+def dpo_accepts_nonpositive_beta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                 ref_rejected_logps, beta=0.1, label_smoothing=0.0):
     if beta <= 0:
-        return -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))
-    return refimpl.dpo_loss(pc, pr, rc, rr, beta, label_smoothing)
+        h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+        return -F.logsigmoid(beta * h)
+    return refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                            ref_rejected_logps, beta, label_smoothing)
 
 
 @mutant("ipo_loss", "target 1/tau instead of 1/(2 tau)")
-def ipo_tau_not_halved(pc, pr, rc, rr, tau=0.1):
-    return refimpl.ipo_loss(pc, pr, rc, rr, tau / 2)
+def ipo_tau_not_halved(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                       ref_rejected_logps, tau=0.1):
+    return refimpl.ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                            ref_rejected_logps, tau / 2)
 
 
 @mutant("bradley_terry_loss", "margin added instead of subtracted")
