@@ -44,10 +44,10 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token-mean",
               norm_len: float | None = None) -> Tensor:
     """Reduce a ``(B, T)`` per-token quantity x over its real tokens (mask m) to a scalar.
 
-    token-mean:               sum_{b,t} m x / sum_{b,t} m
-    seq-mean-token-mean:      (1/B) sum_b (sum_t m x / sum_t m)
-    seq-mean-token-sum:       (1/B) sum_b sum_t m x
-    seq-mean-token-sum-norm:  sum_{b,t} m x / (B * norm_len),   norm_len defaulting to T
+    token-mean:               out = sum_{b,t} m x / sum_{b,t} m
+    seq-mean-token-mean:      out = (1/B) sum_b (sum_t m x / sum_t m)
+    seq-mean-token-sum:       out = (1/B) sum_b sum_t m x
+    seq-mean-token-sum-norm:  out = sum_{b,t} m x / (B * norm_len),   norm_len defaulting to T
     """
     _checks.float_tensor("values", values, ndim=2)
     m = _checks.bool_mask(mask, values.shape)
