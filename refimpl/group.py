@@ -5,9 +5,10 @@ compared with the others of its group, so no critic is needed.
 
 Sources
 - GRPO: Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language
-  Models", 2024, arXiv:2402.03300, Sec. 4.1.2 (outcome supervision): A_i = (r_i - mean(r)) / std(r).
+  Models", 2024, arXiv:2402.03300, Sec. 4.1.2 (outcome supervision): A_i = (r_i - mean(r)) / std(r);
+  the objective it enters is Eq. 3 (Sec. 4.1.1).
 - Dr. GRPO: Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective", 2025,
-  arXiv:2503.20783, Sec. 3.1: dividing by std(r) biases the update towards questions whose
+  arXiv:2503.20783, Sec. 3.1-3.2: dividing by std(r) biases the update towards questions whose
   rewards vary little; Dr. GRPO drops the division (``scale="none"``).
 - Batch std: TRL's ``GRPOConfig.scale_rewards="batch"`` (trl 1.x, ``GRPOTrainer``): the group
   mean is subtracted and the std of all scores in the batch divides.

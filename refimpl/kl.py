@@ -13,11 +13,16 @@ Sources
 - The gradients of these estimators used as loss terms (what a trainer that adds
   ``beta * mean(k)`` to its loss actually optimises) differ from their values' expectations:
   Tang & Munos, "On a Few Pitfalls in KL Divergence Gradient Estimation for RL", 2025,
-  arXiv:2506.09477. ``refimpl.tabular`` computes those expected gradients exactly.
+  arXiv:2506.09477; Liu, Liu, Chen, Liu, "Rethinking KL Regularization in RLHF: From Value
+  Estimation to Gradient Optimization", 2025, arXiv:2510.01555. As a loss term on tokens drawn
+  from pi, k1's expected gradient is 0, k2's is the per-state gradient of KL(pi || pi_ref), and
+  k3's is the per-state gradient of the *forward* KL(pi_ref || pi); ``tests/test_exact_kl.py``
+  verifies all three exactly on ``refimpl.tabular``.
 - Reward shaping r_t = -beta * KL_t, plus the score at the last token: Ziegler et al.,
-  "Fine-Tuning Language Models from Human Preferences", 2019, arXiv:1909.08593, Sec. 2.2 (Eq. 2);
-  Ouyang et al., InstructGPT, 2022, arXiv:2203.02155, Sec. 3.5 (Eq. 2); REINFORCE++ (Hu 2025,
-  arXiv:2501.03262, Sec. 3) puts it per token as here.
+  "Fine-Tuning Language Models from Human Preferences", 2019, arXiv:1909.08593, Sec. 2
+  (R = r - beta log(pi / rho)); Stiennon et al., "Learning to Summarize from Human Feedback",
+  2020, arXiv:2009.01325, Sec. 3.4; REINFORCE++ (Hu et al., arXiv:2501.03262v9, Sec. 3.1, Eq. 4)
+  puts the k1 penalty on every token as here.
 
 Choices the contract leaves to us, and what we chose
 - No clamping of l or of the estimate (some frameworks clamp k3 to [-10, 10]; that is their

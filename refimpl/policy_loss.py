@@ -8,10 +8,11 @@ Sources
 - PPO clipped surrogate: Schulman, Wolski, Dhariwal, Radford, Klimov, "Proximal Policy
   Optimization Algorithms", 2017, arXiv:1707.06347, Sec. 3, Eq. 7:
   L^CLIP = E[ min(r A, clip(r, 1 - eps, 1 + eps) A) ],  r = pi_theta / pi_old.
-- Clip-higher (an upper bound 1 + eps_high wider than the lower 1 - eps_low): Yu et al., "DAPO",
-  2025, arXiv:2503.14476, Sec. 3.1, Eq. 10.
+- Clip-higher (an upper bound 1 + eps_high wider than the lower 1 - eps_low): Yu et al., "DAPO:
+  An Open-Source LLM Reinforcement Learning System at Scale", 2025, arXiv:2503.14476, Sec. 3.1
+  ("Clip-Higher"; the full objective is its Eq. 8).
 - Dual clip (a floor c * A on the objective when A < 0, c > 1): Ye et al., "Mastering Complex
-  Control in MOBA Games with Deep Reinforcement Learning", AAAI 2020, arXiv:1912.09729, Sec. 3.3.
+  Control in MOBA Games with Deep Reinforcement Learning", AAAI 2020, arXiv:1912.09729, Eq. 5.
 
 Notation
 | symbol   | argument     | shape          | meaning                                         |
@@ -88,7 +89,7 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
     """PPO's clipped surrogate as a loss, a scalar.
 
     r      = exp(logp - old_logp)
-    loss_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))         (PPO, Eq. 7; DAPO, Eq. 10)
+    loss_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))         (PPO Eq. 7; DAPO Sec. 3.1)
     loss_t = min(loss_t, -c A)   where A < 0, if dual_clip = c           (dual-clip PPO)
     loss   = aggregate(loss_t, mask, agg, norm_len)
 

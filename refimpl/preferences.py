@@ -14,10 +14,10 @@ Sources
   Model", NeurIPS 2023, arXiv:2305.18290, Sec. 4, Eq. 7; its gradient, Sec. 4 ("What does the DPO
   update do?"): weight beta * sigmoid(-z) on each pair.
 - Label smoothing ("conservative DPO"): E. Mitchell, "A Note on DPO with Noisy Preferences &
-  Relationship to IPO", 2023 (ericmitchell.ai/cdpo.pdf): labels flipped with probability ls;
+  Relationship to IPO", 2023 (ericmitchell.ai/cdpo.pdf), Eq. 3: labels flipped with probability ls;
   the per-pair minimiser moves from z = +inf to z* = log((1 - ls) / ls).
 - IPO: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
-  Preferences", AISTATS 2024, arXiv:2310.12036, Sec. 5.2, Eq. 17: (h - 1/(2 tau))^2.
+  Preferences", AISTATS 2024, arXiv:2310.12036v2, Eq. 17: (h - 1/(2 tau))^2.
 
 Notation (per pair)
 | symbol | meaning                                                                   |

@@ -4,8 +4,9 @@ Sources
 - Returns: Sutton & Barto, "Reinforcement Learning: An Introduction", 2nd ed. (2018), Sec. 3.3,
   Eq. 3.8: G_t = sum_k gamma^k r_{t+k+1} (here indexed so that r_t is the reward of token t).
 - GAE: Schulman, Moritz, Levine, Jordan, Abbeel, "High-Dimensional Continuous Control Using
-  Generalized Advantage Estimation", 2015, arXiv:1506.02438, Sec. 3, Eq. 10 (TD residual) and
-  Eq. 16 (the exponentially weighted sum); Eqs. 17-18 give the lambda = 0 and lambda = 1 cases.
+  Generalized Advantage Estimation", 2015, arXiv:1506.02438, Sec. 3: the TD residual
+  delta_t, Eq. 16 (the exponentially weighted sum); Eqs. 17-18 give the lambda = 0 and lambda = 1
+  cases.
 
 Notation
 | symbol      | argument  | shape  | meaning                                             |
@@ -62,7 +63,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimation; returns ``(advantages, returns)``, each ``(B, T)``.
 
-    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)             (GAE paper, Eq. 10)
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)             (GAE paper, Sec. 3)
     A_t     = sum_{l>=0} (gamma * lam)^l * delta_{t+l}     (GAE paper, Eq. 16)
             = delta_t + gamma * lam * A_{t+1}              (the recurrence computed here)
     returns = A_t + V(s_t)                                  (the critic's regression target)
@@ -90,7 +91,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     A_next = torch.zeros_like(r[:, 0])
     advantages = [None] * T
     for t in reversed(range(T)):
-        delta = r[:, t] + gamma * V_next - V[:, t]         # Eq. 10
+        delta = r[:, t] + gamma * V_next - V[:, t]         # TD residual (Sec. 3)
         A_t = delta + gamma * lam * A_next                 # Eq. 16, as a recurrence
         A_t = torch.where(m[:, t], A_t, torch.zeros_like(A_t))
         advantages[t] = A_t

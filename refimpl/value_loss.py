@@ -5,7 +5,7 @@ Sources
   arXiv:1707.06347, Sec. 5, Eq. 9 (the L^VF term, (V_theta(s_t) - V_t^targ)^2).
 - Value clipping: introduced in OpenAI Baselines' ``ppo2``; described and studied by Engstrom et
   al., "Implementation Matters in Deep Policy Gradients: A Case Study on PPO and TRPO", ICLR 2020,
-  arXiv:2005.12729, Sec. 3 and Appendix A.2 (optimisation 1, value function clipping):
+  arXiv:2005.12729 (the first of its code-level optimisations, value function clipping):
   L^V = max[(V_theta - V_targ)^2, (clip(V_theta, V_old - eps, V_old + eps) - V_targ)^2].
 
 Notation
@@ -48,5 +48,5 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     if clip is not None:
         e = _checks.positive("clip", clip, allow_zero=True)
         V_clipped = V_old + torch.clamp(V - V_old, -e, e)
-        loss = torch.maximum(loss, (V_clipped - R) ** 2)                 # Engstrom et al., A.2
+        loss = torch.maximum(loss, (V_clipped - R) ** 2)                 # Engstrom et al. 2020
     return aggregate(0.5 * loss, m, agg, norm_len)

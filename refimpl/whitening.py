@@ -1,8 +1,9 @@
 """Advantage whitening over the whole batch (global normalisation).
 
 Sources
-- REINFORCE++: Hu, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language
-  Models", 2025, arXiv:2501.03262, Sec. 3 (advantage normalisation over the global batch).
+- REINFORCE++: Hu et al., "REINFORCE++: Stabilizing Critic-Free Policy Optimization with Global
+  Normalization", 2025, arXiv:2501.03262v9 (earlier versions carry other titles), Sec. 3.1,
+  Eq. 5: advantages normalised over the global batch.
 - PPO implementations whiten GAE advantages per mini-batch the same way: Huang et al., "The 37
   Implementation Details of Proximal Policy Optimization", ICLR Blog Track 2022, detail 7;
   Engstrom et al., "Implementation Matters in Deep Policy Gradients", 2020, arXiv:2005.12729.
