@@ -515,3 +515,97 @@ def value_baseline_reads_next_state(returns, values):
 
 # The tabular baselines are looked up through the harness's subject, like refimpl functions.
 BASELINE_NAMES = tuple(n for n in tabular.__all__ if n.startswith("baseline_"))
+
+
+# --- generic mutants, made for any canonical function: ``<function>~<bug>`` -------------------------
+
+def _first_float(args):
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return i
+    return None
+
+
+def _map_out(out, f):
+    return tuple(f(o) for o in out) if isinstance(out, tuple) else f(out)
+
+
+def _generic(fn_name: str, bug: str):
+    ref = getattr(refimpl, fn_name)
+
+    def in_place(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        i = _first_float(args)
+        with torch.no_grad():
+            args[i].mul_(-1.0).add_(0.5)
+        return out
+
+    def float32_out(*args, **kwargs):
+        return _map_out(ref(*args, **kwargs), lambda o: o.float())
+
+    def _padded_sum(args):
+        mask = next((a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.bool), None)
+        total = 0.0
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and mask is not None \
+                    and a.shape == mask.shape:
+                total = total + torch.where(mask, torch.zeros_like(a), a).sum()
+        return total
+
+    def nan_through_mask(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        leak = _padded_sum(args)
+        return _map_out(out, lambda o: o + 0.0 * leak)              # NaN * 0 = NaN; 1e30 * 0 = 0
+
+    def reads_padding(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        leak = _padded_sum(args)
+        return _map_out(out, lambda o: o + 1e-40 * leak)
+
+    def detached(*args, **kwargs):
+        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        return ref(*args, **kwargs)
+
+    def swallows_errors(*args, **kwargs):
+        try:
+            return ref(*args, **kwargs)
+        except ValueError:
+            return torch.zeros(())
+
+    def scaled(*args, **kwargs):
+        return _map_out(ref(*args, **kwargs), lambda o: 1.01 * o)
+
+    return {"in_place": in_place, "float32_out": float32_out, "nan_through_mask": nan_through_mask,
+            "reads_padding": reads_padding, "detached": detached,
+            "swallows_errors": swallows_errors, "scaled": scaled}[bug]
+
+
+GENERIC_BUGS = {
+    "in_place": "modifies its first float input in place",
+    "float32_out": "returns float32 whatever the input dtype",
+    "nan_through_mask": "masks by multiplication: NaN or inf at padding reaches the output",
+    "reads_padding": "padded values reach the output (finite garbage too)",
+    "detached": "inputs detached: no gradient flows",
+    "swallows_errors": "invalid input answered with a silent 0 instead of a ValueError",
+    "scaled": "output off by 1%",
+}
+
+
+def get(name: str) -> Mutant:
+    """A mutant by name: one of ``MUTANTS``, or a generic ``<function>~<bug>``."""
+    if name in MUTANTS:
+        return MUTANTS[name]
+    fn_name, _, bug = name.partition("~")
+    if bug not in GENERIC_BUGS or not hasattr(refimpl, fn_name):
+        raise KeyError(f"unknown mutant {name!r}")
+    return Mutant(name, fn_name, _generic(fn_name, bug), GENERIC_BUGS[bug])
+
+
+def adapter(name: str):
+    """refimpl as an adapter, with the one function the mutant breaks replaced by it."""
+    from conformance.adapters.reference import RefimplAdapter
+
+    mt = get(name)
+    cls = type(f"Mutant_{name.replace('~', '_')}", (RefimplAdapter,),
+               {"name": "mutant-" + name.replace("~", "-"), mt.replaces: staticmethod(mt.fn)})
+    return cls()

@@ -1,0 +1,1 @@
+"""Bundled adapters, registered under the entry-point group ``rlconform.adapters``."""

@@ -1,0 +1,81 @@
+"""pytest plugin: ``pytest --rlconform-adapter=mymodule:ADAPTER`` collects every check as a test
+item (``test_rlconform[<check id>]``), so a framework's own CI runs the suite; and
+``parametrize_with_checks(adapter)`` for a one-line test body, in the style of scikit-learn.
+
+The adapter runs in the pytest process itself: there is no crash isolation and no timeout here
+(a segfault in the adapter ends the pytest run). ``rlconform certify`` runs each check in a worker
+process instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.core import all_checks
+from conformance.runner import load_adapter, run_check
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("rlconform")
+    group.addoption("--rlconform-adapter", default=None,
+                    help="certify this adapter (module:attribute or a registered name)")
+    group.addoption("--rlconform-k", default=None, help="glob over check ids")
+    group.addoption("--rlconform-seed", type=int, default=0)
+
+
+def assert_check(row: dict):
+    """Turn a report row into a pytest outcome."""
+    status, msg = row["status"], f"{row['id']}: {row['message']}"
+    if status == "skip":
+        pytest.skip(msg)
+    if status == "xfail":
+        pytest.xfail(msg)
+    if status in ("fail", "error"):
+        pytest.fail(f"{status}: {msg} [sample {row.get('sample')}]", pytrace=False)
+
+
+def parametrize_with_checks(adapter, pattern: str | None = None, seed: int = 0):
+    """Decorate ``def test_x(check): check()`` to run every check on ``adapter``."""
+    checks = all_checks(pattern)
+
+    def make(chk):
+        def run():
+            assert_check(run_check(chk, adapter, seed))
+        return run
+    return pytest.mark.parametrize("check", [pytest.param(make(c), id=c.id) for c in checks])
+
+
+class _RlconformItem(pytest.Item):
+    def __init__(self, *, check, adapter, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.check, self.adapter, self.seed = check, adapter, seed
+
+    def runtest(self):
+        assert_check(run_check(self.check, self.adapter, self.seed))
+
+    def reportinfo(self):
+        return self.path, None, f"rlconform[{self.check.id}]"
+
+
+class _RlconformCollector(pytest.Collector):
+    def __init__(self, *, adapter, pattern, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.adapter, self.pattern, self.seed = adapter, pattern, seed
+
+    def collect(self):
+        for chk in all_checks(self.pattern):
+            yield _RlconformItem.from_parent(self, name=f"test_rlconform[{chk.id}]", check=chk,
+                                             adapter=self.adapter, seed=self.seed)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    spec = config.getoption("--rlconform-adapter", None)
+    if not spec or getattr(config, "_rlconform_added", False):
+        return
+    config._rlconform_added = True
+    adapter = load_adapter(spec)
+    collector = _RlconformCollector.from_parent(session, name=f"rlconform[{adapter.name}]",
+                                                adapter=adapter,
+                                                pattern=config.getoption("--rlconform-k"),
+                                                seed=config.getoption("--rlconform-seed"))
+    items.extend(collector.collect())
