@@ -79,7 +79,7 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_second_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci, f".ci/run must call the README's test command: {commands[1]!r}"
     assert "pytest" in commands[1] and "torch==2.13.0" in commands[1]
-    assert "torch==2.13.0" in commands[0] and "refimpl.demo" in commands[0]
+    assert "torch==2.13.0" in commands[0] and "rlconform certify" in commands[0]
 
 
 def test_adapters_may_raise_unsupported():
