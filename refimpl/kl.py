@@ -85,6 +85,7 @@ def kl_penalized_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: T
     """
     _checks.float_tensor("scores", scores, ndim=1)
     _checks.float_tensor("logp", logp, ndim=2)
+    _checks.float_tensor("ref_logp", ref_logp)
     if scores.shape[0] != logp.shape[0]:
         raise ValueError(f"scores has shape {tuple(scores.shape)}, expected ({logp.shape[0]},)")
     _checks.same_float_dtype(scores=scores, logp=logp, ref_logp=ref_logp)
