@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci",
     parent=settings.get_profile("ci"),
-    max_examples=25,
+    max_examples=100,
     print_blob=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
 )

@@ -116,7 +116,7 @@ def test_group_normalisation_is_shift_and_scale_invariant(rf, case, shift, log_s
     low = torch.zeros(k, dtype=torch.float64).scatter_reduce(0, inv, scores, "amin", include_self=False)
     spread = high - low
     if bool((spread < 1e-3).any()):
-        scores = scores + torch.arange(len(scores), dtype=torch.float64)   # no constant group
+        scores = scores + 100.0 * torch.arange(len(scores), dtype=torch.float64)   # all distinct
     a = 10.0 ** log_scale
     base = rf.group_normalized_advantages(scores, ids, "group", eps=0.0)
     moved = rf.group_normalized_advantages(a * scores + shift, ids, "group", eps=0.0)
