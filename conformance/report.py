@@ -115,10 +115,10 @@ def render_markdown(data: dict, shims: dict | None = None) -> str:
             detail = f"{detail} [sample {r['sample']}]"
         if r.get("note"):
             detail = f"{detail} ({r['note']})" if detail else r["note"]
-        rows.append([r["status"], f"`{r['id']}`", r["kind"], _cell(detail),
+        rows.append([r["status"], f"`{r['id']}`", r["estimator"], r["kind"], _cell(detail),
                      _cell(chk.equation if chk else "", 120), _cell(r["clause"], 120)])
     lines += ["", "## Checks", "",
-              tabulate(rows, ["status", "check", "kind", "message", "equation", "source"],
-                       tablefmt="github"), ""]
+              tabulate(rows, ["status", "check", "estimator", "kind", "message", "equation",
+                              "source"], tablefmt="github"), ""]
     lines.append(f"{verdict(data)} · report `{data['adapter']}.json`")
     return "\n".join(lines) + "\n"

@@ -56,6 +56,33 @@ def test_each_check_fails_on_each_mutant_it_names(check_id, mutant):
         f"{row['status']}: {row['message']}")
 
 
+CANONICAL_MUTANTS = sorted(n for n, m in mutants.MUTANTS.items()
+                           if m.replaces in __import__("refimpl").CANONICAL)
+
+
+@pytest.mark.parametrize("mutant", CANONICAL_MUTANTS)
+def test_every_mutant_of_the_zoo_fails_its_own_estimators_checks(mutant):
+    target = mutants.get(mutant).replaces
+    adapter = mutants.adapter(mutant)
+    rows = [run_check(c, adapter) for c in CHECKS if c.estimator == target]
+    assert any(r["status"] == "fail" for r in rows), (
+        f"no check of {target} fails on {mutant} ({mutants.get(mutant).bug}): "
+        + "; ".join(f"{r['id']}={r['status']}" for r in rows))
+
+
+def test_parametrize_with_checks_turns_each_check_into_a_test_body():
+    from conformance.plugin import parametrize_with_checks
+    mark = parametrize_with_checks(REFIMPL, pattern="value_loss/*").mark
+    params = mark.args[1]
+    assert len(params) == len(all_checks("value_loss/*"))
+    for p in params:
+        p.values[0]()                                    # a passing check returns quietly
+    broken = parametrize_with_checks(mutants.adapter("value_clip_min"),
+                                     pattern="value_loss/gradient-zero-when-clipped").mark
+    with pytest.raises(pytest.fail.Exception):
+        broken.args[1][0].values[0]()
+
+
 @pytest.mark.parametrize("mutant", ["gae_off_by_one_bootstrap", "whiten_in_place",
                                     "dpo_smoothing_swapped", "aggregate_multiplies_by_mask"])
 def test_a_mutant_moves_only_its_own_estimators_checks(mutant):
