@@ -213,13 +213,14 @@ class Context:
         return tuple(self.expect_tensor(o, shape, dtype, f"{what}[{i}]") for i, o in enumerate(out))
 
     def compare(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
-                tol: float | None = None, nan_is_failure: bool = False, explain: str = ""):
+                tol: float | None = None, nan_is_failure: bool = False, explain: str = "",
+                dtype: torch.dtype | None = None):
         """``actual`` must equal ``expected`` within the check's tolerance (absolute, scaled by
         max(1, |expected|)). NaN/inf where the reference is finite is ``error`` unless
         ``nan_is_failure`` (padding checks: NaN reaching the output is the failure)."""
         a = actual.detach().to(torch.float64).cpu()
         e = torch.as_tensor(expected).detach().to(torch.float64).cpu()
-        dtype = actual.dtype
+        dtype = dtype or actual.dtype                 # the adapter's precision sets the tolerance
         tol = self.check.tol.of(dtype) if tol is None else tol
         if a.shape != e.shape:
             raise AdapterMisbehaved(f"{what}: shape {tuple(a.shape)}, but should be "

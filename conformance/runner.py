@@ -125,6 +125,8 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
         message = (f"{type(exc).__name__}: {exc} (at {where.filename.split('/')[-1]}:{where.lineno}, "
                    f"sample {ctx.sample})")
     seconds = time.perf_counter() - start
+    if chk.kind == "exact" and status == "pass" and not ctx.notes:
+        ctx.note(f"exact to max rel err {ctx.max_rel_err:.1e}")
     declared = _declared(adapter, chk.id)
     if declared is not None:
         if status == "fail":

@@ -196,3 +196,22 @@ def test_pytest_plugin_collects_every_check(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=300)
     n = len(all_checks("kl_estimate/*"))
     assert f"{n} passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_exact_checks_cover_ten_functions_and_explain_their_derivation(capsys):
+    exact = [c for c in CHECKS if c.kind == "exact"]
+    assert len({c.estimator for c in exact}) >= 10, sorted({c.estimator for c in exact})
+    for c in exact:
+        assert c.derivation.strip(), f"{c.id} has no derivation for `rlconform explain`"
+        assert main(["explain", c.id]) == 0
+        out = capsys.readouterr().out
+        assert "Derivation:" in out and c.equation[:30] in out.replace("\n  ", " ")
+
+
+def test_exact_rows_carry_their_numbers():
+    rows = {c.id: run_check(c, REFIMPL) for c in CHECKS if c.kind == "exact"}
+    assert "bias factor 1.000000 (G = 2)" in rows["leave_one_out_advantages/exact-unbiased"]["note"]
+    assert "0.750000 (G = 4)" in rows["group_normalized_advantages/exact-mean-baseline-scales-gradient"]["note"]
+    broken = run_check(REGISTRY["leave_one_out_advantages/exact-unbiased"],
+                       mutants.adapter("loo_includes_self"))
+    assert broken["status"] == "fail" and "bias factor 0.500000 (G = 2), expected 1" in broken["message"]

@@ -1,4 +1,4 @@
 """Every registered check: the generic ones made from ``conformance.ops`` and the hand-written
 analytic, input and exact checks of each estimator."""
 
-from conformance.checks import generic, specific, thorough  # noqa: F401
+from conformance.checks import exact, generic, specific, thorough  # noqa: F401
