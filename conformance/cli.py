@@ -53,6 +53,11 @@ def certify(spec_or_adapter, out: str, pattern: str | None = None, timeout: floa
 
 
 def _cmd_certify(args) -> int:
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("rlconform: --device cuda, but torch sees no CUDA device here", file=sys.stderr)
+            return 2
     try:
         data = certify(args.adapter, args.out, args.k, args.timeout, args.seed, args.thorough,
                        args.device, isolate=not args.in_process,

@@ -149,11 +149,11 @@ class Context:
     # inputs
     def randn(self, *shape, dtype=torch.float64, scale=1.0, shift=0.0) -> torch.Tensor:
         x = shift + scale * torch.randn(*shape, generator=self.gen, dtype=torch.float64)
-        return x.to(dtype).to(self.device)
+        return x.to(dtype)
 
     def uniform(self, lo, hi, *shape, dtype=torch.float64) -> torch.Tensor:
         u = torch.rand(*shape, generator=self.gen, dtype=torch.float64)
-        return (lo + (hi - lo) * u).to(dtype).to(self.device)
+        return (lo + (hi - lo) * u).to(dtype)
 
     def on(self, sample: str) -> "Context":
         """Name the sample the following calls and comparisons are about."""
@@ -175,6 +175,10 @@ class Context:
         for v in list(args) + list(kwargs.values()):
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 self.dtypes_seen.add(str(v.dtype).replace("torch.", ""))
+        if self.device != "cpu":                    # --device cuda: inputs go to the device
+            args = tuple(a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args)
+            kwargs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                      for k, v in kwargs.items()}
         before = [_clone(a) for a in args], {k: _clone(v) for k, v in kwargs.items()}
         try:
             out = fn(*args, **kwargs)
