@@ -69,12 +69,58 @@ def compare(inputs, out: str | Path, seed: int = 0) -> dict:
     table = tabulate([[f"`{cid}`"] + [_cell(matrix[cid][n]) for n in names] for cid in differing],
                      ["check", *names], tablefmt="github")
     md = ["# rlconform comparison", "", summary, "",
+          "![status heatmap](comparison.png)", "",
           f"## Checks that are not a pass everywhere ({len(differing)} of {len(ids)})", "",
-          table if differing else "Every check passes for every adapter.", "",
-          "![status heatmap](comparison.png)", ""]
+          table if differing else "Every check passes for every adapter.", ""]
+    md += _defaults_section(reports) + _details_section(reports)
     (out / "comparison.md").write_text("\n".join(md))
     _heatmap(names, ids, matrix, out / "comparison.png")
     return data
+
+
+def _defaults_section(reports) -> list[str]:
+    """The frameworks' defaults for the reference sheet's hyperparameters, as each adapter read
+    them from its framework's config classes at run time."""
+    keys = sorted({k for r in reports for k in (r.get("framework_defaults") or {})})
+    if not keys:
+        return []
+    rows = [[k] + [_short((r.get("framework_defaults") or {}).get(k, "—")) for r in reports]
+            for k in keys]
+    return ["## Framework defaults", "", tabulate(rows, ["setting", *[r["adapter"] for r in reports]],
+                                                  tablefmt="github"), ""]
+
+
+def _short(x, n=40) -> str:
+    text = "None" if x is None else str(x)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _details_section(reports) -> list[str]:
+    """Every non-pass: the equation, what the framework does instead (the declared sentence with
+    its file:line, or the check's message), the size of the difference, the consequence."""
+    from conformance.core import REGISTRY, all_checks
+
+    all_checks(thorough=True)
+    out = ["## Every non-pass, explained", ""]
+    any_row = False
+    for r in reports:
+        rows = [c for c in r["checks"] if c["status"] not in ("pass",)]
+        if not rows:
+            continue
+        any_row = True
+        out += [f"### `{r['adapter']}`", ""]
+        for c in rows:
+            chk = REGISTRY.get(c["id"])
+            size = (f"; difference {c['abs_err']:.3g} (relative {c['rel_err']:.3g}) on sample "
+                    f"`{c.get('sample')}`" if c.get("abs_err") is not None else
+                    (f"; on sample `{c.get('sample')}`" if c.get("sample") else ""))
+            out.append(f"- **{c['status']}** `{c['id']}`: {c['message']}{size}")
+            if chk is not None:
+                out.append(f"  - equation: {chk.equation}")
+                if c["status"] in ("fail", "xfail", "error"):
+                    out.append(f"  - consequence: {chk.consequence}")
+        out.append("")
+    return out if any_row else []
 
 
 def _heatmap(names, ids, matrix, path: Path):

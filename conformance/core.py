@@ -72,12 +72,35 @@ class Check:
     mutants: tuple[str, ...] = ()
     thorough: bool = False                  # the Hypothesis tier (--thorough)
     derivation: str = ""                    # for exact checks: `rlconform explain`
+    consequence: str = ""                   # what a failure means for a user of the trainer
 
     def __post_init__(self):
+        if not self.consequence:
+            object.__setattr__(self, "consequence", default_consequence(self))
         if self.kind not in KINDS:
             raise ValueError(f"check {self.id}: unknown kind {self.kind!r}")
         if not self.id.startswith(self.estimator + "/") and self.kind != "training":
             raise ValueError(f"check {self.id}: id must start with its estimator {self.estimator!r}")
+
+
+def default_consequence(chk: "Check") -> str:
+    """What a non-pass of this kind of check means for someone training with the framework."""
+    name = chk.id.split("/", 1)[1]
+    if name.startswith("padding-nan") or name.startswith("padding-inf"):
+        return "NaN or inf at a padded position reaches the outputs or gradients (a poisoned step)"
+    if name.startswith("padding-1e30"):
+        return "finite garbage at padded positions changes the result: padding is read"
+    if name == "no-input-mutation":
+        return "the caller's tensors change under it; reusing them (logging, a second epoch) is wrong"
+    if name == "dtype-kept":
+        return "float64 runs silently drop to another precision"
+    if chk.kind == "input":
+        return "invalid input is answered with a silent number instead of an error"
+    if chk.kind == "gradient":
+        return "the update direction differs from the equation's, although the loss value may agree"
+    if chk.kind == "exact":
+        return "the expected update differs from the one the equation promises (bias)"
+    return "values differ from the contract's definition: runs are not comparable across frameworks"
 
 
 REGISTRY: dict[str, Check] = {}
@@ -85,14 +108,15 @@ REGISTRY: dict[str, Check] = {}
 
 def check(id: str, *, estimator: str | None = None, kind: str, clause: str, equation: str,
           hint: str, tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
-          thorough: bool = False, derivation: str = ""):
+          thorough: bool = False, derivation: str = "", consequence: str = ""):
     """Register the decorated function as a check (one entry of the registry)."""
     def register(body):
         if id in REGISTRY:
             raise ValueError(f"duplicate check id {id}")
         REGISTRY[id] = Check(id=id, estimator=estimator or id.split("/")[0], kind=kind,
                              clause=clause, equation=equation, hint=hint, body=body, tol=tol,
-                             mutants=tuple(mutants), thorough=thorough, derivation=derivation)
+                             mutants=tuple(mutants), thorough=thorough, derivation=derivation,
+                             consequence=consequence)
         return body
     return register
 

@@ -115,6 +115,8 @@ def render_markdown(data: dict, shims: dict | None = None) -> str:
             detail = f"{detail} [sample {r['sample']}]"
         if r.get("note"):
             detail = f"{detail} ({r['note']})" if detail else r["note"]
+        if chk and r["status"] in ("fail", "xfail", "error"):
+            detail = f"{detail} Consequence: {chk.consequence}."
         rows.append([r["status"], f"`{r['id']}`", r["estimator"], r["kind"], _cell(detail),
                      _cell(chk.equation if chk else "", 120), _cell(r["clause"], 120)])
     lines += ["", "## Checks", "",
