@@ -5,6 +5,7 @@
     rlconform compare REPORT.json|ADAPTER ... --out DIR
     rlconform list [-k GLOB] [--kind KIND]
     rlconform explain CHECK_ID
+    rlconform setup FRAMEWORK
 
 Exit status of ``certify``: 0 when no check is ``fail`` or ``error``, 1 when one is, 2 when the
 adapter could not be loaded or the arguments are wrong (API.md).
@@ -127,6 +128,11 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_setup(args) -> int:
+    from conformance.install import setup
+    return setup(args.framework, dry_run=args.dry_run)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlconform", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("-k", metavar="GLOB")
     ls.add_argument("--kind", choices=KINDS)
     ls.set_defaults(func=_cmd_list)
+    st = sub.add_parser("setup", help="install a bundled framework into this environment")
+    st.add_argument("framework", help="trl, verl, openrlhf or torchrl")
+    st.add_argument("--dry-run", action="store_true", help="print the install command only")
+    st.set_defaults(func=_cmd_setup)
     e = sub.add_parser("explain", help="equation, source and fix for one check")
     e.add_argument("check_id")
     e.set_defaults(func=_cmd_explain)
