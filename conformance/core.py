@@ -13,6 +13,7 @@ difference on float64 input from a real one.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -166,6 +167,8 @@ class Context:
     sample: str | None = None
     dtypes_seen: set = field(default_factory=set)
     max_rel_err: float = 0.0
+    ran: int = 0                                    # variants that ran to completion
+    unsupported: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.gen = torch.Generator().manual_seed(self.seed)
@@ -178,6 +181,16 @@ class Context:
     def uniform(self, lo, hi, *shape, dtype=torch.float64) -> torch.Tensor:
         u = torch.rand(*shape, generator=self.gen, dtype=torch.float64)
         return (lo + (hi - lo) * u).to(dtype)
+
+    @contextlib.contextmanager
+    def variant(self):
+        """One variant (sample, options) of a check: ``Unsupported`` raised inside skips this
+        variant only; the check is ``skip`` only if no variant ran."""
+        try:
+            yield
+            self.ran += 1
+        except Unsupported as exc:
+            self.unsupported.append(f"{self.sample}: {exc}")
 
     def on(self, sample: str) -> "Context":
         """Name the sample the following calls and comparisons are about."""

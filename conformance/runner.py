@@ -111,6 +111,11 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
         torch.manual_seed(ctx.seed)
         chk.body(ctx)
         status, message = "pass", ""
+        if ctx.unsupported and ctx.ran == 0:
+            status, message = "skip", "unsupported: " + "; ".join(dict.fromkeys(
+                u.split(": ", 1)[-1] for u in ctx.unsupported))
+        elif ctx.unsupported:
+            ctx.note(f"{len(ctx.unsupported)} variant(s) unsupported, e.g. {ctx.unsupported[0]}")
     except NotProvided as exc:
         status, message = "skip", str(exc)
     except Unsupported as exc:

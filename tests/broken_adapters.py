@@ -74,6 +74,10 @@ class Partial:
     def discounted_returns(rewards, mask, gamma=1.0):
         return refimpl.discounted_returns(rewards, mask, gamma)
 
+    @staticmethod
+    def ipo_loss(*args, **kwargs):
+        raise Unsupported("this trainer has no IPO loss")
+
 
 class Declared(RefimplAdapter):
     """Declares one real deviation, one stale one, and one key that matches nothing."""

@@ -112,8 +112,12 @@ def test_missing_functions_are_skipped_and_unsupported_options_too():
     rows = {r["id"]: r for r in (run_check(c, broken_adapters.partial) for c in CHECKS)}
     assert rows["gae/matches-reference"]["status"] == "skip"
     assert "not provided" in rows["gae/matches-reference"]["message"]
-    assert rows["kl_estimate/matches-reference"]["status"] == "skip"
-    assert "no k2" in rows["kl_estimate/matches-reference"]["message"]
+    # one unsupported option skips that variant only; the k1 and k3 variants still run
+    assert rows["kl_estimate/matches-reference"]["status"] == "pass"
+    assert "no k2" in rows["kl_estimate/matches-reference"]["note"]
+    # every variant unsupported: the check is skipped with the reason
+    assert rows["ipo_loss/matches-reference"]["status"] == "skip"
+    assert "no IPO loss" in rows["ipo_loss/matches-reference"]["message"]
     assert rows["discounted_returns/matches-reference"]["status"] == "pass"
 
 

@@ -213,14 +213,14 @@ def exact_kl_expectations(ctx: Context):
     k2_exact = (p * (0.5 * l ** 2).sum(-1)).sum(1)
     values = {}
     for kind, truth in (("k1", kl), ("k3", kl), ("k2", k2_exact)):
-        ctx.on(f"every response kind={kind}")
-        k, dtype = _kl_call(ctx, pol, ref, kind)
-        e = (p * k).sum(1)
-        values[kind] = e
-        ctx.compare(e, truth, f"E[sum_t {kind}] per prompt", dtype=dtype)
-    ctx.note(f"KL = {[round(float(x), 6) for x in kl]}; E[k1] = {[round(float(x), 6) for x in values['k1']]}, "
-             f"E[k3] = {[round(float(x), 6) for x in values['k3']]}, E[k2] = "
-             f"{[round(float(x), 6) for x in values['k2']]}")
+        with ctx.variant():
+            ctx.on(f"every response kind={kind}")
+            k, dtype = _kl_call(ctx, pol, ref, kind)
+            e = (p * k).sum(1)
+            values[kind] = e
+            ctx.compare(e, truth, f"E[sum_t {kind}] per prompt", dtype=dtype)
+    ctx.note(f"KL = {[round(float(x), 6) for x in kl]}; " + ", ".join(
+        f"E[{k}] = {[round(float(x), 6) for x in v]}" for k, v in sorted(values.items())))
 
 
 @check("kl_estimate/exact-loss-gradients", kind="exact", tol=EXACT,
@@ -245,12 +245,13 @@ def exact_kl_gradients(ctx: Context):
               True: pol.grad((w.unsqueeze(1) * d * pol.state_kl(ref, reverse=True)).sum())}
     cosines = []
     for kind, truth in (("k1", torch.zeros_like(true_grad)), ("k2", frozen[False]), ("k3", frozen[True])):
-        ctx.on(f"every response kind={kind}")
-        k, dtype = _kl_call(ctx, pol, ref, kind, differentiable=True)
-        g = pol.grad((w.unsqueeze(1) * pol.probs().detach() * k).sum())
-        if kind != "k1":
-            cosines.append(f"{kind}: cosine with grad KL(pi||ref) {tab.cosine(g, true_grad):.6f}")
-        ctx.compare(g, truth, f"E[grad sum_t {kind}]", dtype=dtype)
+        with ctx.variant():
+            ctx.on(f"every response kind={kind}")
+            k, dtype = _kl_call(ctx, pol, ref, kind, differentiable=True)
+            g = pol.grad((w.unsqueeze(1) * pol.probs().detach() * k).sum())
+            if kind != "k1":
+                cosines.append(f"{kind}: cosine with grad KL(pi||ref) {tab.cosine(g, true_grad):.6f}")
+            ctx.compare(g, truth, f"E[grad sum_t {kind}]", dtype=dtype)
     ctx.note("k1 gives 0; " + "; ".join(cosines))
 
 

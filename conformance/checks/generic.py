@@ -19,7 +19,8 @@ def _outputs(ctx: Context, op: Op, sample, out, dtype) -> list[torch.Tensor]:
 
 
 def _calls(ctx: Context, op: Op, dtypes=(torch.float64, torch.float32)):
-    """Yield (sample, variant options, args, kwargs) for every sample and variant."""
+    """Yield (sample, variant options, args, kwargs) for every sample and variant. Loop bodies
+    run inside ``ctx.variant()``, so an option the adapter cannot honour skips that variant only."""
     for sample in op.samples:
         if sample.dtype not in dtypes:
             continue
@@ -55,11 +56,12 @@ def _register(op: Op):
            mutants=op.mutants.get("matches-reference", ()) + (f"{name}~scaled",))
     def matches_reference(ctx: Context, op=op):
         for sample, kwargs, args in _calls(ctx, op):
-            out = ctx.call(*args, **kwargs)
-            ref = op.reference(*args, **kwargs)
-            refs = list(ref) if isinstance(ref, tuple) else [ref]
-            for i, (o, r) in enumerate(zip(_outputs(ctx, op, sample, out, sample.dtype), refs)):
-                ctx.compare(o, r, f"{name} output {i}" if len(refs) > 1 else name)
+            with ctx.variant():
+                out = ctx.call(*args, **kwargs)
+                ref = op.reference(*args, **kwargs)
+                refs = list(ref) if isinstance(ref, tuple) else [ref]
+                for i, (o, r) in enumerate(zip(_outputs(ctx, op, sample, out, sample.dtype), refs)):
+                    ctx.compare(o, r, f"{name} output {i}" if len(refs) > 1 else name)
 
     if op.diff:
         @check(f"{name}/gradient-matches-reference", kind="gradient", clause=clause,
@@ -69,17 +71,18 @@ def _register(op: Op):
                mutants=op.mutants.get("gradient-matches-reference", ()) + (f"{name}~detached",))
         def gradient_matches_reference(ctx: Context, op=op):
             for sample, kwargs, args in _calls(ctx, op):
-                for i in op.diff:
-                    args[i] = args[i].detach().clone().requires_grad_(True)
-                outs = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
-                ref = op.reference(*args, **kwargs)
-                refs = list(ref) if isinstance(ref, tuple) else [ref]
-                w = _weights(refs)
-                inputs = [args[i] for i in op.diff]
-                got = _grads(outs, inputs, w)
-                want = _grads(refs, inputs, w)
-                for i, g, r in zip(op.diff, got, want):
-                    ctx.compare(g, r, f"d {name} / d argument {i}")
+                with ctx.variant():
+                    for i in op.diff:
+                        args[i] = args[i].detach().clone().requires_grad_(True)
+                    outs = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
+                    ref = op.reference(*args, **kwargs)
+                    refs = list(ref) if isinstance(ref, tuple) else [ref]
+                    w = _weights(refs)
+                    inputs = [args[i] for i in op.diff]
+                    got = _grads(outs, inputs, w)
+                    want = _grads(refs, inputs, w)
+                    for i, g, r in zip(op.diff, got, want):
+                        ctx.compare(g, r, f"d {name} / d argument {i}")
 
     for fill_name, fills in (("nan", (float("nan"),)), ("inf", (float("inf"), float("-inf"))),
                              ("1e30", (1e30,))):
@@ -98,35 +101,36 @@ def _register(op: Op):
                    (f"{name}~nan_through_mask", f"{name}~reads_padding")))
         def padding(ctx: Context, op=op, fills=fills):
             for sample, kwargs, args in _calls(ctx, op):
-                if min(sample.lengths) == sample.T:
-                    continue                                  # no padding in this sample
-                mask = sample.mask()
-                for fill in fills:
-                    dirty = list(args)
-                    for i in op.padded:
-                        dirty[i] = torch.where(mask, args[i], torch.full_like(args[i], fill))
-                    for i in op.diff:
-                        args[i] = args[i].detach().clone().requires_grad_(True)
-                        dirty[i] = dirty[i].detach().clone().requires_grad_(True)
-                    clean = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
-                    outs = _outputs(ctx, op, sample, ctx.call(*dirty, **kwargs), sample.dtype)
-                    for k, (o, c) in enumerate(zip(outs, clean)):
-                        ctx.compare(o, c, f"output {k} with padding = {fill}", nan_is_failure=True,
-                                    explain="padding read")
-                        if o.shape == mask.shape:
-                            ctx.compare(o.detach()[~mask], torch.zeros(int((~mask).sum())),
-                                        f"output {k} at padded positions (padding = {fill})",
-                                        nan_is_failure=True)
-                    if op.diff:
-                        w = _weights(clean)
-                        g_clean = _grads(clean, [args[i] for i in op.diff], w)
-                        g_dirty = _grads(outs, [dirty[i] for i in op.diff], w)
-                        for i, gd, gc in zip(op.diff, g_dirty, g_clean):
-                            ctx.compare(gd[~mask], torch.zeros(int((~mask).sum())),
-                                        f"d/d argument {i} at padded positions (padding = {fill})",
-                                        nan_is_failure=True)
-                            ctx.compare(gd, gc, f"d/d argument {i} with padding = {fill}",
-                                        nan_is_failure=True)
+                with ctx.variant():
+                    if min(sample.lengths) == sample.T:
+                        continue                                  # no padding in this sample
+                    mask = sample.mask()
+                    for fill in fills:
+                        dirty = list(args)
+                        for i in op.padded:
+                            dirty[i] = torch.where(mask, args[i], torch.full_like(args[i], fill))
+                        for i in op.diff:
+                            args[i] = args[i].detach().clone().requires_grad_(True)
+                            dirty[i] = dirty[i].detach().clone().requires_grad_(True)
+                        clean = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
+                        outs = _outputs(ctx, op, sample, ctx.call(*dirty, **kwargs), sample.dtype)
+                        for k, (o, c) in enumerate(zip(outs, clean)):
+                            ctx.compare(o, c, f"output {k} with padding = {fill}", nan_is_failure=True,
+                                        explain="padding read")
+                            if o.shape == mask.shape:
+                                ctx.compare(o.detach()[~mask], torch.zeros(int((~mask).sum())),
+                                            f"output {k} at padded positions (padding = {fill})",
+                                            nan_is_failure=True)
+                        if op.diff:
+                            w = _weights(clean)
+                            g_clean = _grads(clean, [args[i] for i in op.diff], w)
+                            g_dirty = _grads(outs, [dirty[i] for i in op.diff], w)
+                            for i, gd, gc in zip(op.diff, g_dirty, g_clean):
+                                ctx.compare(gd[~mask], torch.zeros(int((~mask).sum())),
+                                            f"d/d argument {i} at padded positions (padding = {fill})",
+                                            nan_is_failure=True)
+                                ctx.compare(gd, gc, f"d/d argument {i} with padding = {fill}",
+                                            nan_is_failure=True)
 
     @check(f"{name}/no-input-mutation", kind="property",
            clause=f"{API} Conventions: functions never modify their inputs",
@@ -135,12 +139,13 @@ def _register(op: Op):
            mutants=op.mutants.get("no-input-mutation", ()) + (f"{name}~in_place",))
     def no_mutation(ctx: Context, op=op):
         for sample, kwargs, args in _calls(ctx, op):
-            before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-            ctx.call(*args, check_mutation=False, **kwargs)
-            for i, (a, b) in enumerate(zip(args, before)):
-                if isinstance(a, torch.Tensor) and not torch.equal(a.nan_to_num(), b.nan_to_num()):
-                    raise CheckFailed(f"argument {i} ({tuple(a.shape)}) was modified in place",
-                                      sample=ctx.sample)
+            with ctx.variant():
+                before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+                ctx.call(*args, check_mutation=False, **kwargs)
+                for i, (a, b) in enumerate(zip(args, before)):
+                    if isinstance(a, torch.Tensor) and not torch.equal(a.nan_to_num(), b.nan_to_num()):
+                        raise CheckFailed(f"argument {i} ({tuple(a.shape)}) was modified in place",
+                                          sample=ctx.sample)
 
     @check(f"{name}/dtype-kept", kind="property",
            clause=f"{API} Conventions: return the input's dtype",
@@ -149,14 +154,15 @@ def _register(op: Op):
            mutants=op.mutants.get("dtype-kept", ()) + (f"{name}~float32_out",))
     def dtype_kept(ctx: Context, op=op):
         for sample, kwargs, args in _calls(ctx, op):
-            out = ctx.call(*args, **kwargs)
-            for o in (out if isinstance(out, (tuple, list)) else [out]):
-                if not isinstance(o, torch.Tensor):
-                    raise AdapterMisbehaved(f"output is {type(o).__name__}, not a tensor "
-                                            f"[sample {ctx.sample}]")
-                if o.dtype != sample.dtype:
-                    raise CheckFailed(f"output dtype {o.dtype}, but should be {sample.dtype}",
-                                      sample=ctx.sample)
+            with ctx.variant():
+                out = ctx.call(*args, **kwargs)
+                for o in (out if isinstance(out, (tuple, list)) else [out]):
+                    if not isinstance(o, torch.Tensor):
+                        raise AdapterMisbehaved(f"output is {type(o).__name__}, not a tensor "
+                                                f"[sample {ctx.sample}]")
+                    if o.dtype != sample.dtype:
+                        raise CheckFailed(f"output dtype {o.dtype}, but should be {sample.dtype}",
+                                          sample=ctx.sample)
 
 
 for _op in OPS.values():

@@ -165,21 +165,22 @@ def ppo_gradient_zero_when_clipped(ctx: Context):
     mask = _mask([4, 4, 3], 4)
     for dtype in (F64, F32):
         for clip_high, dual in ((0.28, None), (0.28, 2.0), (None, None)):
-            high = 0.2 if clip_high is None else clip_high
-            ctx.on(f"ratio_above_and_below_clip/{str(dtype)[6:]} clip_high={clip_high} dual_clip={dual}")
-            old = ctx.randn(3, 4, dtype=dtype, scale=0.3, shift=-1.5)
-            logp = (old + ratios.log()).to(dtype).requires_grad_(True)
-            A = adv.to(dtype)
-            loss = ctx.call(logp, old, A, mask, 0.2, clip_high, dual, "token-mean")
-            ctx.expect_tensor(loss, (), dtype, "loss")
-            (grad,) = torch.autograd.grad(loss, logp)
-            r = ratios.to(dtype)
-            clipped = ((A > 0) & (r > 1 + high)) | ((A < 0) & (r < 1 - 0.2))
-            if dual is not None:
-                clipped |= (A < 0) & (r > dual)
-            expected = torch.where(mask & ~clipped, -A * r / mask.sum(), torch.zeros_like(r))
-            ctx.compare(grad, expected, "d loss / d logp",
-                        explain="zero exactly where the clipped branch is taken")
+            with ctx.variant():
+                high = 0.2 if clip_high is None else clip_high
+                ctx.on(f"ratio_above_and_below_clip/{str(dtype)[6:]} clip_high={clip_high} dual_clip={dual}")
+                old = ctx.randn(3, 4, dtype=dtype, scale=0.3, shift=-1.5)
+                logp = (old + ratios.log()).to(dtype).requires_grad_(True)
+                A = adv.to(dtype)
+                loss = ctx.call(logp, old, A, mask, 0.2, clip_high, dual, "token-mean")
+                ctx.expect_tensor(loss, (), dtype, "loss")
+                (grad,) = torch.autograd.grad(loss, logp)
+                r = ratios.to(dtype)
+                clipped = ((A > 0) & (r > 1 + high)) | ((A < 0) & (r < 1 - 0.2))
+                if dual is not None:
+                    clipped |= (A < 0) & (r > dual)
+                expected = torch.where(mask & ~clipped, -A * r / mask.sum(), torch.zeros_like(r))
+                ctx.compare(grad, expected, "d loss / d logp",
+                            explain="zero exactly where the clipped branch is taken")
 
 
 @check("ppo_clip_loss/gradient-equals-policy-gradient-at-old-policy", kind="gradient", clause=PPO,
@@ -380,13 +381,14 @@ def dpo_gradient(ctx: Context):
 def bt_gradient(ctx: Context):
     for dtype in (F64, F32):
         for margin in (None, 0.7, "tensor"):
-            ctx.on(f"pairs/{str(dtype)[6:]} margin={margin}")
-            c, r = ctx.randn(5, dtype=dtype).requires_grad_(True), ctx.randn(5, dtype=dtype)
-            m = ctx.randn(5, dtype=dtype) if margin == "tensor" else margin
-            out = ctx.expect_tensor(ctx.call(c, r, m), (5,), dtype)
-            (g,) = torch.autograd.grad(out.sum(), c)
-            mm = 0.0 if m is None else m
-            ctx.compare(g, torch.sigmoid(c.detach() - r - mm) - 1, "d loss / d chosen_rewards")
+            with ctx.variant():
+                ctx.on(f"pairs/{str(dtype)[6:]} margin={margin}")
+                c, r = ctx.randn(5, dtype=dtype).requires_grad_(True), ctx.randn(5, dtype=dtype)
+                m = ctx.randn(5, dtype=dtype) if margin == "tensor" else margin
+                out = ctx.expect_tensor(ctx.call(c, r, m), (5,), dtype)
+                (g,) = torch.autograd.grad(out.sum(), c)
+                mm = 0.0 if m is None else m
+                ctx.compare(g, torch.sigmoid(c.detach() - r - mm) - 1, "d loss / d chosen_rewards")
 
 
 @check("token_logprobs/normalised-over-vocabulary", kind="property",

@@ -1,0 +1,613 @@
+"""OpenRLHF 0.11.2 adapters: the framework's own estimator code behind the canonical contract.
+
+OpenRLHF cannot be imported whole on a CPU (its package ``__init__`` pulls deepspeed, ray,
+flash-attn and vllm). As OpenRLHF's own tests shipped in the wheel do
+(``tests/test_kl_estimator_gradient.py``, ``tests/test_loss_aggregation.py``,
+``tests/test_reward_shaping.py``), the three files that hold the math are loaded by file path,
+lazily on first use, with empty stand-ins for ``deepspeed`` and ``ray`` registered only while they
+load (and restored afterwards); nothing that imports vllm is executed:
+
+- ``openrlhf/models/utils.py``: ``compute_approx_kl``, ``compute_reward``, ``log_probs_from_logits``
+- ``openrlhf/models/loss.py``: ``aggregate_loss``, ``PolicyLoss``, ``ValueLoss``, ``PairWiseLoss``,
+  ``LogExpLoss``, ``DPOLoss``
+- ``openrlhf/trainer/ppo_utils/experience_maker.py``: ``RemoteExperienceMaker`` (GAE, cumulative
+  returns, and the group baselines and whitening inside ``compute_advantages_and_returns``)
+
+plus ``openrlhf/utils/loss_utils.py`` (``get_loss_batch_info``, the normalisers the PPO actor and
+critic pass to every loss), ``openrlhf/trainer/ppo_utils/experience.py`` (the real ``Experience``)
+and ``openrlhf/trainer/ppo_utils/length_penalty.py``, which ``experience_maker.py`` imports.
+
+Variants (API.md "Framework variants"); the switch is ``--algo.advantage.estimator``,
+``--actor.policy_loss_type`` or ``--model.loss_type`` (reward model):
+
+- ``openrlhf``: OpenRLHF's defaults (``estimator=gae`` with batch whitening, ``policy_loss_type=ppo``,
+  pairwise sigmoid reward loss). No group estimator: ``gae`` does not use one.
+- ``openrlhf-group_norm`` / ``openrlhf-dr_grpo`` / ``openrlhf-rloo``: the group baselines
+  (``scale="group"``, ``scale="none"``, leave-one-out); these estimators do not whiten.
+- ``openrlhf-gspo``: ``policy_loss_type=gspo`` (sequence-level ratio, sequence-level loss).
+- ``openrlhf-logexp``: the reward model's ``loss_type`` other than ``sigmoid`` (``LogExpLoss``).
+
+The PPO loss aggregation (``--actor.loss_agg_mode``: ``token-mean`` or ``seq-mean-token-mean``),
+the clip range (``--actor.eps_clip_low_high``), ``--actor.dual_clip``, the value clip, the KL
+estimator and the DPO/IPO coefficients are options of the canonical functions themselves, so every
+variant honours them as OpenRLHF's trainer does (no separate variant is needed for them).
+
+Framework defaults are read at run time from the argparse definitions of OpenRLHF's own entry
+points (``openrlhf/cli/train_ppo_ray.py``, ``train_dpo.py``, ``train_rm.py``: the parsers are built
+under ``if __name__ == "__main__"``, so their ``add_argument`` calls are read with ``ast``).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import logging
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from conformance import Unsupported
+
+VERSION = "0.11.2"
+PKG = f"openrlhf {VERSION}"
+_PRIVATE = "_rlconform_openrlhf"
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def _root() -> Path:
+    spec = importlib.util.find_spec("openrlhf")        # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("openrlhf is not installed: pip install --no-deps openrlhf==0.11.2 "
+                          "(see conformance/adapters/openrlhf_install.sh)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stand_in(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
+
+
+def _zero_pad_sequences(*args, **kwargs):
+    raise NotImplementedError("stand-in: openrlhf.utils.utils is not loaded by the rlconform adapter")
+
+
+@functools.lru_cache(maxsize=None)
+def _fw() -> SimpleNamespace:
+    """Load OpenRLHF's math files by path (once). Stand-ins for ``deepspeed``, ``ray`` and the
+    OpenRLHF modules these files import are in ``sys.modules`` only while the files load."""
+    root = _root()
+    models = root / "models"
+    pkg = types.ModuleType(f"{_PRIVATE}_models")         # so that loss.py's `from .utils` resolves
+    pkg.__path__ = [str(models)]
+    launcher = _stand_in("openrlhf.trainer.ray.launcher", RayActorGroup=type("RayActorGroup", (), {}))
+    logging_utils = _stand_in("openrlhf.utils.logging_utils", init_logger=logging.getLogger)
+    temporary = {
+        "deepspeed": _stand_in("deepspeed"),
+        "ray": _stand_in("ray"),
+        "openrlhf.trainer.ray.launcher": launcher,
+        "openrlhf.utils.logging_utils": logging_utils,
+        "openrlhf.utils.utils": _stand_in("openrlhf.utils.utils", zero_pad_sequences=_zero_pad_sequences),
+    }
+    saved = {k: sys.modules.get(k) for k in list(temporary) + [
+        "openrlhf.models.utils", "openrlhf.trainer.ppo_utils.experience",
+        "openrlhf.trainer.ppo_utils.length_penalty", "openrlhf.utils.seqlen_balancing"]}
+    try:
+        sys.modules.update(temporary)
+        sys.modules[pkg.__name__] = pkg
+        utils = _load(f"{pkg.__name__}.utils", models / "utils.py")
+        loss = _load(f"{pkg.__name__}.loss", models / "loss.py")
+        loss_utils = _load(f"{_PRIVATE}_loss_utils", root / "utils" / "loss_utils.py")
+        sys.modules["openrlhf.models.utils"] = utils
+        sys.modules["openrlhf.utils.seqlen_balancing"] = _load(
+            f"{_PRIVATE}_seqlen_balancing", root / "utils" / "seqlen_balancing.py")
+        ppo_utils = root / "trainer" / "ppo_utils"
+        experience = _load(f"{_PRIVATE}_experience", ppo_utils / "experience.py")
+        sys.modules["openrlhf.trainer.ppo_utils.experience"] = experience
+        sys.modules["openrlhf.trainer.ppo_utils.length_penalty"] = _load(
+            f"{_PRIVATE}_length_penalty", ppo_utils / "length_penalty.py")
+        maker = _load(f"{_PRIVATE}_experience_maker", ppo_utils / "experience_maker.py")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return SimpleNamespace(root=root, utils=utils, loss=loss, loss_utils=loss_utils,
+                           Experience=experience.Experience,
+                           RemoteExperienceMaker=maker.RemoteExperienceMaker)
+
+
+@functools.lru_cache(maxsize=None)
+def _cli_defaults(script: str) -> dict:
+    """``{"--dest": default}`` of every ``parser.add_argument`` in ``openrlhf/cli/<script>``."""
+    tree = ast.parse((_root() / "cli" / script).read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            for kw in node.keywords:
+                if kw.arg == "default":
+                    try:
+                        out[node.args[0].value] = ast.literal_eval(kw.value)
+                    except ValueError:
+                        pass
+    return out
+
+
+def _ppo_default(flag: str):
+    return _cli_defaults("train_ppo_ray.py")[flag]
+
+
+def _batch_info(mask: torch.Tensor) -> dict:
+    # The normalisers the PPO actor and critic pass to every loss (ppo_actor.py:274-280,
+    # ppo_critic.py:133-138; one process: dp_size 1, the micro-batch's token and sequence counts).
+    return _fw().loss_utils.get_loss_batch_info(None, mask)
+
+
+def _as_mask(mask: torch.Tensor) -> torch.Tensor:
+    # OpenRLHF's action_mask is a bool tensor (experience.py:43): a mask-type convention.
+    return mask.to(torch.bool)
+
+
+def _maker(estimator: str, n: int, kl_coef: float = 0.0, **advantage):
+    """A ``RemoteExperienceMaker`` made by ``__new__`` with only what
+    ``compute_advantages_and_returns`` reads: the estimator, the KL controller's value and
+    ``strategy.args`` (rollout group size, reward clip range, advantage settings), as OpenRLHF's
+    tests/test_reward_shaping.py builds it. Every other setting keeps the CLI default."""
+    fw = _fw()
+    maker = fw.RemoteExperienceMaker.__new__(fw.RemoteExperienceMaker)
+    maker.advantage_estimator = estimator
+    maker.kl_ctl = SimpleNamespace(value=kl_coef)
+    adv = dict(estimator=estimator, gamma=float(_ppo_default("--algo.advantage.gamma")),
+               lambd=float(_ppo_default("--algo.advantage.lambd")),
+               no_std_norm=_ppo_default("--algo.advantage.no_std_norm"))
+    adv.update(advantage)
+    args = SimpleNamespace(
+        rollout=SimpleNamespace(n_samples_per_prompt=n),
+        reward=SimpleNamespace(clip_range=tuple(_ppo_default("--reward.clip_range"))),
+        algo=SimpleNamespace(advantage=SimpleNamespace(**adv)))
+    maker.strategy = SimpleNamespace(args=args)
+    maker.args = args
+    return maker
+
+
+def _group_slots(group_ids: torch.Tensor):
+    """OpenRLHF's trainer produces ``n_samples_per_prompt`` consecutive responses per prompt and
+    records each one's place in ``Experience.index``; ``compute_advantages_and_returns`` scatters
+    the rewards by that index and reshapes them to ``(-1, n_samples_per_prompt)``
+    (experience_maker.py:251-256). Give each sample the slot its group would have."""
+    members: dict = {}
+    for i, g in enumerate(group_ids.tolist()):
+        members.setdefault(g, []).append(i)
+    sizes = sorted({len(rows) for rows in members.values()})
+    if len(sizes) != 1:
+        raise Unsupported(f"groups of sizes {sizes}: OpenRLHF's trainer always produces "
+                          "n_samples_per_prompt responses per prompt and reshapes the rewards to "
+                          f"(-1, n_samples_per_prompt) (trainer/ppo_utils/experience_maker.py:256, {PKG})")
+    n = sizes[0]
+    if n == 1:
+        raise Unsupported("groups of one: OpenRLHF's CLI requires n_samples_per_prompt > 1 for the "
+                          f"group estimators (cli/train_ppo_ray.py:656-659, {PKG})")
+    slots = [0] * len(group_ids)
+    for k, rows in enumerate(members.values()):
+        for j, i in enumerate(rows):
+            slots[i] = k * n + j
+    return slots, n
+
+
+def _group_advantages(estimator: str, scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Scores through ``compute_advantages_and_returns`` with one-token responses and no KL (the KL
+    tensor is float32, as ``compute_approx_kl`` returns it, experience_maker.py:206); the advantage
+    of the one token is the sample's advantage. Cast back to the scores' dtype (a convention)."""
+    fw = _fw()
+    slots, n = _group_slots(group_ids)
+    B = scores.shape[0]
+    experience = fw.Experience(index=slots, rewards=scores, action_mask=torch.ones(B, 1, dtype=torch.bool),
+                               kl=torch.zeros(B, 1, dtype=torch.float32), info={})
+    out = _maker(estimator, n).compute_advantages_and_returns([experience])[0].advantages
+    return out[:, 0].to(scores.dtype)
+
+
+def _per_pair(call_full, call_one, n: int) -> torch.Tensor:
+    # OpenRLHF's preference losses return the batch mean: one call per pair gives the per-pair
+    # loss (API.md layouts). The whole batch is also handed over once, as the trainer does, so
+    # that whatever the framework rejects it rejects here.
+    call_full()
+    return torch.stack([call_one(i) for i in range(n)])
+
+
+# --- the adapters ----------------------------------------------------------------------------------
+
+def _defaults(advantage_estimator: str, policy_loss_type: str = "ppo", rm_loss: str | None = None) -> dict:
+    """Framework defaults, read from OpenRLHF's entry points at run time (None: no such setting)."""
+    ppo, dpo, rm = (_cli_defaults(s) for s in ("train_ppo_ray.py", "train_dpo.py", "train_rm.py"))
+    low_high = ppo["--actor.eps_clip_low_high"] or (ppo["--actor.eps_clip"],) * 2   # train_ppo_ray.py:633-634
+    return {
+        "advantage_estimator": advantage_estimator if advantage_estimator else ppo["--algo.advantage.estimator"],
+        "policy_loss_type": policy_loss_type,
+        "clip_low": low_high[0],
+        "clip_high": low_high[1],
+        "dual_clip": ppo["--actor.dual_clip"],
+        "value_clip": ppo["--critic.value_clip"],
+        "kl_beta": ppo["--algo.kl.init_coef"],
+        "kl_kind": ppo["--algo.kl.estimator"],
+        "kl_in": "loss" if ppo["--algo.kl.use_loss"] else "reward",
+        "gae_lambda": ppo["--algo.advantage.lambd"],
+        "gamma": ppo["--algo.advantage.gamma"],
+        "group_size": ppo["--rollout.n_samples_per_prompt"],
+        "agg": ppo["--actor.loss_agg_mode"],
+        "advantage_eps": None,       # not a setting: literals in experience_maker.py:274 and :333
+        "whiten_advantages": not ppo["--algo.advantage.no_std_norm"],
+        "reward_clip_range": list(ppo["--reward.clip_range"]),
+        "dpo_beta": dpo["--model.beta"],
+        "dpo_label_smoothing": dpo["--model.label_smoothing"],
+        "rm_loss_type": rm_loss or rm["--model.loss_type"],
+    }
+
+
+def _cite(where: str, what: str) -> str:
+    return f"{what} ({where}, {PKG})"
+
+
+class OpenRLHF:
+    """OpenRLHF's defaults: ``--algo.advantage.estimator gae`` (with batch whitening),
+    ``--actor.policy_loss_type ppo``, ``--model.loss_type sigmoid`` for the reward model."""
+
+    name = "openrlhf"
+    framework = {"openrlhf": f"=={VERSION}"}
+    estimator = "gae"
+    policy_loss_type = "ppo"
+    shims: dict = {}
+    known_deviations = {
+        # KL
+        "kl_estimate/padding-*": _cite(
+            "openrlhf/models/utils.py:69-113",
+            "compute_approx_kl takes no mask and computes every entry, so padded entries are not 0 "
+            "and NaN/inf padding reaches the output"),
+        "kl_estimate/rejects-mixed-float-dtypes": _cite(
+            "openrlhf/models/utils.py:93", "casts both log-prob tensors to float32 and accepts mixed dtypes"),
+        "kl_estimate/matches-reference": _cite(
+            "openrlhf/models/utils.py:69-113",
+            "compute_approx_kl takes no mask: padded entries hold the estimate of whatever stands "
+            "there, not 0 (real entries agree to float32 precision: it computes in float32)"),
+        "kl_estimate/gradient-matches-reference": _cite(
+            "openrlhf/models/utils.py:69-113",
+            "compute_approx_kl takes no mask: the gradient at padded entries is not 0"),
+        "kl_penalized_rewards/padding-*": _cite(
+            "openrlhf/models/utils.py:144",
+            "compute_reward adds -kl_coef * kl at every position, padded ones included, so padded "
+            "entries are not 0"),
+        "kl_penalized_rewards/matches-reference": _cite(
+            "openrlhf/models/utils.py:144",
+            "compute_reward adds -kl_coef * kl at padded positions too, so they are not 0 (real "
+            "entries agree to float32 precision)"),
+        "kl_penalized_rewards/gradient-matches-reference": _cite(
+            "openrlhf/models/utils.py:144",
+            "compute_reward adds -kl_coef * kl at padded positions too: the gradient there is not 0"),
+        "kl_penalized_rewards/rejects-row-without-real-token": _cite(
+            "openrlhf/models/utils.py:154",
+            "a row without real tokens gets its score at the last padded position (argmax of an "
+            "all-zero row), no error"),
+        # losses
+        "aggregate/padding-nan": _cite(
+            "openrlhf/models/loss.py:32", "masks by multiplying (loss * loss_mask), so NaN padding gives NaN"),
+        "aggregate/padding-inf": _cite(
+            "openrlhf/models/loss.py:32", "masks by multiplying (loss * loss_mask), so inf padding gives NaN"),
+        "aggregate/rejects-mask-with-hole": _cite(
+            "openrlhf/models/loss.py:29-39", "accepts a mask whose real tokens are not a prefix"),
+        "ppo_clip_loss/padding-[in]*": _cite(
+            "openrlhf/models/loss.py:200-212,32",
+            "the per-token loss is computed at padded positions and masked by multiplication, so "
+            "NaN/inf padding (and 1e30 advantages overflowing in float32) give NaN"),
+        "value_loss/padding-nan": _cite(
+            "openrlhf/models/loss.py:282-297,32",
+            "the squared error is computed at padded positions and masked by multiplication, so NaN "
+            "padding gives NaN"),
+        "value_loss/padding-inf": _cite(
+            "openrlhf/models/loss.py:282-297,32",
+            "the squared error is computed at padded positions and masked by multiplication, so inf "
+            "padding gives NaN"),
+        "value_loss/rejects-shape-mismatch": _cite(
+            "openrlhf/models/loss.py:282-288",
+            "without a value clip old_values is never read, so its shape is not checked"),
+        # returns
+        "gae/gradient-matches-reference": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:342",
+            "get_advantages_and_returns runs under torch.no_grad(): no gradient reaches rewards or values"),
+        "gae/padding-nan": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:377-378",
+            "masks values and rewards by multiplication (NaN * 0 = NaN), and the recursion carries "
+            "NaN back into the real tokens"),
+        "gae/padding-inf": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:377-378",
+            "masks values and rewards by multiplication (inf * 0 = NaN), and the recursion carries "
+            "NaN back into the real tokens"),
+        "gae/rejects-lam-outside-unit-interval": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:343-387", "does not validate lambd"),
+        "gae/rejects-row-without-real-token": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:343-387",
+            "accepts a row without real tokens (its advantages are all 0)"),
+        "discounted_returns/gradient-matches-reference": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:389",
+            "get_cumulative_returns runs under torch.no_grad(): no gradient reaches the rewards"),
+        "discounted_returns/padding-nan": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:413-414",
+            "masks the rewards by multiplication (NaN * 0 = NaN), and the recursion carries NaN "
+            "back into the real tokens"),
+        "discounted_returns/padding-inf": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:413-414",
+            "masks the rewards by multiplication (inf * 0 = NaN), and the recursion carries NaN "
+            "back into the real tokens"),
+        "discounted_returns/rejects-gamma-outside-unit-interval": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:390-421", "does not validate gamma"),
+        "discounted_returns/rejects-integer-rewards": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:409",
+            "integer rewards give an integer tensor of truncated returns (returns = zeros_like(rewards)), "
+            "no error"),
+        # whitening (the gae estimator's normalisation)
+        "batch_normalized_advantages/matches-reference": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:332-333",
+            "shifts and scales the padded entries too (they are not 0), and whitens the real ones "
+            "with the biased variance (divisor: the number of real tokens) clamped at 1e-8, not "
+            "the unbiased variance plus eps"),
+        "batch_normalized_advantages/padding-*": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:330-338",
+            "masks by multiplication (NaN/inf padding gives NaN) and shifts and scales the padded "
+            "entries too, so they are not 0"),
+        "batch_normalized_advantages/rejects-fewer-than-two-real-entries": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:332-333",
+            "one real entry gives variance 0, clamped to 1e-8: returns 0, no error"),
+        "batch_normalized_advantages/exact-*": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:332-333",
+            "whitens with the biased variance (divisor n, not n - 1)"),
+        # preferences
+        "dpo_loss/rejects-nonpositive-beta": _cite(
+            "openrlhf/models/loss.py:334-338", "DPOLoss does not validate beta"),
+        "ipo_loss/rejects-nonpositive-tau": _cite(
+            "openrlhf/models/loss.py:334-352", "DPOLoss(ipo=True) does not validate beta (IPO's tau)"),
+    }
+    framework_defaults = staticmethod(lambda: _defaults("gae"))
+
+    # --- KL ---------------------------------------------------------------------------------------
+    def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
+        """``compute_approx_kl`` as experience_maker.py:206-210 calls it (no ``log_probs_old``,
+        ``unbiased_gradient`` off: the CLI default). It takes no mask; ``mask`` is unused. Its
+        float32 result is cast back to the input's dtype (a convention)."""
+        out = _fw().utils.compute_approx_kl(logp, ref_logp, kl_estimator=kind)
+        return out.to(logp.dtype)
+
+    def kl_penalized_rewards(self, scores, logp, ref_logp, mask, beta, kind="k1"):
+        """``compute_approx_kl`` (experience_maker.py:206-210) then ``compute_reward`` with the KL
+        controller's value ``beta`` and the CLI's default reward clip range
+        (experience_maker.py:284-290; --reward.clip_range, train_ppo_ray.py:474). The scores are
+        promoted to at least float32 first (experience_maker.py:244). Cast back to the input dtype."""
+        fw = _fw()
+        kl = fw.utils.compute_approx_kl(logp, ref_logp, kl_estimator=kind)
+        r = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        out = fw.utils.compute_reward(r, beta, kl, action_mask=_as_mask(mask),
+                                      reward_clip_range=tuple(_ppo_default("--reward.clip_range")))
+        return out.to(logp.dtype)
+
+    # --- losses -----------------------------------------------------------------------------------
+    def aggregate(self, values, mask, mode="token-mean", norm_len=None):
+        """``aggregate_loss`` with the PPO trainer's normalisers (ppo_actor.py:331): token-mean
+        (``token_level_loss=True``) or seq-mean-token-mean (``False``), the two modes it has."""
+        if mode not in ("token-mean", "seq-mean-token-mean"):
+            raise Unsupported(f"aggregate mode {mode!r}: aggregate_loss has token-mean and "
+                              f"seq-mean-token-mean only (openrlhf/models/loss.py:11-39, {PKG})")
+        m = _as_mask(mask)
+        return _fw().loss.aggregate_loss(values, m, token_level_loss=mode == "token-mean", **_batch_info(m))
+
+    def _policy_loss(self, agg, clip_low, clip_high, dual_clip):
+        if agg not in ("token-mean", "seq-mean-token-mean"):
+            raise Unsupported(f"agg {agg!r}: --actor.loss_agg_mode is token-mean or seq-mean-token-mean "
+                              f"(openrlhf/cli/train_ppo_ray.py:441-448, {PKG})")
+        # as ppo_actor.py:76-86 builds it (importance-sampling correction off: the CLI default)
+        return _fw().loss.PolicyLoss(clip_eps_low=clip_low,
+                                     clip_eps_high=clip_low if clip_high is None else clip_high,
+                                     dual_clip=dual_clip, token_level_loss=agg == "token-mean",
+                                     policy_loss_type=self.policy_loss_type)
+
+    def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
+                      dual_clip=None, agg="token-mean", norm_len=None):
+        """``PolicyLoss`` built and called as ppo_actor.py:76-86 and :304-311 do. OpenRLHF's
+        advantages are (B, T): (B,) advantages are broadcast over the tokens (a shape convention)."""
+        loss_fn = self._policy_loss(agg, clip_low, clip_high, dual_clip)
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1).expand(logp.shape)
+        m = _as_mask(mask)
+        return loss_fn(logp, old_logp, advantages, action_mask=m, rollout_log_probs=None,
+                       **_batch_info(m))[0]
+
+    def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean", norm_len=None):
+        """``ValueLoss(value_clip)`` as ppo_critic.py:60 builds it (always token-level) and calls it."""
+        if agg != "token-mean":
+            raise Unsupported(f"agg {agg!r}: the critic's ValueLoss is always token-mean "
+                              f"(openrlhf/trainer/ray/ppo_critic.py:60, {PKG})")
+        m = _as_mask(mask)
+        return _fw().loss.ValueLoss(clip)(values, old_values, returns, action_mask=m, **_batch_info(m))
+
+    # --- returns ----------------------------------------------------------------------------------
+    def gae(self, rewards, values, mask, gamma=1.0, lam=0.95):
+        """``RemoteExperienceMaker.get_advantages_and_returns`` (it does not touch ``self``)."""
+        fw = _fw()
+        maker = fw.RemoteExperienceMaker.__new__(fw.RemoteExperienceMaker)
+        return maker.get_advantages_and_returns(values, rewards, _as_mask(mask), gamma, lam)
+
+    def discounted_returns(self, rewards, mask, gamma=1.0):
+        """``RemoteExperienceMaker.get_cumulative_returns`` (it does not touch ``self``)."""
+        fw = _fw()
+        maker = fw.RemoteExperienceMaker.__new__(fw.RemoteExperienceMaker)
+        return maker.get_cumulative_returns(rewards, _as_mask(mask), gamma)
+
+    # --- whitening ----------------------------------------------------------------------------------
+    def batch_normalized_advantages(self, advantages, mask=None, eps=1e-8):
+        """The whitening block of ``compute_advantages_and_returns`` (experience_maker.py:325-338)
+        with ``estimator=gae``. Stub: the maker's ``get_advantages_and_returns`` is replaced on the
+        instance by one that hands over the given advantages, so the whitening block is the only
+        code that acts on them (rewards 0, KL coefficient 0, one experience)."""
+        if eps != 1e-8:
+            raise Unsupported(f"eps={eps}: the variance is clamped at the literal 1e-8 "
+                              f"(openrlhf/trainer/ppo_utils/experience_maker.py:333, {PKG})")
+        fw = _fw()
+        shape = advantages.shape
+        if advantages.dim() == 1:             # OpenRLHF's advantages are (B, T): (N,) as (N, 1)
+            advantages = advantages.unsqueeze(1)
+            mask = None if mask is None else mask.unsqueeze(1)
+        B = advantages.shape[0]
+        m = torch.ones(advantages.shape, dtype=torch.bool) if mask is None else _as_mask(mask)
+        maker = _maker(self.estimator, 1, no_std_norm=False)
+        maker.get_advantages_and_returns = lambda values, reward, action_mask, gamma, lambd: (advantages, advantages)
+        experience = fw.Experience(index=list(range(B)), rewards=torch.zeros(B), action_mask=m,
+                                   kl=torch.zeros(advantages.shape, dtype=torch.float32), info={})
+        return maker.compute_advantages_and_returns([experience])[0].advantages.reshape(shape)
+
+    # --- preferences --------------------------------------------------------------------------------
+    def _rm_loss(self):
+        return _fw().loss.PairWiseLoss()             # rm_trainer.py:58-59, --model.loss_type sigmoid
+
+    def bradley_terry_loss(self, chosen_rewards, rejected_rewards, margin=None):
+        """The reward model's loss module as rm_trainer.py:58-63 picks it, called as :166; a float
+        margin becomes a tensor as rm_trainer.py:157 makes it."""
+        loss_fn = self._rm_loss()
+        if margin is not None and not isinstance(margin, torch.Tensor):
+            margin = torch.tensor(margin, dtype=chosen_rewards.dtype)
+        m = (lambda i: None) if margin is None else (
+            (lambda i: margin[i:i + 1]) if margin.dim() else (lambda i: margin))
+        return _per_pair(lambda: loss_fn(chosen_rewards, rejected_rewards, margin),
+                         lambda i: loss_fn(chosen_rewards[i:i + 1], rejected_rewards[i:i + 1], m(i)),
+                         chosen_rewards.shape[0])
+
+    def _dpo(self, beta, label_smoothing, ipo, pc, pr, rc, rr):
+        loss_fn = _fw().loss.DPOLoss(beta, label_smoothing, ipo)      # dpo_trainer.py:64
+        return _per_pair(lambda: loss_fn(pc, pr, rc, rr),
+                         lambda i: loss_fn(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1])[0],
+                         pc.shape[0])
+
+    def dpo_loss(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                 ref_rejected_logps, beta=0.1, label_smoothing=0.0):
+        """``DPOLoss(beta, label_smoothing, ipo=False)`` (dpo_trainer.py:64), one call per pair."""
+        return self._dpo(beta, label_smoothing, False, policy_chosen_logps, policy_rejected_logps,
+                         ref_chosen_logps, ref_rejected_logps)
+
+    def ipo_loss(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                 ref_rejected_logps, tau=0.1):
+        """``DPOLoss(beta=tau, ipo=True)`` (--model.ipo_enable; loss.py:352 uses beta as IPO's tau)."""
+        return self._dpo(tau, 0.0, True, policy_chosen_logps, policy_rejected_logps,
+                         ref_chosen_logps, ref_rejected_logps)
+
+    # --- log-probabilities ----------------------------------------------------------------------------
+    def token_logprobs(self, logits, tokens):
+        """``log_probs_from_logits`` as actor.py:289 calls it (temperature 1: no in-place division)."""
+        return _fw().utils.log_probs_from_logits(logits, tokens)
+
+
+class _GroupVariant(OpenRLHF):
+    # these estimators do not whiten (experience_maker.py:325)
+    batch_normalized_advantages = None
+    known_deviations = {k: v for k, v in OpenRLHF.known_deviations.items()
+                        if not k.startswith("batch_normalized_advantages/")}
+    shims = {
+        "group_normalized_advantages": _cite(
+            "openrlhf/trainer/ppo_utils/experience_maker.py:251-256,280",
+            "gives each sample the Experience.index slot of its group, so that the framework's "
+            "own scatter and reshape to (-1, n_samples_per_prompt) puts every group in one row"),
+    }
+
+
+class OpenRLHFGroupNorm(_GroupVariant):
+    """``--algo.advantage.estimator group_norm`` (GRPO): ``scale="group"``."""
+    name = "openrlhf-group_norm"
+    estimator = "group_norm"
+    framework_defaults = staticmethod(lambda: _defaults("group_norm"))
+
+    def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
+        """experience_maker.py:273-274; its eps is the literal 1e-9 (``eps`` is not an option
+        there: the value the framework uses is what is certified, documented here)."""
+        if scale != "group":
+            raise Unsupported(f"scale={scale!r}: estimator group_norm divides by the group std "
+                              f"(openrlhf/trainer/ppo_utils/experience_maker.py:274, {PKG})")
+        return _group_advantages("group_norm", scores, group_ids)
+
+
+class OpenRLHFDrGrpo(_GroupVariant):
+    """``--algo.advantage.estimator dr_grpo``: ``scale="none"``."""
+    name = "openrlhf-dr_grpo"
+    estimator = "dr_grpo"
+    framework_defaults = staticmethod(lambda: _defaults("dr_grpo"))
+
+    def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
+        """experience_maker.py:271-272 (group mean subtracted, no division)."""
+        if scale != "none":
+            raise Unsupported(f"scale={scale!r}: estimator dr_grpo only subtracts the group mean "
+                              f"(openrlhf/trainer/ppo_utils/experience_maker.py:271-272, {PKG})")
+        return _group_advantages("dr_grpo", scores, group_ids)
+
+
+class OpenRLHFRloo(_GroupVariant):
+    """``--algo.advantage.estimator rloo``: the leave-one-out baseline."""
+    name = "openrlhf-rloo"
+    estimator = "rloo"
+    framework_defaults = staticmethod(lambda: _defaults("rloo"))
+    shims = {"leave_one_out_advantages": _GroupVariant.shims["group_normalized_advantages"]}
+
+    def leave_one_out_advantages(self, scores, group_ids):
+        """experience_maker.py:268-270."""
+        return _group_advantages("rloo", scores, group_ids)
+
+
+class OpenRLHFGspo(OpenRLHF):
+    """``--actor.policy_loss_type gspo``: the sequence-level ratio exp(mean_t log r_t), and a
+    sequence-level loss (loss.py:151-152), so only ``agg="seq-mean-token-mean"``."""
+    name = "openrlhf-gspo"
+    policy_loss_type = "gspo"
+    # the token-level checks that show ppo's padding deviation are skipped here (Unsupported)
+    known_deviations = {k: v for k, v in OpenRLHF.known_deviations.items()
+                        if not k.startswith("ppo_clip_loss/")}
+    framework_defaults = staticmethod(lambda: _defaults("gae", policy_loss_type="gspo"))
+
+    def _policy_loss(self, agg, clip_low, clip_high, dual_clip):
+        if agg != "seq-mean-token-mean":
+            raise Unsupported(f"agg {agg!r}: policy_loss_type gspo forces the sequence-level loss "
+                              f"(openrlhf/models/loss.py:151-152, {PKG})")
+        return super()._policy_loss(agg, clip_low, clip_high, dual_clip)
+
+
+class OpenRLHFLogExp(OpenRLHF):
+    """The reward model's ``--model.loss_type`` other than ``sigmoid``: ``LogExpLoss``."""
+    name = "openrlhf-logexp"
+    _margin = _cite("openrlhf/models/loss.py:322-326",
+                    "LogExpLoss takes a margin argument and ignores it: log(1 + exp(r_r - r_c))")
+    known_deviations = {**OpenRLHF.known_deviations,
+                        "bradley_terry_loss/matches-reference": _margin,
+                        "bradley_terry_loss/gradient-matches-reference": _margin,
+                        "bradley_terry_loss/gradient-is-sigmoid-minus-one": _margin}
+    framework_defaults = staticmethod(lambda: _defaults("gae", rm_loss="logexp"))
+
+    def _rm_loss(self):
+        return _fw().loss.LogExpLoss()               # rm_trainer.py:61-62
+
+
+openrlhf = OpenRLHF()
+openrlhf_group_norm = OpenRLHFGroupNorm()
+openrlhf_dr_grpo = OpenRLHFDrGrpo()
+openrlhf_rloo = OpenRLHFRloo()
+openrlhf_gspo = OpenRLHFGspo()
+openrlhf_logexp = OpenRLHFLogExp()
+
+VARIANTS = (openrlhf, openrlhf_group_norm, openrlhf_dr_grpo, openrlhf_rloo, openrlhf_gspo, openrlhf_logexp)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Minimal OpenRLHF install for the rlconform adapters in conformance/adapters/openrlhf.py.
+#
+# `pip install openrlhf` fails on a machine without CUDA: it requires flash-attn==2.8.3 (built
+# from source with nvcc), deepspeed, ray[default], vllm and a pinned transformers. The adapter
+# needs none of them: it loads openrlhf/models/utils.py, openrlhf/models/loss.py,
+# openrlhf/utils/loss_utils.py and openrlhf/trainer/ppo_utils/{experience,length_penalty,
+# experience_maker}.py by file path, with empty stand-ins for deepspeed and ray (as OpenRLHF's
+# own tests in the wheel do). Those files import only torch and the standard library, so the
+# wheel alone, without its dependencies, is the whole install.
+#
+# Run it with the Python of an environment that already has torch 2.13.0 (CPU) and rlconform:
+#   PYTHON=/path/to/venv/bin/python bash conformance/adapters/openrlhf_install.sh
+# Note: the wheel also installs a top-level package named `tests` (OpenRLHF's test suite) into
+# site-packages; rlconform's own tests/ shadows it when pytest runs from the repository root.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python}"
+
+"$PYTHON" -m pip install --no-deps "openrlhf==0.11.2"
+
+# Smoke test: the adapter loads OpenRLHF's files and one estimator answers.
+"$PYTHON" - <<'PY'
+import torch
+from conformance.adapters.openrlhf import VARIANTS, openrlhf
+
+mask = torch.tensor([[True, True, False]])
+x = torch.zeros(1, 3, dtype=torch.float64)
+assert openrlhf.kl_estimate(x, x, mask, "k3").abs().max() == 0
+print("openrlhf adapters ready:", ", ".join(v.name for v in VARIANTS))
+PY

@@ -1,0 +1,300 @@
+"""Adapters for torchrl 0.14.1 (tensordict 0.14.x): its value functionals and its LLM objectives.
+
+What is mapped, and to which torchrl code:
+
+- ``gae``: ``torchrl.objectives.value.functional.generalized_advantage_estimate``, the loop
+  version that ``GAE.forward`` calls with its default ``vectorized=None``
+  (torchrl/objectives/value/advantages.py:2315-2327).
+- ``discounted_returns``: ``torchrl.objectives.value.functional.reward2go``.
+- ``group_normalized_advantages`` (``scale="group"`` only): the ``MCAdvantage`` replay-buffer
+  transform (torchrl/objectives/llm/grpo.py:1019), constructed as torchrl's GRPO recipes do,
+  ``MCAdvantage(grpo_size=G)``, and fed one single-step trajectory per sample through ``inv``.
+- ``kl_estimate`` (``kind="k3"`` only): ``torchrl.objectives.llm.k3_kl_token_estimate``.
+- ``ppo_clip_loss`` and ``aggregate``: the tensor-level methods of ``GRPOLoss`` / ``DAPO``
+  (``_compute_policy_objective`` and ``_aggregate_loss_value``), called on a loss module built
+  without an actor network (``actor_network=None`` is the constructor's default); the per-token
+  log-weight is formed as ``GRPOLoss._log_weight`` forms it.
+
+Variants (API.md "Framework variants"): ``GRPOLoss(aggregation=...)`` is the switch.
+``torchrl`` is ``GRPOLoss()`` with its defaults (``aggregation="token_mean"``);
+``torchrl_prompt_mean`` is ``GRPOLoss(aggregation="prompt_mean")``; ``torchrl_dapo`` is the
+``DAPO`` class (Clip-Higher over GRPO; same code path, token-mean aggregation).
+
+torchrl is imported lazily: importing this module without torchrl installed works, and the
+adapter objects are constructible without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from conformance import Unsupported
+
+PKG = "torchrl 0.14.1"
+_GRPO = "torchrl/objectives/llm/grpo.py"
+_FUNC = "torchrl/objectives/value/functional.py"
+_DIST = "torchrl/objectives/llm/distillation.py"
+
+
+@functools.lru_cache(maxsize=None)
+def _tr():
+    """Import torchrl's pieces once, on first use."""
+    import tensordict
+    import torchrl
+    from torchrl.objectives.llm import DAPO, GRPOLoss, MCAdvantage, k3_kl_token_estimate
+    from torchrl.objectives.utils import (ValueEstimators, _validate_clip_epsilon,
+                                          default_value_kwargs)
+    from torchrl.objectives.value.functional import generalized_advantage_estimate, reward2go
+    return {"torchrl": torchrl, "tensordict": tensordict, "GRPOLoss": GRPOLoss, "DAPO": DAPO,
+            "MCAdvantage": MCAdvantage, "k3": k3_kl_token_estimate, "gae": generalized_advantage_estimate,
+            "reward2go": reward2go, "ValueEstimators": ValueEstimators,
+            "default_value_kwargs": default_value_kwargs,
+            "validate_clip": _validate_clip_epsilon}
+
+
+def _episode_ends(mask: torch.Tensor) -> torch.Tensor:
+    """Calling convention: torchrl marks episode ends with done/terminated flags, not a mask.
+    A row's response ends (terminates) at its last real token: done[t] = mask[t] & ~mask[t+1]
+    (with mask[T] = False). Shape (B, T, 1), time at dim -2 as torchrl's functionals expect."""
+    m = mask.bool()
+    nxt = torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], dim=1)
+    return (m & ~nxt).unsqueeze(-1)
+
+
+class _TorchRLBase:
+    """Functions shared by every variant (the value functionals, MCAdvantage, k3)."""
+
+    name = "torchrl"
+    loss_class = "GRPOLoss"
+    aggregation: str | None = None        # None: GRPOLoss's default, read at run time
+    framework = {"torchrl": "==0.14.1", "tensordict": ">=0.14,<0.15"}
+
+    # --- configuration -------------------------------------------------------------------------
+    def _aggregation(self) -> str:
+        if self.aggregation is not None:
+            return self.aggregation
+        sig = inspect.signature(_tr()[self.loss_class].__init__)
+        return sig.parameters["aggregation"].default
+
+    def _canonical_agg(self) -> str:
+        return {"token_mean": "token-mean", "prompt_mean": "seq-mean-token-mean"}[self._aggregation()]
+
+    @functools.lru_cache(maxsize=64)               # noqa: B019  (a few clip settings per run)
+    def _loss_module(self, clip_low: float, clip_high: float):
+        cls = _tr()[self.loss_class]
+        kwargs = {} if self.aggregation is None else {"aggregation": self.aggregation}
+        clip = clip_low if clip_high == clip_low else (clip_low, clip_high)
+        return cls(clip_epsilon=clip, **kwargs)    # actor_network=None: tensor-level use only
+
+    def framework_defaults(self) -> dict:
+        t = _tr()
+        sig = inspect.signature(t[self.loss_class].__init__)
+        low, high = t["validate_clip"](sig.parameters["clip_epsilon"].default)
+        beta = sig.parameters["kl_to_ref_coeff"].default
+        gae_kw = t["default_value_kwargs"](t["ValueEstimators"].GAE)
+        mc = inspect.signature(t["MCAdvantage"].__init__).parameters["grpo_size"].default
+        return {
+            "clip_low": low, "clip_high": high,
+            "kl_beta": beta,
+            "kl_estimator": self._kl_kind(),
+            "kl_in": "loss" if "kl_to_ref_coeff" in sig.parameters else None,
+            "gae_lambda": gae_kw.get("lmbda"), "gamma": gae_kw.get("gamma"),
+            "group_size": None if mc is inspect.Parameter.empty else mc,
+            "loss_agg": self._aggregation(),
+            "adv_eps": None,   # MCAdvantage has no eps setting (a fixed std.clamp_min(1e-6))
+        }
+
+    def _kl_kind(self) -> str | None:
+        """Which estimator GRPOLoss._kl_to_ref computes, found by calling it on one token."""
+        t = _tr()
+        l = 0.7                                    # log pi - log pi_ref
+        td = t["tensordict"].TensorDict({"_cur_log_prob": torch.tensor([[l]], dtype=torch.float64)}, [1])
+        _, kl = self._loss_module(0.2, 0.2)._kl_to_ref(
+            td, ref_log_prob=torch.zeros(1, 1, dtype=torch.float64), coeff=1.0)
+        import math
+        for kind, v in (("k1", l), ("k2", l * l / 2), ("k3", math.exp(-l) - 1 + l)):
+            if abs(float(kl) - v) < 1e-12:
+                return kind
+        return None
+
+    # --- returns and advantages ----------------------------------------------------------------
+    def discounted_returns(self, rewards, mask, gamma=1.0):
+        # reward2go takes [B, T, 1] (time at -2) and episode ends as `done` flags.
+        done = _episode_ends(mask)
+        out = _tr()["reward2go"](rewards.unsqueeze(-1), done, gamma)
+        return out.squeeze(-1)
+
+    def gae(self, rewards, values, mask, gamma=1.0, lam=0.95):
+        # Calling convention: torchrl's GAE takes [B, T, 1] tensors, a separate next_state_value
+        # and done/terminated flags instead of a mask. The response ends at each row's last real
+        # token, which is a terminal state (done = terminated = True there). next_state_value is
+        # V shifted by one step, with V(terminal) = 0 after the last real token (API.md: "V after
+        # the last real token is 0"); torchrl multiplies it by (1 - terminated) there anyway.
+        done = _episode_ends(mask)
+        V = values.unsqueeze(-1)
+        r = rewards.unsqueeze(-1)
+        V_next = torch.cat([V[:, 1:], torch.zeros_like(V[:, :1])], dim=1)
+        V_next = torch.where(done, torch.zeros_like(V_next), V_next)
+        adv, target = _tr()["gae"](gamma, lam, V, V_next, r, done, done.clone())
+        return adv.squeeze(-1), target.squeeze(-1)
+
+    def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
+        if scale != "group":
+            raise Unsupported(f"MCAdvantage normalises by the group std only; scale={scale!r} "
+                              "has no switch in torchrl 0.14.1")
+        if eps != 1e-6:
+            raise Unsupported("MCAdvantage has no eps setting: its std guard is a fixed "
+                              f"clamp_min(1e-6) ({_GRPO}:1511)")
+        t = _tr()
+        TensorDict = t["tensordict"].TensorDict
+        B = scores.shape[0]
+        out = [None] * B
+        # Layout: torchrl's GRPO recipes build MCAdvantage(grpo_size=G), which releases a group
+        # once G trajectories with its id have arrived. Groups here may differ in size, so each
+        # group gets its own transform with grpo_size = that group's size (one call per group;
+        # what MCAdvantage computes for a completed group does not depend on other groups).
+        # Each sample is one single-step, done trajectory (an LLM response is one step of
+        # torchrl's ChatEnv); `index` carries its position back from the group MCAdvantage writes.
+        for gid in torch.unique(group_ids).tolist():
+            members = (group_ids == gid).nonzero().reshape(-1).tolist()
+            mc = t["MCAdvantage"](grpo_size=len(members), prompt_key="group_id")
+            for i in members:
+                td = TensorDict({
+                    "group_id": group_ids[i:i + 1],
+                    "index": torch.tensor([i]),
+                    "next": TensorDict({"reward": scores[i].reshape(1, 1),
+                                        "done": torch.ones(1, 1, dtype=torch.bool)}, [1]),
+                }, [1])
+                res = mc.inv(td)
+                if res is not None:
+                    for j, a in zip(res["index"].reshape(-1).tolist(),
+                                    res["advantage"].reshape(-1).unbind(0)):
+                        out[j] = a
+        if any(o is None for o in out):
+            raise RuntimeError("MCAdvantage left a group incomplete")
+        return torch.stack(out)
+
+    # --- KL --------------------------------------------------------------------------------------
+    def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
+        if kind != "k3":
+            raise Unsupported(f"torchrl's only KL estimator is k3 (k3_kl_token_estimate, "
+                              f"{_DIST}:25); kind={kind!r}")
+        if mask is not None:
+            # shim (declared): fill padded positions with 0 before the call, as
+            # DistillationLoss.forward does right before k3_kl_token_estimate.
+            m = mask.bool()
+            logp = logp.masked_fill(~m, 0.0)
+            ref_logp = ref_logp.detach().masked_fill(~m, 0.0)
+        return _tr()["k3"](ref_logp, logp)       # (target_log_prob, log_prob of the sampler)
+
+    # --- losses ------------------------------------------------------------------------------------
+    def aggregate(self, values, mask, mode="token-mean", norm_len=None):
+        if mode != self._canonical_agg():
+            raise Unsupported(f"{self.name} aggregates as {self._aggregation()!r} "
+                              f"(= {self._canonical_agg()}); mode={mode!r} is another variant")
+        out = self._loss_module(0.2, 0.2)._aggregate_loss_value(values.unsqueeze(-1), mask.bool())
+        return out.reshape(())                    # prompt_mean returns shape (1,)
+
+    def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
+                      dual_clip=None, agg="token-mean", norm_len=None):
+        if dual_clip is not None:
+            raise Unsupported(f"{self.loss_class} has no dual clip")
+        if agg != self._canonical_agg():
+            raise Unsupported(f"{self.name} aggregates as {self._aggregation()!r} "
+                              f"(= {self._canonical_agg()}); agg={agg!r} is another variant")
+        high = clip_low if clip_high is None else clip_high
+        loss = self._loss_module(float(clip_low), float(high))
+        m = mask.bool()
+        # shim (declared): GRPOLoss._log_weight sets the current and behaviour log-probs to 0
+        # outside the attention mask before forming the log-weight.
+        cur = torch.where(m, logp, torch.zeros((), dtype=logp.dtype))
+        prev = torch.where(m, old_logp, torch.zeros((), dtype=old_logp.dtype))
+        log_weight = (cur - prev).unsqueeze(-1)                       # [B, T, 1]
+        # advantages: (B,) broadcast over tokens, or (B, T); torchrl wants [B, T, 1]
+        A = advantages.unsqueeze(-1)
+        A = A.unsqueeze(-1).expand(-1, logp.shape[1], 1) if advantages.dim() == 1 else A
+        per_token, _ = loss._compute_policy_objective(log_weight, A)
+        return loss._aggregate_loss_value(per_token, m).reshape(())
+
+
+_COMMON_SHIMS = {
+    "kl_estimate": "fills padded positions of both log-prob tensors with 0 (masked_fill) before "
+                   f"k3_kl_token_estimate, as DistillationLoss.forward does right before its call "
+                   f"({_DIST}:495, {PKG})",
+    "ppo_clip_loss": "sets logp and old_logp to 0 at padded positions (torch.where on the "
+                     "attention mask) before forming the log-weight, as GRPOLoss._log_weight does "
+                     f"right before the policy objective ({_GRPO}:962, {PKG})",
+}
+
+_R2G = (f"reward2go has no mask: the padded tail of a row after its done flag is summed as an "
+        f"episode of its own, so padded positions get returns of the padding values instead of 0 "
+        f"({_FUNC}:1447, {PKG})")
+_GAE_PAD = (f"generalized_advantage_estimate has no mask: padded positions get advantages from the "
+            f"padding values instead of 0 ({_FUNC}:171-178, {PKG})")
+
+_COMMON_DEVIATIONS = {
+    # discounted_returns -> reward2go
+    "discounted_returns/matches-reference": _R2G,
+    "discounted_returns/gradient-matches-reference":
+        "reward2go has no mask: the returns at padded positions depend on the padding rewards, "
+        f"so the gradient there is not 0 ({_FUNC}:1447-1450, {PKG})",
+    "discounted_returns/padding-*": _R2G,
+    "discounted_returns/rejects-integer-rewards":
+        "reward2go accepts integer rewards and returns integer returns; it checks only that "
+        f"reward and done share a shape ({_FUNC}:1428, {PKG})",
+    # gae -> generalized_advantage_estimate (the loop GAE.forward calls by default)
+    "gae/matches-reference": _GAE_PAD,
+    "gae/gradient-matches-reference":
+        "generalized_advantage_estimate has no mask: advantages at padded positions depend on "
+        f"the padding rewards and values, so the gradient there is not 0 ({_FUNC}:171-178, {PKG})",
+    "gae/padding-*":
+        "generalized_advantage_estimate has no mask: padded positions get advantages from the "
+        "padding values, and NaN/inf there reach the real tokens through prev_advantage * "
+        f"discount with discount = 0 at the done token (NaN * 0) ({_FUNC}:174, {PKG})",
+    "gae/rejects-lam-outside-unit-interval":
+        f"generalized_advantage_estimate does not check lmbda ({_FUNC}:120-178, {PKG})",
+    "gae/rejects-row-without-real-token":
+        "generalized_advantage_estimate takes done flags, not a mask: a row of padding has no "
+        f"done flag and is estimated as an unfinished trajectory ({_FUNC}:163-176, {PKG})",
+    # kl_estimate -> k3_kl_token_estimate
+    "kl_estimate/rejects-mixed-float-dtypes":
+        "k3_kl_token_estimate checks only that the shapes agree and lets torch promote mixed "
+        f"float dtypes ({_DIST}:67-72, {PKG})",
+}
+
+_TOKEN_MEAN_DEVIATIONS = {
+    "aggregate/rejects-mask-with-hole":
+        "GRPOLoss._aggregate_loss_value (token_mean) takes any boolean mask: a mask whose real "
+        f"tokens are not a prefix is averaged as given ({_GRPO}:814, {PKG})",
+}
+
+
+class TorchRL(_TorchRLBase):
+    """torchrl's defaults: GRPOLoss() (aggregation='token_mean', clip_epsilon=0.2)."""
+    name = "torchrl"
+    shims = dict(_COMMON_SHIMS)
+    known_deviations = {**_COMMON_DEVIATIONS, **_TOKEN_MEAN_DEVIATIONS}
+
+
+class TorchRLPromptMean(_TorchRLBase):
+    """GRPOLoss(aggregation='prompt_mean'): per-sample token mean, then mean over samples."""
+    name = "torchrl-prompt_mean"
+    aggregation = "prompt_mean"
+    shims = dict(_COMMON_SHIMS)
+    known_deviations = dict(_COMMON_DEVIATIONS)
+
+
+class TorchRLDapo(_TorchRLBase):
+    """torchrl.objectives.llm.DAPO (Clip-Higher over GRPO): same code path as GRPOLoss."""
+    name = "torchrl-dapo"
+    loss_class = "DAPO"
+    shims = dict(_COMMON_SHIMS)
+    known_deviations = {**_COMMON_DEVIATIONS, **_TOKEN_MEAN_DEVIATIONS}
+
+
+torchrl = TorchRL()
+torchrl_prompt_mean = TorchRLPromptMean()
+torchrl_dapo = TorchRLDapo()
