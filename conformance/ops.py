@@ -49,7 +49,10 @@ PADDED = (_both("unequal_lengths", lengths=(3, 1, 5, 2), T=6)
 GROUPS = (_both("groups_unsorted_ids", group_sizes=(3, 2, 2), options={"ids": (7, 3, 7, 3, 9, 9, 7)})
           + _both("unequal_group_sizes", group_sizes=(2, 5), options={"ids": (1, 1, 0, 0, 0, 0, 0)})
           + _both("all_rewards_equal", group_sizes=(4, 3), options={"ids": (5, 5, 5, 5, 8, 8, 8),
-                                                                      "constant_group": 5}))
+                                                                      "constant_group": 5})
+          # equal sizes, ids interleaved: what a trainer that reshapes to (-1, G) can take
+          + _both("equal_groups_interleaved", group_sizes=(3, 3, 3),
+                  options={"ids": (4, 9, 2, 9, 4, 2, 2, 4, 9)}))
 PAIRS = _both("pairs", lengths=(1,) * 6, T=1)
 
 
@@ -139,12 +142,15 @@ OPS: dict[str, Op] = {op.name: op for op in [
                                        c.randn(s.B, s.T, dtype=s.dtype), s.mask()), {}),
        PADDED, "scalar", padded=(0, 1, 2), diff=(0,),
        variants=({}, {"clip_low": 0.2, "clip_high": 0.28}, {"dual_clip": 3.0},
-                 {"agg": "seq-mean-token-mean"}),
+                 {"agg": "seq-mean-token-mean"}, {"agg": "seq-mean-token-sum"},
+                 {"agg": "seq-mean-token-sum-norm"}),
        mutants={"matches-reference": ("ppo_min_max_swapped", "ppo_clip_high_ignored",
                                       "ppo_ratio_inverted", "ppo_dual_clip_max"),
                 "gradient-matches-reference": ("ppo_dual_clip_on_positive_advantages",)}),
     Op("value_loss", lambda c, s: ((_bt(c, s), _bt(c, s), _bt(c, s), s.mask()), {}), PADDED,
-       "scalar", padded=(0, 1, 2), diff=(0,), variants=({}, {"clip": 0.2}),
+       "scalar", padded=(0, 1, 2), diff=(0,),
+       variants=({}, {"clip": 0.2}, {"agg": "seq-mean-token-mean"}, {"agg": "seq-mean-token-sum"},
+                 {"agg": "seq-mean-token-sum-norm"}),
        mutants={"matches-reference": ("value_clip_min", "value_loss_no_half")}),
     Op("bradley_terry_loss", lambda c, s: ((c.randn(6, dtype=s.dtype), c.randn(6, dtype=s.dtype)), {}),
        PAIRS, "N", diff=(0, 1), variants=({}, {"margin": 0.5}),

@@ -37,6 +37,12 @@ class ReportWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = adapter.name
         defaults = getattr(adapter, "framework_defaults", None)
+        if callable(defaults):
+            try:
+                defaults = defaults()
+            except Exception as exc:                                  # noqa: BLE001
+                warnings = list(warnings or []) + [f"framework_defaults failed: {exc}"]
+                defaults = {}
         self.data = {
             "adapter": adapter.name, "versions": versions(adapter), "complete": False,
             "seed": seed, "rlconform_version": refimpl.__version__,

@@ -17,7 +17,7 @@ import re
 import time
 import traceback
 import zlib
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 import torch
@@ -61,6 +61,13 @@ def load_adapter(spec: str):
         raise AdapterLoadError(f"could not load adapter {spec!r}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, type):
         obj = obj()
+    for pkg, spec_ in (getattr(obj, "framework", None) or {}).items():
+        try:
+            version(pkg)
+        except PackageNotFoundError:
+            raise AdapterLoadError(
+                f"adapter {spec!r} needs {pkg}{spec_}, which is not installed here; "
+                f"run `rlconform setup {pkg.split('-')[0]}` (or pip install \"{pkg}{spec_}\")") from None
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise AdapterLoadError(f"adapter {spec!r} needs a `name` of letters, digits, _ - . "
@@ -148,10 +155,22 @@ def error_row(chk: Check, message: str, seconds: float) -> dict:
 
 
 def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
+    """Warnings: declarations that match no check id, and a framework version other than the
+    one the adapter was written against."""
+    from packaging.specifiers import SpecifierSet
+
     ids = [c.id for c in REGISTRY.values()] or [c.id for c in checks]
-    return [f"known_deviations key {pattern!r} matches no check id"
-            for pattern in (getattr(adapter, "known_deviations", None) or {})
-            if not any(fnmatch.fnmatchcase(i, pattern) for i in ids)]
+    out = [f"known_deviations key {pattern!r} matches no check id"
+           for pattern in (getattr(adapter, "known_deviations", None) or {})
+           if not any(fnmatch.fnmatchcase(i, pattern) for i in ids)]
+    for pkg, spec in (getattr(adapter, "framework", None) or {}).items():
+        try:
+            found = version(pkg)
+        except PackageNotFoundError:
+            continue
+        if spec and found not in SpecifierSet(spec if spec[0] in "=<>!~" else f"=={spec}"):
+            out.append(f"{pkg} {found} installed; the adapter was written against {pkg}{spec}")
+    return out
 
 
 # --- crash isolation ------------------------------------------------------------------------------

@@ -279,6 +279,10 @@ class OpenRLHF:
             "openrlhf/models/utils.py:69-113",
             "compute_approx_kl takes no mask and computes every entry, so padded entries are not 0 "
             "and NaN/inf padding reaches the output"),
+        "kl_estimate/large-log-ratios": _cite(
+            "openrlhf/models/utils.py:108-113",
+            "compute_approx_kl clamps every estimate to [-10, 10] (and k3's log-ratio below at "
+            "-10): at l = 8, k2 gives 10 instead of 32"),
         "kl_estimate/rejects-mixed-float-dtypes": _cite(
             "openrlhf/models/utils.py:93", "casts both log-prob tensors to float32 and accepts mixed dtypes"),
         "kl_estimate/matches-reference": _cite(
@@ -576,9 +580,12 @@ class OpenRLHFGspo(OpenRLHF):
     sequence-level loss (loss.py:151-152), so only ``agg="seq-mean-token-mean"``."""
     name = "openrlhf-gspo"
     policy_loss_type = "gspo"
-    # the token-level checks that show ppo's padding deviation are skipped here (Unsupported)
-    known_deviations = {k: v for k, v in OpenRLHF.known_deviations.items()
-                        if not k.startswith("ppo_clip_loss/")}
+    _gspo = _cite("openrlhf/models/loss.py:189-196",
+                  "policy_loss_type gspo clips the sequence-level ratio exp(mean_t log r_t), the "
+                  "same for every token of a row, not each token's ratio r_t")
+    known_deviations = {**OpenRLHF.known_deviations,
+                        "ppo_clip_loss/matches-reference": _gspo,
+                        "ppo_clip_loss/gradient-matches-reference": _gspo}
     framework_defaults = staticmethod(lambda: _defaults("gae", policy_loss_type="gspo"))
 
     def _policy_loss(self, agg, clip_low, clip_high, dual_clip):

@@ -9,18 +9,18 @@
 # own tests in the wheel do). Those files import only torch and the standard library, so the
 # wheel alone, without its dependencies, is the whole install.
 #
-# Run it with the Python of an environment that already has torch 2.13.0 (CPU) and rlconform:
-#   PYTHON=/path/to/venv/bin/python bash conformance/adapters/openrlhf_install.sh
+# Usage: openrlhf_install.sh [PYTHON]   (default: $PYTHON, else python3 on PATH), the Python of an
+# environment that already has torch 2.13.0 (CPU) and rlconform; `rlconform setup openrlhf` runs it.
 # Note: the wheel also installs a top-level package named `tests` (OpenRLHF's test suite) into
 # site-packages; rlconform's own tests/ shadows it when pytest runs from the repository root.
 set -euo pipefail
 
-PYTHON="${PYTHON:-python}"
+PY="${1:-${PYTHON:-python3}}"
 
-"$PYTHON" -m pip install --no-deps "openrlhf==0.11.2"
+"$PY" -m pip install --no-deps "openrlhf==0.11.2"
 
 # Smoke test: the adapter loads OpenRLHF's files and one estimator answers.
-"$PYTHON" - <<'PY'
+"$PY" - <<'PY'
 import torch
 from conformance.adapters.openrlhf import VARIANTS, openrlhf
 

@@ -259,6 +259,10 @@ _COMMON_DEVIATIONS = {
     "gae/rejects-row-without-real-token":
         "generalized_advantage_estimate takes done flags, not a mask: a row of padding has no "
         f"done flag and is estimated as an unfinished trajectory ({_FUNC}:163-176, {PKG})",
+    # group_normalized_advantages -> MCAdvantage
+    "group_normalized_advantages/matches-reference":
+        "MCAdvantage divides by the group std clamped below at 1e-6 (std.clamp_min(1e-6)), not by "
+        f"std + eps: advantages differ by a relative 1e-6 / std ({_GRPO}:1511, {PKG})",
     # kl_estimate -> k3_kl_token_estimate
     "kl_estimate/rejects-mixed-float-dtypes":
         "k3_kl_token_estimate checks only that the shapes agree and lets torch promote mixed "
@@ -279,12 +283,23 @@ class TorchRL(_TorchRLBase):
     known_deviations = {**_COMMON_DEVIATIONS, **_TOKEN_MEAN_DEVIATIONS}
 
 
+_PROMPT_MEAN_NAN = ("GRPOLoss._aggregate_loss_value (prompt_mean) masks by multiplication "
+                    "(value * mask), so NaN or inf at a padded position reaches the loss "
+                    f"({_GRPO}:807, {PKG})")
+_PROMPT_MEAN_DEVIATIONS = {
+    "aggregate/padding-nan": _PROMPT_MEAN_NAN,
+    "aggregate/padding-inf": _PROMPT_MEAN_NAN,
+    "ppo_clip_loss/padding-nan": _PROMPT_MEAN_NAN,
+    "ppo_clip_loss/padding-inf": _PROMPT_MEAN_NAN,
+}
+
+
 class TorchRLPromptMean(_TorchRLBase):
     """GRPOLoss(aggregation='prompt_mean'): per-sample token mean, then mean over samples."""
     name = "torchrl-prompt_mean"
     aggregation = "prompt_mean"
     shims = dict(_COMMON_SHIMS)
-    known_deviations = dict(_COMMON_DEVIATIONS)
+    known_deviations = {**_COMMON_DEVIATIONS, **_PROMPT_MEAN_DEVIATIONS}
 
 
 class TorchRLDapo(_TorchRLBase):

@@ -406,9 +406,9 @@ def _probe_kind(values: dict) -> str | None:
     return None
 
 
-def framework_defaults(loss_type: str | None = None) -> dict:
+def framework_defaults(loss_type: str | None = None, trainer: str = "grpo") -> dict:
     """TRL's defaults, read from its config dataclasses (and, for constants in code, the code
-    path) at run time."""
+    path) at run time; the KL and group entries are those of ``trainer`` ("grpo" or "rloo")."""
     t = _trl()
     G, R = t.GRPOConfig, t.RLOOConfig
     loss_type = loss_type or _field_default(G, "loss_type")
@@ -424,25 +424,25 @@ def framework_defaults(loss_type: str | None = None) -> dict:
     rloo_a = _rloo_advantages(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
                               beta=1.0, logp=two, ref_logp=torch.zeros_like(two))
     rloo_kind = _probe_kind(-float(rloo_a[0]))        # A_0 = (0 - k(0.5)) - (0 - k(0)) = -k(0.5)
-    return {
-        "loss_type": loss_type,
-        "agg": LOSS_TYPE_AGG.get(loss_type, loss_type),
-        "clip_low": eps_low,
-        "clip_high": eps_high if eps_high is not None else eps_low,    # grpo_trainer.py:946
+    out = {
+        "loss_type": loss_type,                                     # GRPOConfig.loss_type
+        "loss_agg": LOSS_TYPE_AGG.get(loss_type, loss_type),
+        "clip_low": eps_low,                                        # GRPOConfig.epsilon
+        "clip_high": eps_high if eps_high is not None else eps_low,  # grpo_trainer.py:946
         "dual_clip": _field_default(G, "delta"),
-        "kl_in": "loss" if beta else None,
-        "beta": beta,
-        "kl_kind": _probe_kind(grpo_kl) if beta else None,
-        "kl_kind_if_beta_set": _probe_kind(grpo_kl),
+        "kl_in": "loss" if beta else None,                          # GRPO: beta 0 loads no reference
+        "kl_beta": beta,
+        "kl_estimator": _probe_kind(grpo_kl) if beta else None,
+        "kl_beta_if_in_loss": beta,                                 # GRPOConfig.beta (one setting)
+        "kl_estimator_if_in_loss": _probe_kind(grpo_kl),            # a constant in code
         "kl_importance_weighted": _field_default(G, "use_bias_correction_kl"),
-        "lam": None,                                        # no GAE/PPO trainer in 1.16.0
+        "kl_beta_if_in_reward": rloo_beta,                          # RLOOConfig.beta
+        "kl_estimator_if_in_reward": rloo_kind,                     # a constant in code
+        "gae_lambda": None,                                         # no PPO/GAE trainer in 1.16.0
         "gamma": None,
         "group_size": _field_default(G, "num_generations"),
-        "scale": _field_default(G, "scale_rewards"),
-        "eps": _probe_eps(),
-        "rloo_kl_in": "reward" if rloo_beta else None,
-        "rloo_beta": rloo_beta,
-        "rloo_kl_kind": rloo_kind,
+        "grpo_scale": _field_default(G, "scale_rewards"),
+        "adv_eps": _probe_eps(),                                    # a constant in code
         "rloo_group_size": _field_default(R, "num_generations"),
         "rloo_normalize_advantages": _field_default(R, "normalize_advantages"),
         "dpo_loss_type": _field_default(t.DPOConfig, "loss_type"),
@@ -450,6 +450,14 @@ def framework_defaults(loss_type: str | None = None) -> dict:
         "dpo_label_smoothing": _field_default(t.DPOConfig, "label_smoothing"),
         "reward_center_coefficient": _field_default(t.RewardConfig, "center_rewards_coefficient"),
     }
+    if trainer == "rloo":        # RLOOTrainer: sequence-level KL in the reward, its own group size
+        out.update({"loss_type": None, "loss_agg": None, "dual_clip": None,
+                    "clip_low": _field_default(R, "epsilon"),
+                    "clip_high": _field_default(R, "epsilon_high") or _field_default(R, "epsilon"),
+                    "kl_in": "reward" if rloo_beta else None, "kl_beta": rloo_beta,
+                    "kl_estimator": rloo_kind if rloo_beta else None,
+                    "group_size": _field_default(R, "num_generations"), "grpo_scale": None})
+    return out
 
 
 # --- the adapters ---------------------------------------------------------------------------------
@@ -565,30 +573,46 @@ class _Logprobs:
 # --- declarations ---------------------------------------------------------------------------------
 
 _MASK_MULT = ("multiplies the per-token loss by the mask, (per_token_loss * mask).sum(), so NaN or "
-              "inf at padded positions reaches the loss ({})")
-_EPS = ("divides by std + 1e-4, a constant in code (there is no eps setting), where the contract's "
-        f"eps is 1e-6 ({_at(GT + ':2787')})")
+              "inf at padded positions reaches the result ({})")
+_EPS_ONLY = ("divides by std + 1e-4, a constant in code (there is no eps setting), where the contract's "
+             f"eps is 1e-6 ({_at(GT + ':2787')})")
+_EPS = ("divides by std + 1e-4, a constant in code where the contract's eps is 1e-6, and works on "
+        "float32 rewards, so an all-equal group of 6 gets advantages of 1.2e-3 instead of 0 (its "
+        f"float32 mean differs from its members by rounding) ({_at(GT + ':1637, :2765-2787')})")
+_KL_GRAD = ("with use_bias_correction_kl=True (the default) the KL term is k3 * exp(logp - old_logp), so "
+            "on policy its gradient is (1 - exp(-l)) + k3 (DeepSeek-V3.2's unbiased reverse-KL "
+            f"gradient), not the derivative of k3 ({_at(GT + ':3104-3105')})")
+_MASK = _MASK_MULT.format(_at(GT + ':3173'))
 
 GRPO_DEVIATIONS = {
-    "group_normalized_advantages/batch-scale-uses-std-of-all-scores": _EPS,
+    "group_normalized_advantages/matches-reference": _EPS_ONLY,
     "group_normalized_advantages/exact-std-normalisation-bias": _EPS,
-    "ppo_clip_loss/padding-nan": _MASK_MULT.format(_at(GT + ':3173')),
-    "ppo_clip_loss/padding-inf": _MASK_MULT.format(_at(GT + ':3173')),
+    "ppo_clip_loss/padding-nan": _MASK,
+    "ppo_clip_loss/padding-inf": _MASK,
     "ppo_clip_loss/rejects-dual-clip-at-most-one": (
         "accepts any delta (the dual clip) without validation and clamps the ratio at it "
         f"({_at(GT + ':3116')})"),
-    "policy_gradient_loss/matches-reference": (
+    "policy_gradient_loss/matches-reference*": (
         "on policy the per-token loss is -A exp(logp - logp.detach()), whose value is -A, not "
         f"-A logp (the gradient is the same) ({_at(GT + ':3066, :3120')})"),
-    "policy_gradient_loss/padding-nan": _MASK_MULT.format(_at(GT + ':3173')),
-    "policy_gradient_loss/padding-inf": _MASK_MULT.format(_at(GT + ':3173')),
-    "aggregate/padding-nan": _MASK_MULT.format(_at(GT + ':3173')),
-    "aggregate/padding-inf": _MASK_MULT.format(_at(GT + ':3173')),
+    "policy_gradient_loss/padding-nan": _MASK,
+    "policy_gradient_loss/padding-inf": _MASK,
+    "aggregate/padding-nan": _MASK,
+    "aggregate/padding-inf": _MASK,
     "aggregate/rejects-mask-with-hole": (
         f"does not check that the mask is a prefix; it sums whatever the mask selects ({_at(GT + ':3173')})"),
+    "kl_estimate/gradient-matches-reference": _KL_GRAD,
+    "kl_estimate/exact-loss-gradients": _KL_GRAD,
+    "kl_estimate/padding-nan": _MASK,
+    "kl_estimate/padding-inf": _MASK,
     "kl_estimate/rejects-mixed-float-dtypes": (
         "computes exp(ref - logp) - (ref - logp) - 1 with silent type promotion, no dtype check "
         f"({_at(GT + ':3100-3102')})"),
+}
+
+_UNREACHED = {
+    "grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one", "aggregate/rejects-mask-with-hole"),
+    "dr_grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one", "aggregate/rejects-mask-with-hole"),
 }
 
 GRPO_SHIMS = {
@@ -637,6 +661,10 @@ class TRLGRPO(_GRPO):
     def __init__(self, loss_type: str):
         self.loss_type = loss_type
         self.name = f"trl-{loss_type}"
+        # declared only where a check reaches the deviation: the checks below call only
+        # token-mean or seq-mean-token-mean, which these loss types cannot honour (Unsupported)
+        self.known_deviations = {k: v for k, v in GRPO_DEVIATIONS.items()
+                                 if k not in _UNREACHED.get(loss_type, ())}
 
     def framework_defaults(self) -> dict:
         return framework_defaults(self.loss_type)
@@ -656,7 +684,9 @@ class TRLRLOO(_RLOO):
     framework = {"trl": f"=={TRL}"}
     shims = RLOO_SHIMS
     known_deviations = RLOO_DEVIATIONS
-    framework_defaults = staticmethod(framework_defaults)
+
+    def framework_defaults(self) -> dict:
+        return framework_defaults(trainer="rloo")
 
 
 class TRLDPO(_DPO):

@@ -1,6 +1,6 @@
-"""Adapters for verl 0.9.1 (``pip install --no-deps verl==0.9.1`` plus numpy, packaging, ray,
-tensordict 0.10.0, omegaconf, codetiming, orjson, transformers>=5.5.3,<5.11; see
-``verl_install.sh``).
+"""Adapters for verl 0.9.1 (``rlconform setup verl``: ``pip install --no-deps verl==0.9.1``, then
+numpy, packaging, ray, tensordict 0.10.0, omegaconf, codetiming, orjson and
+transformers>=5.5.3,<5.11; ``verl_install.sh``).
 
 Each canonical function calls verl's own code the way verl's trainer calls it:
 
@@ -33,10 +33,16 @@ Calling conventions (translations only, no values changed):
   verl always applies both clips, an infinite bound is its setting for "no clip".
 
 Variants: verl's ``loss_agg_mode`` (``actor.loss_agg_mode``; the critic follows it) selects the
-aggregation. ``verl`` is the default (``ActorConfig.loss_agg_mode``, read at run time);
-``verl-seq-mean-token-sum``, ``verl-seq-mean-token-mean`` and ``verl-seq-mean-token-sum-norm``
-each honour only their own mode and raise ``Unsupported`` for the other API.md modes (an unknown
-mode string is handed to verl, which judges it).
+aggregation. ``verl`` is the default (``ActorConfig.loss_agg_mode``, read at run time:
+token-mean); ``verl-seq-mean-token-sum``, ``verl-seq-mean-token-mean`` and
+``verl-seq-mean-token-sum-norm`` each honour only their own mode and raise ``Unsupported`` for the
+other API.md modes (an unknown mode string is handed to verl, which judges it). Options verl has
+no setting for raise ``Unsupported`` too: GRPO's ``scale='batch'``, a whitening ``eps`` other
+than masked_whiten's fixed 1e-8.
+
+Not provided: ``kl_penalized_rewards`` (verl's ``apply_kl_penalty`` works on a ``DataProto`` in
+ray_trainer.py, whose import needs more than this minimal install), ``sequence_logprob`` and the
+preference losses (no such functions in verl's PPO code).
 """
 
 from __future__ import annotations
@@ -333,11 +339,14 @@ DEVIATIONS = {
     "kl_estimate/padding-nan": "kl_penalty computes every entry and the trainer masks by "
         "multiplying, kld * response_mask, which keeps NaN at padded positions "
         "(" + _at("verl/trainer/ppo/ray_trainer.py:103") + ")",
+    "kl_estimate/large-log-ratios": "k3 ('low_var_kl') clamps the log-ratio to [-20, 20] and "
+        "the estimate to [-10, 10]: at l = -3 it gives 10 where exp(3) - 1 - 3 = 16.09 ("
+        + _at(CA + ":2242-2245") + ")",
     "kl_estimate/rejects-mixed-float-dtypes": "mixes float dtypes by silent type promotion "
         "(" + _at(CA + ":2228") + ")",
 }
 
-# checks whose control call uses token-mean: they run (and deviate) only in the token-mean variant
+# checks whose calls all aggregate as token-mean: they run (and deviate) in the token-mean variant only
 TOKEN_MEAN_DEVIATIONS = {
     "aggregate/rejects-mask-with-hole": "agg_loss does not validate the mask; a mask whose real "
         "tokens are not a prefix is aggregated as given (" + _at(CA + ":1170") + ")",
@@ -347,18 +356,42 @@ TOKEN_MEAN_DEVIATIONS = {
         "torch.where, so the gradient there is 0 * NaN = NaN (" + _at(CA + ":2172") + ")",
 }
 
+
+def _seq_mean(line: int) -> dict:
+    """Deviations of agg_loss's seq-mean modes, which mask by multiplying, loss_mat * loss_mask."""
+    why = ("agg_loss's {mode} masks by multiplying, loss_mat * loss_mask, so {fill} padding "
+           "makes the loss NaN (" + _at(CA + f":{line}") + ")")
+    out = {}
+    for estimator in ("aggregate", "policy_gradient_loss", "ppo_clip_loss", "value_loss"):
+        for fill, text in (("inf", "inf"), ("nan", "NaN")):
+            out[f"{estimator}/padding-{fill}"] = why.replace("{fill}", text)
+    return out
+
+
+# per aggregation mode: the checks that run in that variant only (their calls use that mode)
+MODE_DEVIATIONS = {
+    "token-mean": TOKEN_MEAN_DEVIATIONS,
+    "seq-mean-token-sum": {k: v.replace("{mode}", "seq-mean-token-sum")
+                           for k, v in _seq_mean(1182).items()},
+    "seq-mean-token-sum-norm": {k: v.replace("{mode}", "seq-mean-token-sum-norm")
+                                for k, v in _seq_mean(1182).items()},
+    "seq-mean-token-mean": {k: v.replace("{mode}", "seq-mean-token-mean")
+                            for k, v in _seq_mean(1196).items()},
+}
+
 Verl.shims = SHIMS
-Verl.known_deviations = DEVIATIONS
 
 
-class VerlTokenMean(Verl):
-    """The token-mean variant (verl's default loss_agg_mode) also runs the checks whose control
-    call aggregates as token-mean."""
-    known_deviations = {**DEVIATIONS, **TOKEN_MEAN_DEVIATIONS}
+def _variant(agg_mode: str | None, declared_mode: str) -> Verl:
+    """``declared_mode``: the mode whose deviations the variant declares (for the plain variant,
+    verl 0.9.1's default, token-mean; tests/test_adapter_verl.py checks it is the default)."""
+    adapter = Verl(agg_mode)
+    adapter.known_deviations = {**DEVIATIONS, **MODE_DEVIATIONS[declared_mode]}
+    return adapter
 
 
-verl = VerlTokenMean()
-verl_seq_mean_token_sum = Verl("seq-mean-token-sum")
-verl_seq_mean_token_mean = Verl("seq-mean-token-mean")
-verl_seq_mean_token_sum_norm = Verl("seq-mean-token-sum-norm")
+verl = _variant(None, "token-mean")
+verl_seq_mean_token_sum = _variant("seq-mean-token-sum", "seq-mean-token-sum")
+verl_seq_mean_token_mean = _variant("seq-mean-token-mean", "seq-mean-token-mean")
+verl_seq_mean_token_sum_norm = _variant("seq-mean-token-sum-norm", "seq-mean-token-sum-norm")
 VARIANTS = (verl, verl_seq_mean_token_sum, verl_seq_mean_token_mean, verl_seq_mean_token_sum_norm)
