@@ -227,7 +227,7 @@ def _grpo_trainer(args, per_token_logps=None):
     return tr
 
 
-def _scored_batch(tr, scores, ref_cls_name):
+def _scored_batch(tr, scores, trainer):
     """Stub generation and reward for ``_generate_and_score_completions``: one prompt token and
     one completion token per sample; the reward function returns the given scores."""
     values = [float(s) for s in scores.detach().cpu().tolist()]
@@ -241,7 +241,7 @@ def _scored_batch(tr, scores, ref_cls_name):
     tr.reward_func_names = ["scores"]
     tr.reward_weights = torch.ones(1, dtype=torch.float32)   # grpo_trainer.py:576
     tr._tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1)
-    if ref_cls_name == "grpo":
+    if trainer == "grpo":
         tr._generate = lambda prompts: ([[0]] * B, [[1]] * B, None, ["c"] * B, None, {}, None, None)
     else:
         tr._generate = lambda prompts: ([[0]] * B, [[1]] * B, ["c"] * B)
@@ -582,7 +582,7 @@ _EPS = ("divides by std + 1e-4, a constant in code where the contract's eps is 1
 _KL_GRAD = ("with use_bias_correction_kl=True (the default) the KL term is k3 * exp(logp - old_logp), so "
             "on policy its gradient is (1 - exp(-l)) + k3 (DeepSeek-V3.2's unbiased reverse-KL "
             f"gradient), not the derivative of k3 ({_at(GT + ':3104-3105')})")
-_MASK = _MASK_MULT.format(_at(GT + ':3173'))
+_MASK = _MASK_MULT.format(_at(GT + ':3153-3173'))
 
 GRPO_DEVIATIONS = {
     "group_normalized_advantages/matches-reference": _EPS_ONLY,
@@ -642,7 +642,7 @@ DPO_DEVIATIONS = {
 }
 DPO_SHIMS = {
     "dpo_loss": ("one call per pair (the loss is the batch mean), precomputed reference log-probs "
-                 f"({_at(DT + ':1318-1319, :1536')})"),
+                 f"({_at(DT + ':1318-1319, :1528')})"),
     "ipo_loss": ("one call per pair with one-token completions, so TRL's division of each log-ratio by "
                  f"the completion length is by 1 ({_at(DT + ':1398-1404')})"),
 }
