@@ -168,6 +168,7 @@ class Context:
     dtypes_seen: set = field(default_factory=set)
     max_rel_err: float = 0.0
     ran: int = 0                                    # variants that ran to completion
+    calls: int = 0                                  # adapter calls made
     unsupported: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -186,9 +187,11 @@ class Context:
     def variant(self):
         """One variant (sample, options) of a check: ``Unsupported`` raised inside skips this
         variant only; the check is ``skip`` only if no variant ran."""
+        calls = self.calls
         try:
             yield
-            self.ran += 1
+            if self.calls > calls:                    # a variant that called nothing did not run
+                self.ran += 1
         except Unsupported as exc:
             self.unsupported.append(f"{self.sample}: {exc}")
 
@@ -209,6 +212,7 @@ class Context:
         """Call the adapter's estimator; an input it modifies is ``error`` (``fail`` for checks
         about mutation, which pass ``check_mutation=False`` and test it themselves)."""
         fn = self.fn
+        self.calls += 1
         for v in list(args) + list(kwargs.values()):
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 self.dtypes_seen.add(str(v.dtype).replace("torch.", ""))

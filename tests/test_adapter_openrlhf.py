@@ -55,8 +55,8 @@ def test_every_shim_and_deviation_cites_file_and_line(adapter):
 def test_framework_defaults_are_read_from_openrlhf(adapter):
     defaults = adapter.framework_defaults()
     assert defaults["clip_low"] == defaults["clip_high"] == 0.2
-    assert defaults["kl_kind"] == "k1" and defaults["kl_in"] == "reward"
-    assert defaults["agg"] in ("token-mean", "seq-mean-token-mean")
+    assert defaults["kl_estimator"] == "k1" and defaults["kl_in"] == "reward"
+    assert defaults["loss_agg"] in ("token-mean", "seq-mean-token-mean")
 
 
 def test_stand_ins_do_not_outlive_loading():

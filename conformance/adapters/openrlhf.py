@@ -245,13 +245,13 @@ def _defaults(advantage_estimator: str, policy_loss_type: str = "ppo", rm_loss: 
         "dual_clip": ppo["--actor.dual_clip"],
         "value_clip": ppo["--critic.value_clip"],
         "kl_beta": ppo["--algo.kl.init_coef"],
-        "kl_kind": ppo["--algo.kl.estimator"],
+        "kl_estimator": ppo["--algo.kl.estimator"],
         "kl_in": "loss" if ppo["--algo.kl.use_loss"] else "reward",
         "gae_lambda": ppo["--algo.advantage.lambd"],
         "gamma": ppo["--algo.advantage.gamma"],
         "group_size": ppo["--rollout.n_samples_per_prompt"],
-        "agg": ppo["--actor.loss_agg_mode"],
-        "advantage_eps": None,       # not a setting: literals in experience_maker.py:274 and :333
+        "loss_agg": ppo["--actor.loss_agg_mode"],
+        "adv_eps": None,       # not a setting: literals in experience_maker.py:274 and :333
         "whiten_advantages": not ppo["--algo.advantage.no_std_norm"],
         "reward_clip_range": list(ppo["--reward.clip_range"]),
         "dpo_beta": dpo["--model.beta"],

@@ -288,14 +288,17 @@ def group_permutation(ctx: Context):
        hint="an all-equal group has std 0: the eps guard must give 0, not NaN or inf",
        mutants=("group_mean_not_subtracted",))
 def all_equal_zero(ctx: Context):
-    ids = torch.tensor([1, 1, 1, 2, 2, 2])              # equal sizes: reshape-based trainers too
-    for scale in ("group", "none"):
-        ctx.on(f"all_rewards_equal scale={scale}")
-        scores = torch.tensor([0.3, 0.3, 0.3, 0.7, 1.0, 0.0], dtype=F64)
-        with ctx.variant():
-            out = ctx.expect_tensor(ctx.call(scores, ids, scale), (6,), F64)
-            ctx.compare(out[:3], torch.zeros(3), "advantages of the all-equal group", tol=1e-9,
-                        nan_is_failure=True)
+    for scale in ("group", "none"):                     # equal sizes: reshape-based trainers too
+        # -1.3683 six times: its float32 mean is not -1.3683, so a trainer that computes in
+        # float32 leaves a rounding residue, which a small eps then blows up
+        for value, n in ((0.3, 3), (-1.3683, 6)):
+            ctx.on(f"all_rewards_equal value={value} size={n} scale={scale}")
+            scores = torch.tensor([value] * n + [0.7, 1.0, 0.0] * (n // 3), dtype=F64)
+            group = torch.tensor([1] * n + [2] * (3 * (n // 3)))
+            with ctx.variant():
+                out = ctx.expect_tensor(ctx.call(scores, group, scale), (len(scores),), F64)
+                ctx.compare(out[:n], torch.zeros(n), "advantages of the all-equal group",
+                            tol=1e-9, nan_is_failure=True)
 
 
 @check("leave_one_out_advantages/baseline-excludes-self", kind="reference",
