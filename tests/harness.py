@@ -95,7 +95,7 @@ def randn(gen: torch.Generator, *shape, dtype=torch.float64, scale=1.0) -> torch
     return scale * torch.randn(*shape, generator=gen, dtype=dtype)
 
 
-def close(actual, expected, tol, what=""):
+def assert_close(actual, expected, tol, what=""):
     """Assert ``actual`` equals ``expected`` within ``tol`` (absolute), with a readable message."""
     if isinstance(actual, torch.Tensor):
         actual = actual.detach()

@@ -5,7 +5,6 @@ Skipped unless verl is installed (its own environment: pip install torch==2.13.0
 `rlconform setup verl`, i.e. conformance/adapters/verl_install.sh: verl 0.9.1 without its
 dependencies, plus the few that its core_algos needs)."""
 
-import fnmatch
 import re
 
 import pytest
@@ -18,39 +17,27 @@ import torch  # noqa: E402
 import refimpl  # noqa: E402
 from conformance import Unsupported  # noqa: E402
 from conformance.adapters import verl as vl  # noqa: E402
-from conformance.cli import certify  # noqa: E402
+from tests.adapter_suite import (assert_conforms, assert_every_declaration_occurs,  # noqa: E402
+                                 certified)
 
 VARIANTS = list(vl.VARIANTS)
 IDS = [v.name for v in VARIANTS]
 FILE_LINE = re.compile(r"[\w/]+\.py:\d+")
-_REPORTS: dict = {}
 
 
 @pytest.fixture(params=VARIANTS, ids=IDS)
 def report(request, tmp_path_factory):
     adapter = request.param
-    if adapter.name not in _REPORTS:
-        _REPORTS[adapter.name] = certify(adapter, tmp_path_factory.mktemp(adapter.name), isolate=False)
-    return adapter, _REPORTS[adapter.name]
+    return adapter, certified(adapter, tmp_path_factory)
 
 
-def test_certifies_without_fail_or_error(report):
-    _, data = report
-    bad = [f"{r['status']} {r['id']}: {r['message']}" for r in data["checks"]
-           if r["status"] in ("fail", "error")]
-    assert not bad, "\n".join(bad)
+def test_certifies_without_fail_or_error_or_warning(report):
+    assert_conforms(report[1])
 
 
 def test_every_declared_deviation_occurs(report):
-    adapter, data = report
-    xfailed = [r["id"] for r in data["checks"] if r["status"] == "xfail"]
-    stale = [p for p in adapter.known_deviations if not fnmatch.filter(xfailed, p)]
-    assert not stale, f"declared deviations that did not xfail: {stale}"
+    assert_every_declaration_occurs(*report)
 
-
-def test_no_warnings(report):
-    _, data = report
-    assert data["warnings"] == []
 
 
 def test_framework_defaults_read_from_verl(report):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from refimpl.tabular import TabularPolicy, cosine, pg_surrogate
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 EXACT = 1e-10
 
@@ -68,7 +68,7 @@ def test_constant_baseline_fixed_before_sampling_is_unbiased(rf, setup):
     R = scores[tup.prompt, tup.completion]
     for b in (-1.0, 0.5, 3.0):
         g = -pol.expected_gradient(pg_surrogate(rf.baseline_constant(R, b)), tup)
-        close(g, grad_J, EXACT, f"constant baseline b={b}")
+        assert_close(g, grad_J, EXACT, f"constant baseline b={b}")
 
 
 @against("loo_includes_self", "loo_divides_by_group_size")
@@ -77,9 +77,9 @@ def test_leave_one_out_is_unbiased_for_every_group_size(rf, setup):
     for G in range(2, 7):
         tup = pol.tuples(G)
         A = _advantages(tup, scores, rf.leave_one_out_advantages)
-        close(A, rf.baseline_leave_one_out(scores[tup.prompt, tup.completion]), 1e-12,
+        assert_close(A, rf.baseline_leave_one_out(scores[tup.prompt, tup.completion]), 1e-12,
               f"refimpl.leave_one_out_advantages vs the tabular baseline (G={G})")
-        close(-pol.expected_gradient(pg_surrogate(A), tup), grad_J, EXACT,
+        assert_close(-pol.expected_gradient(pg_surrogate(A), tup), grad_J, EXACT,
               f"leave-one-out, G={G}: E[grad] vs grad J")
 
 
@@ -89,7 +89,7 @@ def test_group_mean_including_self_scales_the_gradient_by_one_minus_one_over_G(r
     for G in range(2, 7):
         tup = pol.tuples(G)
         A = _advantages(tup, scores, lambda s, i: rf.group_normalized_advantages(s, i, "none"))
-        close(-pol.expected_gradient(pg_surrogate(A), tup), (1 - 1 / G) * grad_J, EXACT,
+        assert_close(-pol.expected_gradient(pg_surrogate(A), tup), (1 - 1 / G) * grad_J, EXACT,
               f"group mean, G={G}: E[grad] vs (1 - 1/G) grad J")
 
 
@@ -108,7 +108,7 @@ def test_group_std_normalisation_bias_is_exactly_the_effective_reward_oracles(rf
         a = torch.tensor(np.stack([_effective_reward(probs[p], scores[p].numpy(), G, _group_std_adv)
                                    for p in range(pol.n_prompts)]))
         oracle = pol.grad((pol.prompt_weights * (pol.probs() * a).sum(1)).sum())
-        close(g, oracle, EXACT, f"group std normalisation, G={G}: E[grad] vs effective reward")
+        assert_close(g, oracle, EXACT, f"group std normalisation, G={G}: E[grad] vs effective reward")
         ratio, cos = float(g.norm() / ideal.norm()), cosine(g, ideal)
         lines.append(f"G={G}: |E g| / |grad J/sigma| = {ratio:.6f}, cosine {cos:.6f}")
         assert cos < 1 - 1e-4, f"G={G}: expected a bias in direction, got cosine {cos}"
@@ -135,7 +135,7 @@ def test_global_normalisation_gap_shrinks_as_the_batch_grows(rf, setup):
             a = torch.tensor(_effective_reward(q, scores.flatten().numpy(), N, _global_adv))
             joint = pol.prompt_weights.unsqueeze(1) * pol.probs()
             oracle = pol.grad((joint.flatten() * a).sum())
-            close(g, oracle, EXACT, f"global normalisation, N={N}: E[grad] vs effective reward")
+            assert_close(g, oracle, EXACT, f"global normalisation, N={N}: E[grad] vs effective reward")
         gaps.append(float((g - ideal).norm() / ideal.norm()))
     print("relative gap to grad J / sigma, N = 2..6:", [round(x, 6) for x in gaps])
     assert all(b < a for a, b in zip(gaps, gaps[1:])), f"gap does not shrink: {gaps}"
@@ -168,7 +168,7 @@ def test_value_baseline_on_the_monte_carlo_return_is_unbiased_for_any_V(rf, mdp)
     for name, V in (("true V", V_true), ("wrong V", V_wrong), ("zero V", torch.zeros_like(V_true))):
         A = rf.baseline_value(G_t, _token_level(pol, pol.along(V)))
         A = A.reshape(pol.n_prompts * pol.n_completions, 1, -1)
-        close(-pol.expected_gradient(pg_surrogate(A), tup), grad_J, EXACT,
+        assert_close(-pol.expected_gradient(pg_surrogate(A), tup), grad_J, EXACT,
               f"G_t - V(s_t) with {name}: E[grad] vs grad J")
 
 
@@ -185,8 +185,8 @@ def test_gae_is_unbiased_with_the_true_V_and_biased_when_a_wrong_V_bootstraps(rf
         return -pol.expected_gradient(pg_surrogate(A), tup)
 
     for lam in (0.0, 0.5, 0.95, 1.0):
-        close(expected(V_true, lam), grad_J, EXACT, f"GAE(lam={lam}) with the true V")
-    close(expected(V_wrong, 1.0), grad_J, EXACT, "GAE(lam=1) with a wrong V (= MC return - V)")
+        assert_close(expected(V_true, lam), grad_J, EXACT, f"GAE(lam={lam}) with the true V")
+    assert_close(expected(V_wrong, 1.0), grad_J, EXACT, "GAE(lam=1) with a wrong V (= MC return - V)")
     for lam in (0.0, 0.5, 0.95):
         gap = float((expected(V_wrong, lam) - grad_J).norm() / grad_J.norm())
         assert gap > 1e-3, f"GAE(lam={lam}) with a wrong V should be biased; relative gap {gap}"

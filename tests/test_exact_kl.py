@@ -15,7 +15,7 @@ grad KL(pi || pi_ref) of the response distribution.
 import torch
 
 from refimpl.tabular import TabularPolicy, cosine
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 EXACT = 1e-10     # float64 sums over <= 15 responses
 
@@ -42,10 +42,10 @@ def test_exact_expectations_of_k1_k2_k3(rf):
     kl = pol.kl(ref).detach()
     lp, lq = pol.token_logp().detach(), ref.token_logp().detach()
     e = {kind: (p * _estimates(rf, pol, ref, kind, lp).sum(-1)).sum(1) for kind in ("k1", "k2", "k3")}
-    close(e["k1"], kl, EXACT, "E[sum_t k1] vs KL(pi || pi_ref)")
-    close(e["k3"], kl, EXACT, "E[sum_t k3] vs KL(pi || pi_ref)")
+    assert_close(e["k1"], kl, EXACT, "E[sum_t k1] vs KL(pi || pi_ref)")
+    assert_close(e["k3"], kl, EXACT, "E[sum_t k3] vs KL(pi || pi_ref)")
     k2_exact = (p * (0.5 * (lp - lq) ** 2).sum(-1)).sum(1)     # its own exact value, not KL
-    close(e["k2"], k2_exact, EXACT, "E[sum_t k2] vs its exact value")
+    assert_close(e["k2"], k2_exact, EXACT, "E[sum_t k2] vs its exact value")
     assert float((e["k2"] - kl).abs().max()) > 1e-3, "k2 should be biased for KL on this policy"
 
 
@@ -74,10 +74,10 @@ def test_exact_expected_gradient_of_each_estimator_used_as_a_loss(rf):
     g1 = _expected_loss_gradient(rf, pol, ref, "k1")
     g2 = _expected_loss_gradient(rf, pol, ref, "k2")
     g3 = _expected_loss_gradient(rf, pol, ref, "k3")
-    close(g1, torch.zeros_like(g1), EXACT, "E[grad sum_t k1]: should be 0")
-    close(g2, _state_frozen_gradient(pol, ref, reverse=False), EXACT,
+    assert_close(g1, torch.zeros_like(g1), EXACT, "E[grad sum_t k1]: should be 0")
+    assert_close(g2, _state_frozen_gradient(pol, ref, reverse=False), EXACT,
           "E[grad sum_t k2] vs sum_s d(s) grad KL(pi(.|s) || ref(.|s))")
-    close(g3, _state_frozen_gradient(pol, ref, reverse=True), EXACT,
+    assert_close(g3, _state_frozen_gradient(pol, ref, reverse=True), EXACT,
           "E[grad sum_t k3] vs sum_s d(s) grad KL(ref(.|s) || pi(.|s))")
     # neither is the gradient of the sequence-level KL on this policy (numbers in the message)
     for name, g in (("k2", g2), ("k3", g3)):
@@ -100,7 +100,7 @@ def test_exact_k1_as_reward_gives_the_true_kl_gradient(rf):
         return k.detach() * seq_logp + k
     g = pol.expected_gradient(surrogate, tup)
     true_grad = pol.grad((pol.prompt_weights * pol.kl(ref)).sum())
-    close(g, true_grad, EXACT, "score-function k1 gradient vs grad KL")
+    assert_close(g, true_grad, EXACT, "score-function k1 gradient vs grad KL")
 
 
 @against("kl_reward_sign_flipped", "score_at_padded_end")
@@ -117,4 +117,4 @@ def test_exact_expected_shaped_return_is_score_minus_beta_kl(rf):
     ret = torch.where(mask, shaped, torch.zeros_like(shaped)).sum(-1).reshape(P, C)
     p = pol.probs().detach()
     expected = (p * scores).sum(1) - beta * pol.kl(ref).detach()
-    close((p * ret).sum(1), expected, EXACT, "E[shaped return] vs E[score] - beta KL")
+    assert_close((p * ret).sum(1), expected, EXACT, "E[shaped return] vs E[score] - beta KL")

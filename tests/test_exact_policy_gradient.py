@@ -7,7 +7,7 @@ optimises; every expectation below is a finite sum over all responses (float64, 
 import torch
 
 from refimpl.tabular import TabularPolicy
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 EXACT = 1e-10
 
@@ -39,7 +39,7 @@ def test_policy_gradient_theorem_through_policy_gradient_loss(rf):
         tup = pol.tuples(n)
         loss = lambda lp, A, m: rf.policy_gradient_loss(lp, A, m, agg="seq-mean-token-sum")  # noqa: E731
         g = pol.expected_gradient(_per_row(loss, tup, scores), tup)
-        close(g, -grad_J, EXACT, f"E[grad loss] vs -grad J (batches of {n})")
+        assert_close(g, -grad_J, EXACT, f"E[grad loss] vs -grad J (batches of {n})")
 
 
 @against("pg_ignores_agg")
@@ -55,11 +55,11 @@ def test_token_normalised_modes_reweight_the_reward_by_length(rf):
         loss = lambda lp, A, m: rf.policy_gradient_loss(lp, A, m, agg=mode)  # noqa: E731
         g = pol.expected_gradient(_per_row(loss, tup, scores), tup)
         biased = pol.grad_J(pol.scores_to_rewards(scores / lengths))
-        close(g, -biased, EXACT, f"{mode}: E[grad loss] vs -grad E[R / |y|]")
+        assert_close(g, -biased, EXACT, f"{mode}: E[grad loss] vs -grad E[R / |y|]")
     loss = lambda lp, A, m: rf.policy_gradient_loss(lp, A, m, agg="seq-mean-token-sum-norm",  # noqa: E731
                                                    norm_len=L)
     g = pol.expected_gradient(_per_row(loss, tup, scores), tup)
-    close(g, -pol.grad_J(pol.scores_to_rewards(scores)) / L, EXACT,
+    assert_close(g, -pol.grad_J(pol.scores_to_rewards(scores)) / L, EXACT,
           "seq-mean-token-sum-norm: E[grad loss] vs -grad J / L")
 
 
@@ -71,7 +71,7 @@ def test_exact_ppo_gradient_at_the_old_policy_is_the_policy_gradient(rf):
     tup = pol.tuples(1)
     loss = lambda lp, A, m: rf.ppo_clip_loss(lp, lp.detach(), A, m, 0.2, 0.28,  # noqa: E731
                                              agg="seq-mean-token-sum")
-    close(pol.expected_gradient(_per_row(loss, tup, scores), tup), -grad_J, EXACT,
+    assert_close(pol.expected_gradient(_per_row(loss, tup, scores), tup), -grad_J, EXACT,
           "E[grad PPO loss] at theta_old vs -grad J")
 
 
@@ -101,6 +101,6 @@ def test_exact_ppo_gradient_away_from_the_old_policy(rf):
 
     ratios = torch.exp(pol.token_logp().detach() - old.token_logp().detach())[:, pol.mask]
     assert bool((ratios > 1.28).any()) and bool((ratios < 0.8).any()), "clip range not exercised"
-    close(pol.expected_gradient(adapter_loss, tup, sampler=old),
+    assert_close(pol.expected_gradient(adapter_loss, tup, sampler=old),
           pol.expected_gradient(written_out, tup, sampler=old), EXACT,
           "E_old[grad PPO loss] vs the clipped surrogate written out")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 TOL = 1e-12       # float64, a handful of sums per group
 
@@ -58,7 +58,7 @@ def _per_group_loop(scores, group_ids, scale, eps):
 @example(case=INTERLEAVED)
 def test_group_scale_divides_by_each_groups_unbiased_std(rf, case):
     scores, ids = case
-    close(rf.group_normalized_advantages(scores, ids, "group", 1e-6),
+    assert_close(rf.group_normalized_advantages(scores, ids, "group", 1e-6),
           _per_group_loop(scores, ids, "group", 1e-6), 1e-9, "scale='group' vs per-group loop")
 
 
@@ -67,7 +67,7 @@ def test_group_scale_divides_by_each_groups_unbiased_std(rf, case):
 @example(case=INTERLEAVED)
 def test_batch_scale_divides_by_std_of_all_scores(rf, case):
     scores, ids = case
-    close(rf.group_normalized_advantages(scores, ids, "batch", 1e-6),
+    assert_close(rf.group_normalized_advantages(scores, ids, "batch", 1e-6),
           _per_group_loop(scores, ids, "batch", 1e-6), 1e-9, "scale='batch' vs per-group loop")
 
 
@@ -76,7 +76,7 @@ def test_batch_scale_divides_by_std_of_all_scores(rf, case):
 @example(case=INTERLEAVED)
 def test_none_scale_subtracts_the_group_mean_self_included(rf, case):
     scores, ids = case
-    close(rf.group_normalized_advantages(scores, ids, "none"),
+    assert_close(rf.group_normalized_advantages(scores, ids, "none"),
           _per_group_loop(scores, ids, "none", 0.0), 1e-9, "scale='none' vs per-group loop")
 
 
@@ -88,7 +88,7 @@ def test_leave_one_out_baseline_excludes_self(rf, case):
     s, g = scores.tolist(), ids.tolist()
     expected = [s[i] - statistics.fmean([s[j] for j in range(len(s)) if g[j] == g[i] and j != i])
                 for i in range(len(s))]
-    close(rf.leave_one_out_advantages(scores, ids), expected, 1e-9, "leave-one-out vs loop")
+    assert_close(rf.leave_one_out_advantages(scores, ids), expected, 1e-9, "leave-one-out vs loop")
 
 
 @against("group_assumes_contiguous")
@@ -101,7 +101,7 @@ def test_permuting_samples_and_relabelling_groups_permutes_advantages(rf, case, 
     for scale in ("group", "batch", "none"):
         base = rf.group_normalized_advantages(scores, ids, scale)
         moved = rf.group_normalized_advantages(scores[perm], new_ids, scale)
-        close(moved, base[perm], TOL, f"scale={scale!r} after permuting samples and ids")
+        assert_close(moved, base[perm], TOL, f"scale={scale!r} after permuting samples and ids")
 
 
 @against("group_mean_not_subtracted", "group_divides_by_variance")
@@ -121,7 +121,7 @@ def test_group_normalisation_is_shift_and_scale_invariant(rf, case, shift, log_s
     base = rf.group_normalized_advantages(scores, ids, "group", eps=0.0)
     moved = rf.group_normalized_advantages(a * scores + shift, ids, "group", eps=0.0)
     # relative tolerance: shifting by up to 100 on scores of size ~10 loses about 1e-13 relative
-    close(moved, base, 1e-8, "group normalisation after an affine change of the scores")
+    assert_close(moved, base, 1e-8, "group normalisation after an affine change of the scores")
 
 
 @against("group_mean_not_subtracted")
@@ -130,7 +130,7 @@ def test_all_equal_group_gets_zero_advantage(rf, value, sizes):
     ids = torch.tensor([k for k, n in enumerate(sizes) for _ in range(n)])
     scores = torch.full((len(ids),), value, dtype=torch.float64) + ids.to(torch.float64) * 0.0
     for scale in ("group", "none"):
-        close(rf.group_normalized_advantages(scores, ids, scale), torch.zeros(len(ids)), 0.0,
+        assert_close(rf.group_normalized_advantages(scores, ids, scale), torch.zeros(len(ids)), 0.0,
               f"all-equal group, scale={scale!r}")
-    close(rf.leave_one_out_advantages(scores, ids), torch.zeros(len(ids)), 0.0,
+    assert_close(rf.leave_one_out_advantages(scores, ids), torch.zeros(len(ids)), 0.0,
           "all-equal group, leave-one-out")

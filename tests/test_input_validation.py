@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from tests.harness import against, close, lengths_mask
+from tests.harness import against, assert_close, lengths_mask
 
 
 # --- inputs: float64 throughout, rows of lengths 3, 1, 4 in a width of 4 ------------------------
@@ -376,7 +376,7 @@ def test_kl_penalty_with_beta_zero_is_accepted_and_leaves_only_the_scores(rf):
     last = MASK.sum(1) - 1
     expected = torch.zeros(B, T, dtype=torch.float64)
     expected[torch.arange(B), last] = SCORES_B
-    close(out, expected, 0.0, "kl_penalized_rewards(beta=0): the score at each last real token")
+    assert_close(out, expected, 0.0, "kl_penalized_rewards(beta=0): the score at each last real token")
 
 
 @against()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.harness import Padded, against, close, fill_padding, padded_batches
+from tests.harness import Padded, against, assert_close, fill_padding, padded_batches
 
 UNEQUAL = Padded([3, 1, 2], 4, seed=3, dtype=torch.float64)
 log_ratios = st.floats(-20, 20)
@@ -26,7 +26,7 @@ def test_kl_estimators_follow_their_definitions(rf, l, base):
         got = rf.kl_estimate(logp, ref_logp, None, kind)[0]
         # relative 1e-13: exp(20) ~ 5e8, so k3 carries ~1e-7 absolute rounding there
         tol = 1e-13 * max(1.0, max(abs(v) for v in values))
-        close(got, values, tol, f"kl_estimate(kind={kind!r})")
+        assert_close(got, values, tol, f"kl_estimate(kind={kind!r})")
 
 
 @against("k3_log_sign_flipped")
@@ -51,4 +51,4 @@ def test_kl_penalized_rewards_put_the_score_at_the_last_real_token(rf, b, beta, 
     expected = torch.where(b.mask, -beta * k, torch.zeros_like(k))
     for row, n in enumerate(b.lengths):
         expected[row, n - 1] += scores[row]
-    close(got, expected, 1e-12, "shaped rewards: -beta k on real tokens, score at the last one")
+    assert_close(got, expected, 1e-12, "shaped rewards: -beta k on real tokens, score at the last one")

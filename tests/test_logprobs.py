@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.harness import Padded, against, close, fill_padding, padded_batches
+from tests.harness import Padded, against, assert_close, fill_padding, padded_batches
 
 UNEQUAL = Padded([3, 1, 2], 4, seed=13, dtype=torch.float64)
 
@@ -44,7 +44,7 @@ def _log_prob_loop(logits, tokens):
 def test_token_logprobs_are_logit_minus_logsumexp_over_vocabulary(rf, batch):
     logits, tokens = batch
     # float64, V <= 7 terms, logits <= ~50 in size: a few ulps of 50; tolerance 1e-12
-    close(rf.token_logprobs(logits, tokens), _log_prob_loop(logits, tokens), 1e-12,
+    assert_close(rf.token_logprobs(logits, tokens), _log_prob_loop(logits, tokens), 1e-12,
           "token_logprobs vs logits[y] - logsumexp over the vocabulary")
 
 
@@ -57,7 +57,7 @@ def test_token_probabilities_over_the_vocabulary_sum_to_one(rf, batch):
     # ask for every possible token at every position, one vocabulary entry at a time
     probs = torch.stack([rf.token_logprobs(logits, torch.full((B, T), v)).exp() for v in range(V)])
     # a sum of V <= 7 probabilities in float64: a few ulps; tolerance 1e-12
-    close(probs.sum(0), torch.ones(B, T, dtype=torch.float64), 1e-12,
+    assert_close(probs.sum(0), torch.ones(B, T, dtype=torch.float64), 1e-12,
           "sum over the vocabulary of exp(token_logprobs)")
 
 
@@ -69,7 +69,7 @@ def test_sequence_logprob_sums_only_the_real_prefix(rf, b, fill):
     logp = -b.uniform(0.0, 5.0)                           # token log-probs are <= 0
     expected = torch.stack([logp[i, :n].sum() for i, n in enumerate(b.lengths)])
     # float64 sums of <= 6 terms of size <= 5: a few ulps; tolerance 1e-12
-    close(rf.sequence_logprob(fill_padding(logp, b.mask, fill), b.mask), expected, 1e-12,
+    assert_close(rf.sequence_logprob(fill_padding(logp, b.mask, fill), b.mask), expected, 1e-12,
           f"sequence_logprob with padding filled by {fill} vs the sum over the real prefix")
 
 
@@ -80,5 +80,5 @@ def test_sequence_logprob_gradient_is_one_on_real_tokens_and_zero_on_padding(rf,
     logp = fill_padding(-b.uniform(0.0, 5.0), b.mask, fill).requires_grad_(True)
     rf.sequence_logprob(logp, b.mask).sum().backward()
     # d (sum over real tokens) / d logp is exactly the mask: tolerance 0, in float32 and float64
-    close(logp.grad, b.mask.to(torch.float64), 0.0,
+    assert_close(logp.grad, b.mask.to(torch.float64), 0.0,
           f"d sequence_logprob / d token_logp with padding filled by {fill} ({b.dtype})")

@@ -6,7 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from refimpl.aggregation import AGG_MODES
-from tests.harness import Padded, against, close, padded_batches
+from tests.harness import Padded, against, assert_close, padded_batches
 
 TOL = 1e-12                       # float64 sums of at most 30 terms
 UNEQUAL = Padded([3, 1, 2], 4, seed=9, dtype=torch.float64)
@@ -32,9 +32,9 @@ def _aggregate_loop(x, lengths, mode, norm_len=None):
 @example(b=UNEQUAL, mode="seq-mean-token-sum-norm")
 def test_aggregation_modes_follow_their_definitions(rf, b, mode):
     x = b.randn()
-    close(rf.aggregate(x, b.mask, mode), _aggregate_loop(x, b.lengths, mode), TOL,
+    assert_close(rf.aggregate(x, b.mask, mode), _aggregate_loop(x, b.lengths, mode), TOL,
           f"aggregate(mode={mode!r})")
-    close(rf.aggregate(x, b.mask, mode, norm_len=7.0),
+    assert_close(rf.aggregate(x, b.mask, mode, norm_len=7.0),
           _aggregate_loop(x, b.lengths, mode, 7.0 if mode.endswith("norm") else None), TOL,
           f"aggregate(mode={mode!r}, norm_len=7)")
 
@@ -45,10 +45,10 @@ def test_aggregation_modes_follow_their_definitions(rf, b, mode):
 def test_aggregation_modes_agree_when_all_rows_have_equal_length(rf, b):
     x, n = b.randn(), b.lengths[0]
     token_mean = rf.aggregate(x, b.mask, "token-mean")
-    close(rf.aggregate(x, b.mask, "seq-mean-token-mean"), token_mean, TOL, "seq-mean-token-mean")
-    close(rf.aggregate(x, b.mask, "seq-mean-token-sum"), n * token_mean, TOL,
+    assert_close(rf.aggregate(x, b.mask, "seq-mean-token-mean"), token_mean, TOL, "seq-mean-token-mean")
+    assert_close(rf.aggregate(x, b.mask, "seq-mean-token-sum"), n * token_mean, TOL,
           "seq-mean-token-sum = length * token-mean")
-    close(rf.aggregate(x, b.mask, "seq-mean-token-sum-norm", norm_len=n), token_mean, TOL,
+    assert_close(rf.aggregate(x, b.mask, "seq-mean-token-sum-norm", norm_len=n), token_mean, TOL,
           "seq-mean-token-sum-norm with norm_len = length")
 
 
@@ -60,7 +60,7 @@ def test_policy_gradient_loss_aggregates_minus_advantage_times_logp(rf, b, mode,
     adv = b.randn() if per_token else b.randn(b.B)
     loss = rf.policy_gradient_loss(logp, adv, b.mask, mode)
     A = adv if per_token else adv.unsqueeze(1).expand(b.B, b.T)
-    close(loss, _aggregate_loop(-A * logp.detach(), b.lengths, mode), TOL, "loss value")
+    assert_close(loss, _aggregate_loop(-A * logp.detach(), b.lengths, mode), TOL, "loss value")
     # d loss / d logp_t = -A_t * (aggregation weight of token t), exactly 0 at padding
     (grad,) = torch.autograd.grad(loss, logp)
     weight = torch.zeros(b.B, b.T, dtype=torch.float64)
@@ -68,7 +68,7 @@ def test_policy_gradient_loss_aggregates_minus_advantage_times_logp(rf, b, mode,
         weight[row, :n] = {"token-mean": 1 / sum(b.lengths), "seq-mean-token-mean": 1 / (b.B * n),
                            "seq-mean-token-sum": 1 / b.B,
                            "seq-mean-token-sum-norm": 1 / (b.B * b.T)}[mode]
-    close(grad, -A * weight, TOL, "d loss / d logp")
+    assert_close(grad, -A * weight, TOL, "d loss / d logp")
 
 
 # --- PPO -----------------------------------------------------------------------------------------
@@ -118,12 +118,12 @@ def test_ppo_token_gradient_is_zero_exactly_where_the_clipped_branch_is_taken(rf
         clipped |= (A < 0) & (r > dual)
     N = sum(b.lengths)
     expected = torch.where(b.mask & ~clipped, -A * r / N, torch.zeros_like(r))
-    close(grad, expected, TOL, "d ppo_clip_loss / d logp per token")
+    assert_close(grad, expected, TOL, "d ppo_clip_loss / d logp per token")
     # and the value: the pessimistic bound, floored by -c A where A < 0
     per_token = torch.maximum(-A * r, -A * r.clamp(1 - clip_low, 1 + high))
     if dual is not None:
         per_token = torch.where(A < 0, torch.minimum(per_token, -dual * A), per_token)
-    close(loss, per_token[b.mask].sum() / N, TOL, "ppo_clip_loss value")
+    assert_close(loss, per_token[b.mask].sum() / N, TOL, "ppo_clip_loss value")
 
 
 @against("ppo_ratio_inverted")
@@ -139,7 +139,7 @@ def test_ppo_gradient_equals_policy_gradient_at_the_old_policy(rf, b, mode, dual
                                    logp)
     logp2 = old.clone().requires_grad_(True)
     (g_pg,) = torch.autograd.grad(rf.policy_gradient_loss(logp2, adv, b.mask, mode), logp2)
-    close(g_ppo, g_pg, TOL, "grad of PPO vs grad of the policy-gradient loss at r = 1")
+    assert_close(g_ppo, g_pg, TOL, "grad of PPO vs grad of the policy-gradient loss at r = 1")
 
 
 @against("value_clip_min", "value_loss_no_half")
@@ -161,6 +161,6 @@ def test_value_loss_gradient_is_zero_exactly_where_the_clipped_error_dominates(r
         err_clip = (V_clip - R) ** 2
         frozen = err_clip > err                          # the clipped branch, constant in V
         per_token = 0.5 * torch.maximum(err, err_clip)
-    close(loss, per_token[b.mask].sum() / N, TOL, "value_loss value (0.5 squared error)")
+    assert_close(loss, per_token[b.mask].sum() / N, TOL, "value_loss value (0.5 squared error)")
     expected = torch.where(b.mask & ~frozen, (Vd - R) / N, torch.zeros_like(Vd))
-    close(grad, expected, TOL, "d value_loss / d V per token")
+    assert_close(grad, expected, TOL, "d value_loss / d V per token")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 LOG2 = math.log(2.0)
 betas = st.sampled_from([0.01, 0.1, 0.5, 1.0, 5.0])
@@ -65,7 +65,7 @@ def test_dpo_loss_is_log2_at_zero_margin(rf, seed, beta, ls, shift):
     loss = rf.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=ls)
     # h is 0 up to the rounding of pc - rc (ulp(50) ~ 7e-15), so z ~ 1e-14 moves the loss by
     # less than 1e-14: 1e-12 leaves margin
-    close(loss, torch.full_like(loss, LOG2), 1e-12, "dpo_loss at z = 0 vs log 2")
+    assert_close(loss, torch.full_like(loss, LOG2), 1e-12, "dpo_loss at z = 0 vs log 2")
 
 
 @against("dpo_sign_flipped", "dpo_smoothing_swapped", "dpo_ignores_reference")
@@ -85,7 +85,7 @@ def test_dpo_loss_tends_to_log2_linearly_as_beta_vanishes(rf, seed, ls):
     # Taylor: loss = log 2 + (ls - 1/2) z + z^2/8 + O(z^4). Divided by beta, the rounding of the
     # O(1) loss (a few ulps, ~3e-16) becomes ~3e-7; tolerance 1e-5
     slope = (loss - LOG2) / beta
-    close(slope, (ls - 0.5) * h + beta * h ** 2 / 8, 1e-5,
+    assert_close(slope, (ls - 0.5) * h + beta * h ** 2 / 8, 1e-5,
           "(dpo_loss - log 2) / beta vs (ls - 1/2) h as beta -> 0")
 
 
@@ -102,8 +102,8 @@ def test_dpo_gradient_weight_is_beta_sigmoid_of_minus_z(rf, h, beta, seed):
     g_c = _grad(lambda x: rf.dpo_loss(x, pr, rc, rr, beta=beta), pc)
     g_r = _grad(lambda x: rf.dpo_loss(pc, x, rc, rr, beta=beta), pr)
     # autograd of softplus vs the closed form in float64: a few ulps of beta (<= 5)
-    close(g_c, -weight, 1e-12, "d dpo_loss / d policy_chosen_logps vs -beta sigmoid(-z)")
-    close(g_r, weight, 1e-12, "d dpo_loss / d policy_rejected_logps vs +beta sigmoid(-z)")
+    assert_close(g_c, -weight, 1e-12, "d dpo_loss / d policy_chosen_logps vs -beta sigmoid(-z)")
+    assert_close(g_r, weight, 1e-12, "d dpo_loss / d policy_rejected_logps vs +beta sigmoid(-z)")
 
 
 @against("dpo_sign_flipped", "dpo_smoothing_swapped", "dpo_ignores_reference")
@@ -122,14 +122,14 @@ def test_dpo_smoothed_loss_is_minimised_at_log_odds_of_smoothing(rf, seed, beta,
     z_star = math.log((1 - ls) / ls)
     # the derivative near z* has slope beta^2 ls (1 - ls) >= 0.0099 beta^2 and rounding ~1e-16
     # beta, and pc (<= 4000 in size) carries ulp 5e-13, times beta: z* to ~1e-11; tolerance 1e-8
-    close(z_min, torch.full_like(z_min, z_star), 1e-8,
+    assert_close(z_min, torch.full_like(z_min, z_star), 1e-8,
           "argmin_z of the smoothed DPO loss vs log((1 - ls) / ls)")
     pc_star = c + z_star / beta
     # at z*, sigmoid(z*) = 1 - ls: the derivative is 0 and the loss is the binary entropy H(ls)
-    close(_grad(loss_at, pc_star), torch.zeros_like(pc_star), 1e-12 * beta + 1e-14,
+    assert_close(_grad(loss_at, pc_star), torch.zeros_like(pc_star), 1e-12 * beta + 1e-14,
           "d dpo_loss / d policy_chosen_logps at z*")
     entropy = -(1 - ls) * math.log(1 - ls) - ls * math.log(ls)
-    close(loss_at(pc_star), torch.full_like(pc_star, entropy), 1e-12, "dpo_loss at z* vs H(ls)")
+    assert_close(loss_at(pc_star), torch.full_like(pc_star, entropy), 1e-12, "dpo_loss at z* vs H(ls)")
 
 
 @against("dpo_sign_flipped", "dpo_smoothing_swapped")
@@ -173,9 +173,9 @@ def test_ipo_loss_is_minimised_at_half_inverse_tau_with_value_zero(rf, seed, tau
     h_min = _margin(pc_min, pr, rc, rr)
     h_star = 1.0 / (2.0 * tau)
     # h carries the rounding of log-probs of size <= ~300 (ulp 6e-14): tolerance 1e-10
-    close(h_min, torch.full_like(h_min, h_star), 1e-10, "argmin_h of ipo_loss vs 1/(2 tau)")
+    assert_close(h_min, torch.full_like(h_min, h_star), 1e-10, "argmin_h of ipo_loss vs 1/(2 tau)")
     # at h*, (h - h*)^2 with h off by ~1e-13 is ~1e-26: tolerance 1e-20
-    close(loss_at(c + h_star), torch.zeros_like(c), 1e-20, "ipo_loss at h* = 1/(2 tau)")
+    assert_close(loss_at(c + h_star), torch.zeros_like(c), 1e-20, "ipo_loss at h* = 1/(2 tau)")
 
 
 @against("ipo_tau_not_halved")
@@ -189,8 +189,8 @@ def test_ipo_gradient_is_twice_the_distance_to_target(rf, seed, tau, scale):
     g_c = _grad(lambda x: rf.ipo_loss(x, pr, rc, rr, tau=tau), pc)
     g_r = _grad(lambda x: rf.ipo_loss(pc, x, rc, rr, tau=tau), pr)
     # float64, |h| and 1/(2 tau) <= ~150: a few ulps ~1e-13; tolerance 1e-10
-    close(g_c, d, 1e-10, "d ipo_loss / d policy_chosen_logps vs 2 (h - 1/(2 tau))")
-    close(g_r, -d, 1e-10, "d ipo_loss / d policy_rejected_logps vs -2 (h - 1/(2 tau))")
+    assert_close(g_c, d, 1e-10, "d ipo_loss / d policy_chosen_logps vs 2 (h - 1/(2 tau))")
+    assert_close(g_r, -d, 1e-10, "d ipo_loss / d policy_rejected_logps vs -2 (h - 1/(2 tau))")
 
 
 # --- Bradley-Terry -------------------------------------------------------------------------------
@@ -219,8 +219,8 @@ def test_bradley_terry_gradient_is_sigmoid_of_margin_minus_one(rf, seed, kind):
     g_c = _grad(lambda x: rf.bradley_terry_loss(x, rejected, margin), chosen)
     g_r = _grad(lambda x: rf.bradley_terry_loss(chosen, x, margin), rejected)
     # autograd of softplus vs torch.sigmoid in float64: a few ulps; tolerance 1e-12
-    close(g_c, s - 1.0, 1e-12, f"d bt_loss / d chosen_rewards vs sigmoid(delta - m) - 1 ({kind})")
-    close(g_r, 1.0 - s, 1e-12, f"d bt_loss / d rejected_rewards vs 1 - sigmoid(delta - m) ({kind})")
+    assert_close(g_c, s - 1.0, 1e-12, f"d bt_loss / d chosen_rewards vs sigmoid(delta - m) - 1 ({kind})")
+    assert_close(g_r, 1.0 - s, 1e-12, f"d bt_loss / d rejected_rewards vs 1 - sigmoid(delta - m) ({kind})")
 
 
 @against("bt_sign_flipped")
@@ -241,7 +241,7 @@ def test_bradley_terry_minimiser_recovers_the_preference_probability(rf, p, seed
     delta = _root_of_increasing(lambda d: _grad(expected_loss, d), lo, hi)
     # the curvature sigmoid'(delta*) = p (1 - p) >= 0.0196 turns derivative rounding ~1e-16
     # into delta* error ~1e-14 (base <= ~25 adds ulp 4e-15); tolerance 1e-10 on sigmoid(delta*)
-    close(torch.sigmoid(delta), p, 1e-10, "sigmoid(argmin expected BT loss) vs p")
+    assert_close(torch.sigmoid(delta), p, 1e-10, "sigmoid(argmin expected BT loss) vs p")
 
 
 # --- per-pair output -----------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_dpo_loss_is_the_per_pair_formula_in_the_input_dtype(rf, seed, n, dtype,
     assert loss.dtype == dtype, f"dpo_loss returned {loss.dtype} for {dtype} input"
     z = beta * _margin(*(x.double() for x in (pc, pr, rc, rr)))
     expected = -(1 - ls) * F.logsigmoid(z) - ls * F.logsigmoid(-z)
-    close(loss, expected, _tol(expected, dtype), "dpo_loss per pair vs Eq. 7 (with smoothing)")
+    assert_close(loss, expected, _tol(expected, dtype), "dpo_loss per pair vs Eq. 7 (with smoothing)")
 
 
 @against("ipo_tau_not_halved")
@@ -286,7 +286,7 @@ def test_ipo_loss_is_the_per_pair_formula_in_the_input_dtype(rf, seed, n, dtype,
     assert loss.dtype == dtype, f"ipo_loss returned {loss.dtype} for {dtype} input"
     h = _margin(*(x.double() for x in (pc, pr, rc, rr)))
     expected = (h - 1.0 / (2.0 * tau)) ** 2
-    close(loss, expected, _tol(expected, dtype), "ipo_loss per pair vs Eq. 17")
+    assert_close(loss, expected, _tol(expected, dtype), "ipo_loss per pair vs Eq. 17")
 
 
 @against("bt_margin_sign", "bt_sign_flipped")
@@ -307,5 +307,5 @@ def test_bradley_terry_loss_is_the_per_pair_formula_in_the_input_dtype(rf, seed,
     c, r = chosen.to(dtype).double(), rejected.to(dtype).double()
     mm = m.to(dtype).double() if kind == "tensor" else m
     expected = -F.logsigmoid(c - r - mm)
-    close(loss, expected, _tol(expected, dtype), f"bt_loss per pair vs -log sigmoid(delta - m) "
+    assert_close(loss, expected, _tol(expected, dtype), f"bt_loss per pair vs -log sigmoid(delta - m) "
           f"(margin {kind})")

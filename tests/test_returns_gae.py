@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from refimpl.returns import discounted_returns_loop, gae_loop
 from refimpl.tabular import TabularPolicy
-from tests.harness import Padded, against, close, padded_batches
+from tests.harness import Padded, against, assert_close, padded_batches
 
 TOL64 = 1e-12      # float64 recurrences over <= 6 steps: a few ulps
 gammas = st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0])
@@ -22,7 +22,7 @@ UNEQUAL = Padded([3, 1, 2], 4, seed=7, dtype=torch.float64)
 @example(b=UNEQUAL, gamma=0.9)
 def test_discounted_returns_match_plain_loop(rf, b, gamma):
     r = b.randn()
-    close(rf.discounted_returns(r, b.mask, gamma), discounted_returns_loop(r, b.mask, gamma),
+    assert_close(rf.discounted_returns(r, b.mask, gamma), discounted_returns_loop(r, b.mask, gamma),
           TOL64, "discounted_returns vs the plain loop")
 
 
@@ -33,8 +33,8 @@ def test_gae_matches_plain_loop(rf, b, gamma, lam):
     r, v = b.randn(), b.randn()
     A, R = rf.gae(r, v, b.mask, gamma, lam)
     A_loop, R_loop = gae_loop(r, v, b.mask, gamma, lam)
-    close(A, A_loop, TOL64, "gae advantages vs the plain loop")
-    close(R, R_loop, TOL64, "gae returns vs the plain loop")
+    assert_close(A, A_loop, TOL64, "gae advantages vs the plain loop")
+    assert_close(R, R_loop, TOL64, "gae returns vs the plain loop")
 
 
 @against("gae_off_by_one_bootstrap", "gae_bootstraps_past_last_token")
@@ -48,7 +48,7 @@ def test_gae_lambda_zero_is_td_residual(rf, b, gamma):
     v_next = torch.where(torch.cat([b.mask[:, 1:], torch.zeros_like(b.mask[:, :1])], 1), v_next,
                          torch.zeros_like(v_next))
     delta = torch.where(b.mask, r + gamma * v_next - v, torch.zeros_like(r))
-    close(A, delta, TOL64, "gae(lam=0) vs the TD residual")
+    assert_close(A, delta, TOL64, "gae(lam=0) vs the TD residual")
 
 
 @against("gae_off_by_one_bootstrap", "gae_gamma_lam_swapped")
@@ -58,7 +58,7 @@ def test_gae_lambda_one_is_return_minus_value(rf, b, gamma):
     r, v = b.randn(), b.randn()
     A, _ = rf.gae(r, v, b.mask, gamma, lam=1.0)
     expected = torch.where(b.mask, discounted_returns_loop(r, b.mask, gamma) - v, torch.zeros_like(v))
-    close(A, expected, TOL64, "gae(lam=1) vs Monte-Carlo return minus V (GAE Eq. 18)")
+    assert_close(A, expected, TOL64, "gae(lam=1) vs Monte-Carlo return minus V (GAE Eq. 18)")
 
 
 @against("gae_returns_without_value")
@@ -67,7 +67,7 @@ def test_gae_lambda_one_is_return_minus_value(rf, b, gamma):
 def test_gae_returns_are_advantages_plus_values(rf, b, gamma, lam):
     r, v = b.randn(), b.randn()
     A, R = rf.gae(r, v, b.mask, gamma, lam)
-    close(R, torch.where(b.mask, A + v, torch.zeros_like(v)), TOL64, "returns = A + V")
+    assert_close(R, torch.where(b.mask, A + v, torch.zeros_like(v)), TOL64, "returns = A + V")
 
 
 # --- exact, on the tabular policy: three-token responses, two prompts, gamma = 0.9 -------------
@@ -95,7 +95,7 @@ def test_exact_gae_with_true_values_is_the_true_advantage(rf):
                           gamma, lam)
         e, reach = pol.conditional_on_transition(A_hat.reshape(pol.n_prompts, -1, pol.tree.max_len))
         reached = reach > 0
-        close(e[reached], A_true[reached], 1e-10, f"E[GAE(lam={lam}) | s, a] vs A^pi(s, a)")
+        assert_close(e[reached], A_true[reached], 1e-10, f"E[GAE(lam={lam}) | s, a] vs A^pi(s, a)")
 
 
 @against("returns_forward_in_time")
@@ -108,6 +108,6 @@ def test_exact_expected_return_is_the_state_value(rf):
     G = rf.discounted_returns(_flat(pol, pol.token_rewards(rewards)), m, gamma)
     G = G.reshape(pol.n_prompts, -1, pol.tree.max_len)
     e_s, reach_s = pol.conditional_on_state(G)
-    close(e_s[reach_s > 0], V[reach_s > 0], 1e-10, "E[G_t | s_t] vs V^pi(s_t)")
+    assert_close(e_s[reach_s > 0], V[reach_s > 0], 1e-10, "E[G_t | s_t] vs V^pi(s_t)")
     e_sa, reach_sa = pol.conditional_on_transition(G)
-    close(e_sa[reach_sa > 0], Q[reach_sa > 0], 1e-10, "E[G_t | s_t, a_t] vs Q^pi(s_t, a_t)")
+    assert_close(e_sa[reach_sa > 0], Q[reach_sa > 0], 1e-10, "E[G_t | s_t, a_t] vs Q^pi(s_t, a_t)")

@@ -3,7 +3,7 @@
 import torch
 
 from refimpl.tabular import TabularPolicy, baseline_group_normalized, pg_surrogate
-from tests.harness import against, close
+from tests.harness import against, assert_close
 
 
 @against()
@@ -12,7 +12,7 @@ def test_every_response_is_enumerated_once_and_probabilities_sum_to_one(rf):
         pol = TabularPolicy.random(n_prompts=2, n_tokens=n_tokens, max_len=max_len, seed=4)
         C = sum(n_tokens ** k for k in range(max_len)) + n_tokens ** max_len
         assert pol.n_completions == C == len(set(pol.tree.completions))
-        close(pol.probs().detach().sum(1), torch.ones(2), 1e-14, "sum_c pi(c | p)")
+        assert_close(pol.probs().detach().sum(1), torch.ones(2), 1e-14, "sum_c pi(c | p)")
         assert set(pol.tree.lengths.tolist()) == set(range(1, max_len + 1))
 
 
@@ -25,7 +25,7 @@ def test_state_visitation_matches_response_lengths(rf):
     for depth in range(pol.tree.max_len):
         at = pol.tree.depth == depth
         longer = (pol.tree.lengths > depth)
-        close(d[:, at].sum(1), p[:, longer].sum(1), 1e-14, f"visitation at depth {depth}")
+        assert_close(d[:, at].sum(1), p[:, longer].sum(1), 1e-14, f"visitation at depth {depth}")
 
 
 @against()
@@ -45,7 +45,7 @@ def test_autograd_gradient_of_J_matches_central_differences(rf):
         theta[tuple(idx)] -= 2 * h
         down = TabularPolicy(theta, 2, 2).J(rewards)
         fd[tuple(idx)] = (up - down) / (2 * h)
-    close(g, fd, 1e-8, "autograd grad J vs central differences")
+    assert_close(g, fd, 1e-8, "autograd grad J vs central differences")
 
 
 @against()
@@ -60,7 +60,7 @@ def test_multiset_enumeration_equals_ordered_enumeration(rf):
         grads = []
         for ordered in (False, True):
             tup = pol.tuples(G, ordered=ordered)
-            close(pol.tuple_weights(tup).sum(), 1.0, 1e-13, f"total probability (ordered={ordered})")
+            assert_close(pol.tuple_weights(tup).sum(), 1.0, 1e-13, f"total probability (ordered={ordered})")
             A = baseline_group_normalized(scores[tup.prompt, tup.completion])
             grads.append(pol.expected_gradient(pg_surrogate(A), tup))
-        close(grads[0], grads[1], 1e-13, f"multisets vs ordered tuples, G={G}")
+        assert_close(grads[0], grads[1], 1e-13, f"multisets vs ordered tuples, G={G}")

@@ -3,7 +3,7 @@
 import torch
 from hypothesis import example, given
 
-from tests.harness import Padded, against, close, padded_batches
+from tests.harness import Padded, against, assert_close, padded_batches
 
 UNEQUAL = Padded([3, 1, 2], 4, seed=5, dtype=torch.float64)
 
@@ -28,7 +28,7 @@ def test_whitening_uses_real_entries_only(rf, b):
     if not _at_least_two(b):
         return
     a = b.randn(scale=3.0) + 1.0
-    close(rf.batch_normalized_advantages(a, b.mask, eps=1e-8), _oracle(a, b.mask, 1e-8), 1e-12,
+    assert_close(rf.batch_normalized_advantages(a, b.mask, eps=1e-8), _oracle(a, b.mask, 1e-8), 1e-12,
           "whitened advantages vs the masked definition")
 
 
@@ -41,8 +41,8 @@ def test_whitened_real_entries_have_zero_mean_and_unit_unbiased_variance(rf, b):
     a = b.randn(scale=2.0) - 0.5
     out = rf.batch_normalized_advantages(a, b.mask, eps=0.0)
     real = out[b.mask]
-    close(real.mean(), 0.0, 1e-12, "mean of whitened real entries")
-    close(real.var(unbiased=True), 1.0, 1e-12, "unbiased variance of whitened real entries")
+    assert_close(real.mean(), 0.0, 1e-12, "mean of whitened real entries")
+    assert_close(real.var(unbiased=True), 1.0, 1e-12, "unbiased variance of whitened real entries")
 
 
 @against("whiten_biased_var")
@@ -52,4 +52,4 @@ def test_whitening_without_mask_treats_every_entry_as_real(rf, b):
     if a.numel() < 2:
         return
     expected = (a - a.mean()) / torch.sqrt(a.var(unbiased=True) + 1e-8)
-    close(rf.batch_normalized_advantages(a, None, eps=1e-8), expected, 1e-12, "mask=None")
+    assert_close(rf.batch_normalized_advantages(a, None, eps=1e-8), expected, 1e-12, "mask=None")
