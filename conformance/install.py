@@ -20,6 +20,8 @@ ADAPTERS = Path(__file__).parent / "adapters"
 FRAMEWORKS: dict[str, tuple[str, object]] = {
     "trl": ("pip", ["trl==1.16.0"]),
     "torchrl": ("pip", ["torchrl==0.14.1"]),
+    "liger": ("pip", ["liger-kernel==0.8.5"]),
+    "skyrl": ("script", "skyrl_install.sh"),
     "verl": ("script", "verl_install.sh"),
     "openrlhf": ("script", "openrlhf_install.sh"),
 }

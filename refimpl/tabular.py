@@ -255,8 +255,12 @@ class TabularPolicy:
         return (self.prompt_weights * per_prompt).sum()
 
     def grad(self, scalar: Tensor) -> Tensor:
-        """d scalar / d theta, ``(P, S, A)``."""
-        return torch.autograd.grad(scalar, self.theta)[0]
+        """d scalar / d theta, ``(P, S, A)``; zero when ``scalar`` does not depend on theta (a
+        surrogate built from detached outputs carries no gradient, and that is its expectation)."""
+        if not scalar.requires_grad:
+            return torch.zeros_like(self.theta)
+        grad = torch.autograd.grad(scalar, self.theta, allow_unused=True)[0]
+        return torch.zeros_like(self.theta) if grad is None else grad
 
     def grad_J(self, rewards: Tensor, gamma: float = 1.0) -> Tensor:
         return self.grad(self.J(rewards, gamma))

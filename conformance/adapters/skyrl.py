@@ -1,0 +1,385 @@
+"""Adapters for skyrl-train 0.3.1 (``rlconform setup skyrl``: ``skyrl_install.sh``, i.e.
+``pip install --no-deps --ignore-requires-python skyrl-train==0.3.1`` plus ray 2.51.1, loguru,
+omegaconf and jaxtyping).
+
+skyrl-train declares Python 3.12 only and its package ``__init__`` imports far more than its math
+needs, so ``skyrl_train/utils/ppo_utils.py`` (with the ``training_batch.py`` it imports) and
+``skyrl_train/utils/torch_utils.py`` are loaded by file path, without running the package
+``__init__``s; ``skyrl_train.training_batch`` is in ``sys.modules`` only while ppo_utils executes
+its import of it (no stand-in: the real file). Ray is never initialised, so the registries are
+local, as in a single process.
+
+Each canonical function calls skyrl's own code the way skyrl's trainer and workers call it:
+
+| canonical                     | skyrl                                                        |
+|-------------------------------|--------------------------------------------------------------|
+| `gae`                         | registered advantage estimator 'gae' (`compute_gae_advantage_return`) |
+| `discounted_returns`          | the returns of the registered estimator 'reinforce++'        |
+| `group_normalized_advantages` | registered estimator 'grpo' (`grpo_norm_by_std`)             |
+| `leave_one_out_advantages`    | registered estimator 'rloo'                                  |
+| `batch_normalized_advantages` | `normalize_advantages_dict` (the trainer's `advantage_batch_normalize` step) |
+| `kl_estimate`                 | `compute_approx_kl` ('k1', 'k2', 'k3')                       |
+| `aggregate`                   | `reduce_loss`                                                |
+| `ppo_clip_loss`               | registered policy loss 'regular' ('dual_clip' with `dual_clip`) |
+| `value_loss`                  | `ppo_critic_loss`                                            |
+| `token_logprobs`              | `skyrl_train.utils.torch_utils.logprobs_from_logits`        |
+
+Calling conventions (translations only, no values changed):
+- Masks go in as float tensors in the data's dtype (skyrl builds its ``loss_mask`` with
+  ``dtype=torch.float``, skyrl_train/dataset/preprocess.py:113).
+- Advantage estimators are called through ``compute_advantages_and_returns`` with the keyword
+  arguments the trainer passes (skyrl_train/trainer.py:771-781); the ``config`` is the
+  ``trainer.algorithm`` node of skyrl's own ``ppo_base_config.yaml`` with the options set.
+  Per-sequence scores go in as ``token_level_rewards`` of shape (B, 1) with a response mask of
+  ones (skyrl sums each row); (B, 1) advantages come back as (B,). Group ids go in as a list
+  (the trainer's ``data.metadata["uids"]``).
+- Losses get the ``trainer.algorithm`` DictConfig from skyrl's ``ppo_base_config.yaml`` with
+  ``loss_reduction``, ``eps_clip_low``/``eps_clip_high``, ``policy_loss_type`` and ``value_clip``
+  set, and ``max_seq_len`` = ``norm_len`` (None: T, API.md's default; skyrl sets it to
+  max_input_length + max_generate_length, skyrl_train/utils/utils.py:278).
+- ``dual_clip=None`` selects ``policy_loss_type='regular'``; ``dual_clip=c`` selects
+  ``'dual_clip'`` with ``clip_ratio_c=c``. (B,) advantages are broadcast over tokens.
+
+Variants: skyrl's ``trainer.algorithm.loss_reduction`` selects the policy-loss aggregation.
+``skyrl`` is the default (read at run time from ppo_base_config.yaml: token_mean);
+``skyrl-sequence_mean`` (API.md's seq-mean-token-mean) and ``skyrl-seq_mean_token_sum_norm`` each
+honour only their own mode and raise ``Unsupported`` for the others. skyrl has no
+seq-mean-token-sum. The critic loss ignores ``loss_reduction``: ``ppo_critic_loss`` always takes
+each row's token mean, then the batch mean, so ``value_loss`` honours only ``seq-mean-token-mean``
+in every variant.
+
+Not provided: ``policy_gradient_loss`` (no plain policy-gradient loss among skyrl's registered
+policy losses), ``kl_penalized_rewards`` (inline in ``RayPPOTrainer.apply_reward_kl_penalty``,
+whose module needs the full skyrl install), ``sequence_logprob`` and the preference losses.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from conformance import Unsupported
+
+SKYRL = "0.3.1"
+PU = "skyrl_train/utils/ppo_utils.py"
+AGG = {"token-mean": "token_mean", "seq-mean-token-mean": "sequence_mean",
+       "seq-mean-token-sum-norm": "seq_mean_token_sum_norm"}
+API_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def _at(where: str) -> str:
+    return f"{where}, skyrl-train {SKYRL}"
+
+
+def _load(name: str, path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def _skyrl():
+    """Load skyrl's math files by path, once (the module imports without skyrl installed)."""
+    import sys
+    from importlib.metadata import distribution
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    root = Path(distribution("skyrl-train").locate_file("skyrl_train"))
+    tb_name = "skyrl_train.training_batch"
+    had = tb_name in sys.modules
+    training_batch = sys.modules.get(tb_name) or _load(tb_name, root / "training_batch.py")
+    sys.modules[tb_name] = training_batch        # what ppo_utils imports (the real file)
+    try:
+        pu = _load("_rlconform_skyrl_ppo_utils", root / "utils" / "ppo_utils.py")
+    finally:
+        if not had:
+            del sys.modules[tb_name]
+    tu = _load("_rlconform_skyrl_torch_utils", root / "utils" / "torch_utils.py")
+    base = OmegaConf.load(root / "config" / "ppo_base_config.yaml")
+    return SimpleNamespace(pu=pu, tu=tu, tb=training_batch, base=base, OmegaConf=OmegaConf)
+
+
+def _algorithm(**overrides):
+    """skyrl's ``trainer.algorithm`` config (ppo_base_config.yaml) with ``overrides`` set."""
+    s = _skyrl()
+    cfg = s.OmegaConf.create(s.OmegaConf.to_container(s.base.trainer.algorithm, resolve=True))
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+def framework_defaults() -> dict:
+    """skyrl's defaults, read from its ppo_base_config.yaml and signatures at run time."""
+    import inspect
+    s = _skyrl()
+    a, g = s.base.trainer.algorithm, s.base.generator
+    kl_in = "loss" if a.use_kl_loss else "reward" if a.use_kl_in_reward else None
+    return {
+        "clip_low": a.eps_clip_low,
+        "clip_high": a.eps_clip_high,
+        "dual_clip": a.clip_ratio_c if a.policy_loss_type == "dual_clip" else None,
+        "dual_clip_if_dual_clip_loss": a.clip_ratio_c,
+        "policy_loss_type": a.policy_loss_type,
+        "value_clip": a.value_clip,
+        "kl_in": kl_in,
+        "kl_beta": a.kl_loss_coef if kl_in else 0.0,
+        "kl_estimator": a.kl_estimator_type if kl_in else None,
+        "gae_lambda": a.lambd,
+        "gamma": a.gamma,
+        "group_size": g.n_samples_per_prompt,
+        "loss_agg": a.loss_reduction,
+        "adv_eps": inspect.signature(s.pu.compute_grpo_outcome_advantage).parameters["epsilon"].default,
+        "grpo_scale": "group" if a.grpo_norm_by_std else "none",
+        "advantage_estimator": a.advantage_estimator,
+        "advantage_batch_normalize": a.advantage_batch_normalize,
+    }
+
+
+def _numeric(mask, like):
+    return mask.to(like.dtype)
+
+
+def _expand(advantages, logp):
+    return advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
+
+
+class Skyrl:
+    """skyrl with ``trainer.algorithm.loss_reduction`` = ``reduction`` (None: the default)."""
+
+    framework = {"skyrl-train": f"=={SKYRL}"}
+    framework_defaults = staticmethod(framework_defaults)
+    shims: dict = {}
+    known_deviations: dict = {}
+
+    def __init__(self, reduction: str | None = None):
+        self.reduction = reduction
+        self.name = "skyrl" if reduction is None else f"skyrl-{reduction}"
+
+    def _mode(self) -> str:
+        return self.reduction or _skyrl().base.trainer.algorithm.loss_reduction
+
+    def _agg(self, agg) -> str:
+        """API.md mode -> skyrl's loss_reduction, if this variant is that mode."""
+        mine = self._mode()
+        if agg not in API_AGG:
+            return agg                      # unknown: handed to skyrl, which judges it
+        if AGG.get(agg) != mine:
+            raise Unsupported(f"{self.name} reduces as loss_reduction={mine!r} only; "
+                              + (f"{agg!r} is skyrl's {AGG[agg]!r}" if agg in AGG
+                                 else f"skyrl has no {agg!r}"))
+        return mine
+
+    @staticmethod
+    def _max_seq_len(values, norm_len):
+        return values.shape[-1] if norm_len is None else norm_len
+
+    # --- returns and advantages ---------------------------------------------------------------
+
+    def _estimate(self, name, rewards, mask, index=None, values=None, **options):
+        # skyrl_train/trainer.py:771-781
+        pu = _skyrl().pu
+        cfg = _algorithm(advantage_estimator=name, **options)
+        return pu.compute_advantages_and_returns(
+            token_level_rewards=rewards, response_mask=mask, index=index,
+            adv_estimator=name, config=cfg, values=values, gamma=cfg.gamma, lambd=cfg.lambd,
+            grpo_norm_by_std=cfg.grpo_norm_by_std, **({"epsilon": options["eps"]}
+                                                       if "eps" in options else {}))
+
+    def gae(self, rewards, values, mask, gamma=1.0, lam=0.95):
+        return self._estimate("gae", rewards, _numeric(mask, rewards), values=values,
+                              gamma=gamma, lambd=lam)
+
+    def discounted_returns(self, rewards, mask, gamma=1.0):
+        _, returns = self._estimate("reinforce++", rewards, _numeric(mask, rewards), gamma=gamma)
+        return returns
+
+    def _scores_in(self, scores):
+        import torch
+        return scores.unsqueeze(-1), torch.ones_like(scores.unsqueeze(-1))
+
+    def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
+        if scale not in ("group", "none"):
+            raise Unsupported(f"skyrl's GRPO has only grpo_norm_by_std=true ('group') or false "
+                              f"('none'), no scale={scale!r}")
+        rewards, ones = self._scores_in(scores)
+        adv, _ = self._estimate("grpo", rewards, ones, index=group_ids.tolist(), eps=eps,
+                                grpo_norm_by_std=(scale == "group"))
+        return adv[:, 0]
+
+    def leave_one_out_advantages(self, scores, group_ids):
+        rewards, ones = self._scores_in(scores)
+        adv, _ = self._estimate("rloo", rewards, ones, index=group_ids.tolist())
+        return adv[:, 0]
+
+    def batch_normalized_advantages(self, advantages, mask=None, eps=1e-8):
+        import torch
+        if eps != 1e-8:
+            raise Unsupported("normalize_advantages_dict clamps the variance at a fixed 1e-8, "
+                              f"no eps={eps!r} (" + _at(PU + ":145") + ")")
+        s = _skyrl()
+        m = torch.ones_like(advantages) if mask is None else _numeric(mask, advantages)
+        # the trainer's advantage_batch_normalize step (skyrl_train/trainer.py:265)
+        data = s.tb.TrainingInputBatch({"advantages": advantages, "response_mask": m})
+        return s.pu.normalize_advantages_dict(data)["advantages"]
+
+    # --- KL ---------------------------------------------------------------------------------
+
+    def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
+        # the actor's KL loss (skyrl_train/workers/worker.py:680-685)
+        return _skyrl().pu.compute_approx_kl(
+            logp, ref_logp, loss_mask=None if mask is None else _numeric(mask, logp),
+            kl_estimator_type=kind)
+
+    # --- losses -----------------------------------------------------------------------------
+
+    def aggregate(self, values, mask, mode="token-mean", norm_len=None):
+        red = self._agg(mode)
+        return _skyrl().pu.reduce_loss(values, _numeric(mask, values), red,
+                                       self._max_seq_len(values, norm_len))
+
+    def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
+                      dual_clip=None, agg="token-mean", norm_len=None):
+        red = self._agg(agg)
+        loss_type = "regular" if dual_clip is None else "dual_clip"
+        opts = {"policy_loss_type": loss_type, "loss_reduction": red,
+                "eps_clip_low": clip_low, "eps_clip_high": clip_low if clip_high is None else clip_high,
+                "max_seq_len": self._max_seq_len(logp, norm_len)}
+        if dual_clip is not None:
+            opts["clip_ratio_c"] = dual_clip
+        cfg = _algorithm(**opts)
+        fn = _skyrl().pu.PolicyLossRegistry.get(cfg.policy_loss_type)
+        # skyrl_train/workers/worker.py:657-664
+        loss, _clip_ratio = fn(logp, old_logp, _expand(advantages, logp), config=cfg,
+                               loss_mask=_numeric(mask, logp), rollout_logprobs=None)
+        return loss
+
+    def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean",
+                   norm_len=None):
+        if agg != "seq-mean-token-mean" and agg in API_AGG:
+            raise Unsupported("skyrl's critic loss always reduces as sequence_mean (each row's "
+                              "token mean, then the batch mean), whatever loss_reduction says "
+                              "(" + _at(PU + ":195") + ")")
+        cfg = _algorithm(value_clip=clip)
+        # skyrl_train/workers/worker.py:926-932
+        loss, _clipfrac = _skyrl().pu.ppo_critic_loss(values, old_values, returns, config=cfg,
+                                                      loss_mask=_numeric(mask, values))
+        return loss
+
+    # --- log-probabilities -------------------------------------------------------------------
+
+    def token_logprobs(self, logits, tokens):
+        return _skyrl().tu.logprobs_from_logits(logits, tokens)
+
+
+# --- declarations (lines of the installed skyrl-train 0.3.1) ------------------------------------
+
+SHIMS: dict = {}       # none: every call is skyrl's own, with translated conventions only
+
+_MASK_MULT = ("masks by multiplying, tensor * mask, so {fill} padding makes the loss NaN "
+              "(" + _at(PU + ":{line}") + ")")
+
+
+def _padding(estimator: str, line: int) -> dict:
+    return {f"{estimator}/padding-{fill}": _MASK_MULT.format(fill=text, line=line)
+            for fill, text in (("inf", "inf"), ("nan", "NaN"))}
+
+
+DEVIATIONS = {
+    # GAE
+    "gae/matches-reference": "ignores the mask in the recursion (the value after the last real "
+        "token is the padded entry values[:, t + 1], not 0) and whitens the advantages over the "
+        "batch, padded entries not zeroed (" + _at(PU + ":1018") + "; " + _at(PU + ":1025") + ")",
+    "gae/exact-advantage-with-true-values": "whitens the advantages over the batch "
+        "(masked_whiten) before returning them (" + _at(PU + ":1025") + ")",
+    "gae/gradient-matches-reference": "computes under torch.no_grad, so no gradient reaches "
+        "rewards or values (" + _at(PU + ":1012") + ")",
+    "gae/padding-1e30": "reads padded values and rewards: the recursion runs over the whole "
+        "padded width, nextvalues = values[:, t + 1] (" + _at(PU + ":1018") + ")",
+    "gae/padding-inf": "reads padded values and rewards in the recursion over the whole padded "
+        "width, so inf reaches the real tokens (" + _at(PU + ":1018") + ")",
+    "gae/padding-nan": "reads padded values and rewards in the recursion over the whole padded "
+        "width, so NaN reaches the real tokens (" + _at(PU + ":1018") + ")",
+    "gae/rejects-lam-outside-unit-interval": "does not validate lambd (" + _at(PU + ":999") + ")",
+    "gae/rejects-row-without-real-token": "does not validate the mask; a row without a real token "
+        "is processed (" + _at(PU + ":999") + ")",
+    # returns (REINFORCE++)
+    "discounted_returns/matches-reference": "returns at padded positions are the padded rewards "
+        "(plus the discounted tail), not 0: returns[:, t] is stored before the mask resets the "
+        "running return (" + _at(PU + ":935-937") + ")",
+    "discounted_returns/gradient-matches-reference": "computes under torch.no_grad, so no "
+        "gradient reaches the rewards (" + _at(PU + ":929") + ")",
+    "discounted_returns/padding-1e30": "returns at padded positions are the padded rewards, not 0 "
+        "(" + _at(PU + ":935-937") + ")",
+    "discounted_returns/padding-inf": "masks by multiplying, running_return * response_mask, so "
+        "inf padding becomes NaN and is carried into the real tokens (" + _at(PU + ":937") + ")",
+    "discounted_returns/padding-nan": "masks by multiplying, running_return * response_mask, so "
+        "NaN padding is carried into the real tokens (" + _at(PU + ":937") + ")",
+    "discounted_returns/rejects-gamma-outside-unit-interval": "does not validate gamma "
+        "(" + _at(PU + ":911") + ")",
+    "discounted_returns/rejects-integer-rewards": "accepts integer rewards (zeros_like of the "
+        "rewards); nothing checks the dtype (" + _at(PU + ":930") + ")",
+    # groups
+    "group_normalized_advantages/rejects-group-of-one": "a group of one gets mean 0 and std 1, so "
+        "its advantage is s / (1 + eps), not an error (" + _at(PU + ":1064-1066") + ")",
+    "leave_one_out_advantages/rejects-group-of-one": "a group of one gets advantage 0 (with a "
+        "logged warning), not an error (" + _at(PU + ":992") + ")",
+    # whitening (the trainer's advantage_batch_normalize)
+    "batch_normalized_advantages/matches-reference": "normalize_advantages_dict takes the mean "
+        "over every entry, padded ones included, divides the masked sum of squares by the count "
+        "(biased variance), and leaves padded outputs non-zero (" + _at(PU + ":142-147") + ")",
+    "batch_normalized_advantages/exact-bias-shrinks-with-batch-size": "the variance divides by "
+        "the number of real entries, not by that number minus one (" + _at(PU + ":145") + ")",
+    "batch_normalized_advantages/padding-*": "the mean is advantages.mean() over every entry, "
+        "padded ones included, so padding moves every output (" + _at(PU + ":142") + ")",
+    "batch_normalized_advantages/rejects-fewer-than-two-real-entries": "does not validate the "
+        "count of real entries (" + _at(PU + ":140") + ")",
+    # KL
+    "kl_estimate/gradient-matches-reference": "compute_approx_kl is decorated with "
+        "@torch.no_grad(), so no gradient reaches logp, also where the actor uses it as its KL "
+        "loss (" + _at(PU + ":91") + ")",
+    "kl_estimate/exact-loss-gradients": "compute_approx_kl runs under @torch.no_grad(): used as "
+        "the actor's KL loss term, its expected gradient is 0 instead of the per-state KL "
+        "gradient (" + _at(PU + ":91") + "; workers/worker.py:680)",
+    "kl_estimate/large-log-ratios": "k3 clamps the log-ratio to [-20, 20] and the estimate to "
+        "[-10, 10] (" + _at(PU + ":118-121") + ")",
+    "kl_estimate/padding-inf": "masks by multiplying, kld * loss_mask, which keeps the NaN of "
+        "inf - inf at padded positions (" + _at(PU + ":126") + ")",
+    "kl_estimate/padding-nan": "masks by multiplying, kld * loss_mask, which keeps NaN at padded "
+        "positions (" + _at(PU + ":126") + ")",
+    "kl_estimate/rejects-mixed-float-dtypes": "mixes float dtypes by silent type promotion "
+        "(" + _at(PU + ":107") + ")",
+    # critic (always sequence_mean, so in every variant)
+    **_padding("value_loss", 88),
+}
+
+# checks that run only in a variant whose calls use that reduction
+MODE_DEVIATIONS = {
+    "token_mean": {
+        **_padding("aggregate", 88), **_padding("ppo_clip_loss", 88),
+        "aggregate/rejects-mask-with-hole": "reduce_loss does not validate the mask; a mask "
+            "whose real tokens are not a prefix is reduced as given (" + _at(PU + ":881") + ")",
+        "ppo_clip_loss/rejects-dual-clip-at-most-one": "does not validate clip_ratio_c; a value "
+            "<= 1 is applied as given (" + _at(PU + ":580") + ")",
+    },
+    "sequence_mean": {**_padding("aggregate", 88), **_padding("ppo_clip_loss", 88)},
+    "seq_mean_token_sum_norm": {**_padding("aggregate", 899), **_padding("ppo_clip_loss", 899)},
+}
+
+Skyrl.shims = SHIMS
+
+
+def _variant(reduction: str | None, declared: str) -> Skyrl:
+    adapter = Skyrl(reduction)
+    adapter.known_deviations = {**DEVIATIONS, **MODE_DEVIATIONS[declared]}
+    return adapter
+
+
+skyrl = _variant(None, "token_mean")
+skyrl_sequence_mean = _variant("sequence_mean", "sequence_mean")
+skyrl_seq_mean_token_sum_norm = _variant("seq_mean_token_sum_norm", "seq_mean_token_sum_norm")
+VARIANTS = (skyrl, skyrl_sequence_mean, skyrl_seq_mean_token_sum_norm)

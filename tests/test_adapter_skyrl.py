@@ -1,0 +1,123 @@
+"""The bundled skyrl-train adapters (conformance/adapters/skyrl.py) certify cleanly: no fail, no
+error, every declared deviation still occurs, every declaration cites skyrl's file and line.
+
+Skipped unless skyrl-train is installed (its own environment: pip install torch==2.13.0, then
+`rlconform setup skyrl`, i.e. conformance/adapters/skyrl_install.sh: skyrl-train 0.3.1 without its
+dependencies, plus ray, loguru, omegaconf and jaxtyping; the adapter loads its ppo_utils.py by path)."""
+
+import re
+
+import pytest
+
+pytest.importorskip("omegaconf", reason="skyrl-train is not installed (rlconform setup skyrl)")
+pytest.importorskip("jaxtyping", reason="skyrl-train is not installed (rlconform setup skyrl)")
+try:
+    from importlib.metadata import version
+    version("skyrl-train")
+except Exception:                                                    # noqa: BLE001
+    pytest.skip("skyrl-train is not installed (rlconform setup skyrl)", allow_module_level=True)
+
+import torch  # noqa: E402
+
+import refimpl  # noqa: E402
+from conformance import Unsupported  # noqa: E402
+from conformance.adapters import skyrl as sk  # noqa: E402
+from tests.adapter_suite import (assert_conforms, assert_every_declaration_occurs,  # noqa: E402
+                                 certified)
+
+VARIANTS = list(sk.VARIANTS)
+IDS = [v.name for v in VARIANTS]
+FILE_LINE = re.compile(r"[\w/]+\.py:\d+")
+API_MODE = {v: k for k, v in sk.AGG.items()}
+
+
+@pytest.fixture(params=VARIANTS, ids=IDS)
+def report(request, tmp_path_factory):
+    adapter = request.param
+    return adapter, certified(adapter, tmp_path_factory)
+
+
+def test_certifies_without_fail_or_error_or_warning(report):
+    assert_conforms(report[1])
+
+
+def test_every_declared_deviation_occurs(report):
+    assert_every_declaration_occurs(*report)
+
+
+def test_framework_defaults_read_from_skyrl(report):
+    adapter, data = report
+    d = data["framework_defaults"]
+    assert d == adapter.framework_defaults()
+    assert {"clip_low", "clip_high", "kl_beta", "kl_estimator", "kl_in", "gae_lambda", "gamma",
+            "group_size", "loss_agg", "adv_eps"} <= set(d)
+    assert d["loss_agg"] == sk._skyrl().base.trainer.algorithm.loss_reduction
+
+
+@pytest.mark.parametrize("adapter", VARIANTS, ids=IDS)
+def test_declarations_cite_file_and_line(adapter):
+    for what, sentence in {**adapter.shims, **adapter.known_deviations}.items():
+        assert FILE_LINE.search(sentence), f"{adapter.name} {what}: no file.py:LINE in {sentence!r}"
+        assert "skyrl-train 0.3.1" in sentence, f"{adapter.name} {what}: no pinned version"
+
+
+def test_plain_variant_is_skyrls_default_reduction():
+    assert sk.skyrl._mode() == sk._skyrl().base.trainer.algorithm.loss_reduction == "token_mean"
+    with pytest.raises(Unsupported):
+        sk.skyrl_sequence_mean.aggregate(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool),
+                                         "token-mean")
+    with pytest.raises(Unsupported):           # skyrl has no seq-mean-token-sum
+        sk.skyrl.aggregate(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool),
+                           "seq-mean-token-sum")
+
+
+# Each variant's own mode against refimpl, with every clip option, values and gradients, norm_len
+# included (the generic checks call most losses in token-mean only); value_loss in the one
+# reduction skyrl's critic has (sequence_mean = seq-mean-token-mean).
+MASK = torch.arange(6).unsqueeze(0) < torch.tensor([3, 1, 5, 2, 6]).unsqueeze(1)
+
+
+def _dirty(x, fill):
+    return torch.where(MASK, x, torch.full_like(x, fill))
+
+
+@pytest.mark.parametrize("adapter", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("clip_high,dual_clip", [(None, None), (0.28, None), (0.28, 3.0)])
+@pytest.mark.parametrize("fill", [0.0, 1e30])
+def test_losses_match_refimpl_in_the_variants_own_mode(adapter, clip_high, dual_clip, fill):
+    agg = API_MODE[adapter._mode()]
+    g = torch.Generator().manual_seed(2)
+    old = 0.3 * torch.randn(5, 6, generator=g, dtype=torch.float64) - 1.5
+    lp = old + 0.6 * torch.randn(5, 6, generator=g, dtype=torch.float64)
+    A = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    tol = {"rtol": 1e-6, "atol": 1e-7}        # the ratio is exponentiated in float32 (ppo_utils.py:551, 573)
+    for norm_len in (None, 16):
+        logp, want_logp = (_dirty(lp, fill).requires_grad_(True), lp.clone().requires_grad_(True))
+        got = adapter.ppo_clip_loss(logp, _dirty(old, fill), _dirty(A, fill), MASK, 0.2, clip_high,
+                                    dual_clip, agg, norm_len)
+        want = refimpl.ppo_clip_loss(want_logp, old, A, MASK, 0.2, clip_high, dual_clip, agg, norm_len)
+        torch.testing.assert_close(got, want, **tol)
+        (g_got,), (g_want,) = torch.autograd.grad(got, logp), torch.autograd.grad(want, want_logp)
+        torch.testing.assert_close(g_got, g_want, **tol)
+        torch.testing.assert_close(adapter.aggregate(_dirty(A, fill), MASK, agg, norm_len),
+                                   refimpl.aggregate(A, MASK, agg, norm_len))
+        for clip in (None, 0.2):
+            got = adapter.value_loss(_dirty(lp, fill), _dirty(old, fill), _dirty(A, fill), MASK,
+                                     clip, "seq-mean-token-mean", norm_len)
+            torch.testing.assert_close(
+                got, refimpl.value_loss(lp, old, A, MASK, clip, "seq-mean-token-mean", norm_len))
+
+
+GROUPS = [torch.tensor([7, 3, 7, 3, 9, 9, 7]), torch.tensor([1, 1, 0, 0, 0, 0, 0]),
+          torch.tensor([5, 5, 5, 5, 8, 8, 8])]
+
+
+@pytest.mark.parametrize("ids", GROUPS)
+@pytest.mark.parametrize("scale", ["group", "none"])
+def test_grpo_and_rloo_match_refimpl(ids, scale):
+    scores = torch.randn(len(ids), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scores = torch.where(ids == 5, torch.full_like(scores, 0.7), scores)
+    torch.testing.assert_close(sk.skyrl.group_normalized_advantages(scores, ids, scale),
+                               refimpl.group_normalized_advantages(scores, ids, scale))
+    torch.testing.assert_close(sk.skyrl.leave_one_out_advantages(scores, ids),
+                               refimpl.leave_one_out_advantages(scores, ids))
