@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out="${1:?usage: certify_frameworks.sh OUT_DIR [FRAMEWORK ...]}"
 shift
 frameworks=("$@")
-[ ${#frameworks[@]} -gt 0 ] || frameworks=(trl verl openrlhf torchrl)
+[ ${#frameworks[@]} -gt 0 ] || frameworks=(trl verl openrlhf torchrl liger skyrl)
 mkdir -p "$out"
 status=0
 for fw in "${frameworks[@]}"; do

@@ -138,8 +138,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
        variants=({"agg": "token-mean"}, {"agg": "seq-mean-token-mean"},
                  {"agg": "seq-mean-token-sum"}, {"agg": "seq-mean-token-sum-norm"}),
        mutants={"matches-reference": ("pg_sign_flipped", "pg_ignores_agg")}),
+    # one-token rows carry one advantage per sequence, (B,), the others one per token, (B, T)
     Op("ppo_clip_loss", lambda c, s: ((_bt(c, s, 0.3, -1.5), _bt(c, s, 0.3, -1.5),
-                                       c.randn(s.B, s.T, dtype=s.dtype), s.mask()), {}),
+                                       c.randn(s.B, dtype=s.dtype) if s.name == "one_token_rows"
+                                       else c.randn(s.B, s.T, dtype=s.dtype), s.mask()), {}),
        PADDED, "scalar", padded=(0, 1, 2), diff=(0,),
        variants=({}, {"clip_low": 0.2, "clip_high": 0.28}, {"dual_clip": 3.0},
                  {"agg": "seq-mean-token-mean"}, {"agg": "seq-mean-token-sum"},

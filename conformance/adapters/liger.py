@@ -201,6 +201,8 @@ GRPO_DEVIATIONS = {
     "ppo_clip_loss/rejects-dual-clip-at-most-one": (
         "accepts any delta (the dual clip) without validation and clamps the ratio at it "
         f"({_at(GL + ':197-198')})"),
+    "ppo_clip_loss/padding-nan": _MASK,
+    "ppo_clip_loss/padding-inf": _MASK,
     "kl_estimate/padding-nan": _KL_MASK,
     "kl_estimate/padding-inf": _KL_MASK,
     "kl_estimate/rejects-mixed-float-dtypes": (

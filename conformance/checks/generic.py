@@ -108,7 +108,8 @@ def _register(op: Op):
                     for fill in fills:
                         dirty = list(args)
                         for i in op.padded:
-                            dirty[i] = torch.where(mask, args[i], torch.full_like(args[i], fill))
+                            if args[i].shape == mask.shape:     # a (B,) advantage has no padding
+                                dirty[i] = torch.where(mask, args[i], torch.full_like(args[i], fill))
                         for i in op.diff:
                             args[i] = args[i].detach().clone().requires_grad_(True)
                             dirty[i] = dirty[i].detach().clone().requires_grad_(True)
