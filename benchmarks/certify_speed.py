@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from conformance.core import all_checks
+from conformance.checks import all_checks
 from conformance.runner import WorkerPool, load_adapter, run_check
 
 

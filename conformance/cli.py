@@ -8,7 +8,7 @@
     rlconform setup FRAMEWORK
 
 Exit status of ``certify``: 0 when no check is ``fail`` or ``error``, 1 when one is, 2 when the
-adapter could not be loaded or the arguments are wrong (API.md).
+adapter could not be loaded or the arguments are wrong (docs/contract.md).
 """
 
 from __future__ import annotations
@@ -17,40 +17,11 @@ import argparse
 import sys
 import textwrap
 
-from conformance.core import KINDS, REGISTRY, all_checks
-from conformance.report import ReportWriter, verdict
-from conformance.runner import (AdapterLoadError, WorkerPool, load_adapter, run_check,
-                                unmatched_declarations)
-
-
-def certify(spec_or_adapter, out: str, pattern: str | None = None, timeout: float = 60.0,
-            seed: int = 0, thorough: bool = False, device: str = "cpu", isolate: bool = True,
-            progress: bool = False) -> dict:
-    """Certify an adapter (a spec string, run in a worker process; or an object, in-process)
-    and write ``out/<name>.json`` and ``.md``. Returns the report data."""
-    adapter = load_adapter(spec_or_adapter) if isinstance(spec_or_adapter, str) else spec_or_adapter
-    checks = all_checks(pattern, thorough=thorough)
-    writer = ReportWriter(out, adapter, seed, unmatched_declarations(adapter, checks))
-    pool = (WorkerPool(spec_or_adapter, seed, device, timeout)
-            if isolate and isinstance(spec_or_adapter, str) else None)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(checks), desc=f"certify {adapter.name}", unit="check", leave=False)
-    try:
-        for chk in checks:
-            row = pool.run(chk) if pool else run_check(chk, adapter, seed, device)
-            writer.add(row)
-            if bar:
-                bar.update(1)
-                bar.set_postfix_str(chk.id[-40:])
-        writer.finish()
-    finally:
-        if bar:
-            bar.close()
-        if pool:
-            pool.close()
-    return writer.data
+from conformance.checks import all_checks
+from conformance.loading import AdapterLoadError
+from conformance.registry import KINDS, REGISTRY
+from conformance.report import verdict
+from conformance.runner import certify
 
 
 def _cmd_certify(args) -> int:

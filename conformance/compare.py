@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from conformance.core import STATUSES
+from conformance.registry import STATUSES
 
 COLOURS = {"pass": "#4caf50", "xfail": "#ffc107", "skip": "#bdbdbd", "fail": "#e53935",
            "error": "#6a1b9a", None: "#ffffff"}
@@ -31,7 +31,7 @@ def _load(inputs, seed) -> list[dict]:
                 continue                          # e.g. a previous comparison.json in the glob
             reports.append(data)
         else:
-            from conformance.cli import certify
+            from conformance.runner import certify
             with tempfile.TemporaryDirectory() as tmp:
                 reports.append(certify(item, tmp, seed=seed))
     if not reports:
@@ -101,7 +101,8 @@ def _short(x, n=40) -> str:
 def _details_section(reports) -> list[str]:
     """Every non-pass: the equation, what the framework does instead (the declared sentence with
     its file:line, or the check's message), the size of the difference, the consequence."""
-    from conformance.core import REGISTRY, all_checks
+    from conformance.checks import all_checks
+    from conformance.registry import REGISTRY
 
     all_checks(thorough=True)
     out = ["## Every non-pass, explained", ""]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.core import all_checks
-from conformance.runner import load_adapter, run_check
+from conformance.checks import all_checks
+from conformance.loading import load_adapter
+from conformance.runner import run_check
 
 
 def pytest_addoption(parser):

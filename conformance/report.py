@@ -1,4 +1,4 @@
-"""Certification reports: the JSON record (API.md schema) written incrementally, and the
+"""Certification reports: the JSON record (docs/contract.md, "The JSON report") written incrementally, and the
 Markdown rendered from it.
 
 Every added row rewrites the JSON file atomically (write, then rename), so Ctrl-C or a killed
@@ -18,7 +18,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 import refimpl
-from conformance.core import REGISTRY, STATUSES
+from conformance.contract import CONTRACT_VERSION
+from conformance.registry import REGISTRY, STATUSES
 
 
 def versions(adapter) -> dict:
@@ -32,21 +33,16 @@ def versions(adapter) -> dict:
 
 
 class ReportWriter:
-    def __init__(self, out_dir: str | Path, adapter, seed: int, warnings: list[str] | None = None):
+    def __init__(self, out_dir: str | Path, adapter, seed: int, warnings: list[str] | None = None,
+                 framework_defaults: dict | None = None):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = adapter.name
-        defaults = getattr(adapter, "framework_defaults", None)
-        if callable(defaults):
-            try:
-                defaults = defaults()
-            except Exception as exc:                                  # noqa: BLE001
-                warnings = list(warnings or []) + [f"framework_defaults failed: {exc}"]
-                defaults = {}
         self.data = {
             "adapter": adapter.name, "versions": versions(adapter), "complete": False,
             "seed": seed, "rlconform_version": refimpl.__version__,
-            "framework_defaults": (defaults() if callable(defaults) else defaults) or {},
+            "contract_version": CONTRACT_VERSION,
+            "framework_defaults": dict(framework_defaults or {}),
             "warnings": list(warnings or []), "summary": {s: 0 for s in STATUSES}, "checks": [],
         }
         self.shims = dict(getattr(adapter, "shims", {}) or {})
@@ -68,8 +64,9 @@ class ReportWriter:
             self.data["summary"].setdefault(s, 0)
         self._flush()
 
-    def finish(self):
-        self.data["complete"] = True
+    def finish(self, complete: bool = True):
+        """Write both reports; ``complete=False`` for an interrupted run."""
+        self.data["complete"] = complete
         self._flush()
         self.md_path.write_text(render_markdown(self.data, self.shims))
 

@@ -11,69 +11,22 @@ mix). An adapter handed over as a Python object runs in-process, without that is
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import multiprocessing as mp
-import re
+import signal
 import time
 import traceback
 import zlib
-from importlib.metadata import PackageNotFoundError, entry_points, version
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
 from conformance import Unsupported
-from conformance.core import (REGISTRY, AdapterMisbehaved, Check, CheckFailed, Context, NotProvided,
-                              all_checks)
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-ENTRY_POINT_GROUP = "rlconform.adapters"
-
-
-class AdapterLoadError(Exception):
-    """The adapter could not be loaded (exit status 2)."""
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-def registered_adapters() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def load_adapter(spec: str):
-    """``module:attribute`` or a short name registered under ``rlconform.adapters``."""
-    try:
-        if ":" in spec:
-            module, attr = spec.split(":", 1)
-            obj = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        else:
-            eps = registered_adapters()
-            if spec not in eps:
-                known = ", ".join(sorted(eps)) or "none"
-                raise AdapterLoadError(f"no adapter named {spec!r} (registered: {known}); "
-                                       "name one as module:attribute")
-            obj = eps[spec].load()
-    except AdapterLoadError:
-        raise
-    except Exception as exc:                                          # noqa: BLE001
-        raise AdapterLoadError(f"could not load adapter {spec!r}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(obj, type):
-        obj = obj()
-    for pkg, spec_ in (getattr(obj, "framework", None) or {}).items():
-        try:
-            version(pkg)
-        except PackageNotFoundError:
-            raise AdapterLoadError(
-                f"adapter {spec!r} needs {pkg}{spec_}, which is not installed here; "
-                f"run `rlconform setup {pkg.split('-')[0]}` (or pip install \"{pkg}{spec_}\")") from None
-    name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise AdapterLoadError(f"adapter {spec!r} needs a `name` of letters, digits, _ - . "
-                               f"(got {name!r})")
-    return obj
-
+from conformance.checks import all_checks
+from conformance.context import AdapterMisbehaved, CheckFailed, Context, NotProvided
+from conformance.contract import declaration_errors, defaults_errors
+from conformance.loading import AdapterLoadError, load_adapter, registered_adapters  # noqa: F401
+from conformance.registry import REGISTRY, Check
+from conformance.report import ReportWriter
 
 # --- one check --------------------------------------------------------------------------------
 
@@ -110,7 +63,7 @@ def _plain(x):
 
 
 def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
-    """Run one check in this process and return its report row (API.md schema)."""
+    """Run one check in this process and return its report row (docs/contract.md, "The JSON report")."""
     ctx = Context(chk, adapter, seed=check_seed(seed, chk.id), device=device)
     start = time.perf_counter()
     failure = None
@@ -155,14 +108,15 @@ def error_row(chk: Check, message: str, seconds: float) -> dict:
 
 
 def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
-    """Warnings: declarations that match no check id, and a framework version other than the
-    one the adapter was written against."""
+    """Warnings: declarations that match no check id, capabilities outside the contract's
+    vocabulary, and a framework version other than the one the adapter was written against."""
     from packaging.specifiers import SpecifierSet
 
     ids = [c.id for c in REGISTRY.values()] or [c.id for c in checks]
     out = [f"known_deviations key {pattern!r} matches no check id"
            for pattern in (getattr(adapter, "known_deviations", None) or {})
            if not any(fnmatch.fnmatchcase(i, pattern) for i in ids)]
+    out += declaration_errors(adapter)
     for pkg, spec in (getattr(adapter, "framework", None) or {}).items():
         try:
             found = version(pkg)
@@ -173,9 +127,25 @@ def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
     return out
 
 
+def framework_defaults(adapter) -> tuple[dict, list[str]]:
+    """The adapter's ``framework_defaults`` (called here, so in the worker when isolated) and
+    warnings about it (it raised, or keys outside the vocabulary)."""
+    defaults = getattr(adapter, "framework_defaults", None)
+    if callable(defaults):
+        try:
+            defaults = defaults()
+        except Exception as exc:                                      # noqa: BLE001
+            return {}, [f"framework_defaults() raised {type(exc).__name__}: {exc}"]
+    defaults = dict(defaults or {})
+    return defaults, defaults_errors(defaults)
+
+
 # --- crash isolation ------------------------------------------------------------------------------
 
 def _worker_main(spec: str, seed: int, device: str, conn) -> None:
+    # Ctrl-C goes to the whole process group: the parent handles it (both reports written,
+    # exit 130) and kills this worker; the worker itself must not print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
         adapter = load_adapter(spec)
@@ -191,7 +161,13 @@ def _worker_main(spec: str, seed: int, device: str, conn) -> None:
             return
         if check_id is None:
             return
+        if check_id == DEFAULTS:
+            conn.send(("defaults", framework_defaults(adapter)))
+            continue
         conn.send(("row", run_check(REGISTRY[check_id], adapter, seed, device)))
+
+
+DEFAULTS = "<framework_defaults>"        # a request to the worker that is not a check id
 
 
 class WorkerPool:
@@ -255,6 +231,22 @@ class WorkerPool:
         return error_row(chk, f"timed out after {self.timeout:g} s (the worker was killed and "
                               "restarted)", time.perf_counter() - start)
 
+    def framework_defaults(self) -> tuple[dict, list[str]]:
+        """The adapter's ``framework_defaults``, computed in the worker (framework code runs
+        under the same isolation and timeout as a check)."""
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        self.conn.send(DEFAULTS)
+        if self.conn.poll(self.timeout):
+            try:
+                kind, payload = self.conn.recv()
+                return payload
+            except EOFError:
+                pass
+        self._kill()
+        return {}, [f"framework_defaults() did not answer within {self.timeout:g} s (the worker "
+                    "was restarted)"]
+
     def _exitcode(self, wait: float = 5.0):
         if self.proc is None:
             return None
@@ -273,3 +265,44 @@ class WorkerPool:
             except (BrokenPipeError, OSError):
                 pass
         self._kill()
+
+
+# --- certification -------------------------------------------------------------------------------
+
+def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 60.0,
+            seed: int = 0, thorough: bool = False, device: str = "cpu", isolate: bool = True,
+            progress: bool = False) -> dict:
+    """Certify an adapter (a spec string, run in a worker process; or an object, in-process)
+    and write ``out/<name>.json`` and ``.md``. Returns the report data.
+
+    Ctrl-C (``KeyboardInterrupt``) stops the run: both reports are written with
+    ``"complete": false`` and the interrupt is raised again for the caller."""
+    adapter = load_adapter(spec_or_adapter) if isinstance(spec_or_adapter, str) else spec_or_adapter
+    checks = all_checks(pattern, thorough=thorough)
+    pool = (WorkerPool(spec_or_adapter, seed, device, timeout)
+            if isolate and isinstance(spec_or_adapter, str) else None)
+    bar = None
+    try:
+        defaults, warnings = pool.framework_defaults() if pool else framework_defaults(adapter)
+        writer = ReportWriter(out, adapter, seed, unmatched_declarations(adapter, checks) + warnings,
+                              defaults)
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(checks), desc=f"certify {adapter.name}", unit="check", leave=False)
+        try:
+            for chk in checks:
+                row = pool.run(chk) if pool else run_check(chk, adapter, seed, device)
+                writer.add(row)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix_str(chk.id[-40:])
+        except KeyboardInterrupt:
+            writer.finish(complete=False)
+            raise
+        writer.finish()
+    finally:
+        if bar:
+            bar.close()
+        if pool:
+            pool.close()
+    return writer.data

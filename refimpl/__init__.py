@@ -1,7 +1,7 @@
 """refimpl: plain-PyTorch reference implementations of the estimators and losses of RL for LLM
 post-training, one concept per module, each with its equation and source in the docstring.
 
-Every function of the canonical contract (API.md) is exported here:
+Every function of the canonical contract (docs/contract.md) is exported here:
 
     from refimpl import gae, group_normalized_advantages, ppo_clip_loss, dpo_loss
 
@@ -34,7 +34,7 @@ from refimpl.whitening import batch_normalized_advantages
 
 __version__ = "0.1.0"
 
-#: The canonical functions of the contract, in API.md's order.
+#: The canonical functions of the contract, in the contract's order.
 CANONICAL = (
     "discounted_returns", "gae", "kl_penalized_rewards", "group_normalized_advantages",
     "leave_one_out_advantages", "batch_normalized_advantages", "kl_estimate", "aggregate",

@@ -1,6 +1,6 @@
 """Argument validation shared by every reference function.
 
-The contract (API.md, "Conventions") makes invalid arguments a ``ValueError`` whose message names
+The contract (docs/contract.md, "Invalid arguments") makes invalid arguments a ``ValueError`` whose message names
 the argument. These helpers do the checking once, so each estimator module reads like its
 equation. Nothing here changes a value: a helper either returns its input (a mask is returned as
 ``bool``) or raises.

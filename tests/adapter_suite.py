@@ -4,7 +4,7 @@ longer occurs is a failure)."""
 
 import fnmatch
 
-from conformance.cli import certify
+from conformance.runner import certify
 
 _REPORTS: dict = {}
 

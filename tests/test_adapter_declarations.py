@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conformance.core import all_checks
+from conformance.checks import all_checks
 from conformance.runner import registered_adapters
 
 FILE_LINE = re.compile(r"[\w/.-]+\.py:\d+")

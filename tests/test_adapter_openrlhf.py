@@ -15,7 +15,7 @@ pytest.importorskip("openrlhf", reason="OpenRLHF is not installed "
                     "(bash conformance/adapters/openrlhf_install.sh)")
 
 from conformance.adapters import openrlhf as adapters  # noqa: E402
-from conformance.cli import certify  # noqa: E402
+from conformance.runner import certify  # noqa: E402
 
 CITATION = re.compile(r"[\w./-]+\.py:\d+")
 

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from conformance import report as report_mod
-from conformance.cli import certify, main
-from conformance.core import REGISTRY, all_checks
+from conformance.cli import main
+from conformance.runner import certify
+from conformance.checks import all_checks
+from conformance.registry import REGISTRY
 from conformance.runner import load_adapter, run_check
 from tests import broken_adapters, mutants
 

@@ -19,7 +19,7 @@ def _import_all_tests():
 def test_every_mutant_is_killed_by_some_test():
     """Named by an ``@against`` test, or by a registry check (then
     ``tests/test_conformance.py`` asserts that the check fails on it)."""
-    from conformance.core import all_checks
+    from conformance.checks import all_checks
 
     _import_all_tests()
     used = harness.USED_MUTANTS | {m for c in all_checks(thorough=True) for m in c.mutants}

@@ -69,9 +69,15 @@ def _at(where: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _liger():
     """Import Liger once, on first use (this module loads without Liger installed)."""
-    from liger_kernel.chunked_loss.dpo_loss import LigerFusedLinearDPOFunction, LigerFusedLinearDPOLoss
-    from liger_kernel.chunked_loss.grpo_loss import (LigerFusedLinearGRPOFunction,
-                                                     LigerFusedLinearGRPOLoss, k3_loss_fn)
+    from liger_kernel.chunked_loss.dpo_loss import (
+        LigerFusedLinearDPOFunction,
+        LigerFusedLinearDPOLoss,
+    )
+    from liger_kernel.chunked_loss.grpo_loss import (
+        LigerFusedLinearGRPOFunction,
+        LigerFusedLinearGRPOLoss,
+        k3_loss_fn,
+    )
     return SimpleNamespace(GRPO=LigerFusedLinearGRPOFunction, GRPOLoss=LigerFusedLinearGRPOLoss,
                            k3=k3_loss_fn, DPO=LigerFusedLinearDPOFunction,
                            DPOLoss=LigerFusedLinearDPOLoss)

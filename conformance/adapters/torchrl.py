@@ -45,9 +45,15 @@ def _tr():
     import tensordict
     import torchrl
     from torchrl.objectives.llm import DAPO, GRPOLoss, MCAdvantage, k3_kl_token_estimate
-    from torchrl.objectives.utils import (ValueEstimators, _validate_clip_epsilon,
-                                          default_value_kwargs)
-    from torchrl.objectives.value.functional import generalized_advantage_estimate, reward2go
+    from torchrl.objectives.utils import (
+        ValueEstimators,
+        _validate_clip_epsilon,
+        default_value_kwargs,
+    )
+    from torchrl.objectives.value.functional import (
+        generalized_advantage_estimate,
+        reward2go,
+    )
     return {"torchrl": torchrl, "tensordict": tensordict, "GRPOLoss": GRPOLoss, "DAPO": DAPO,
             "MCAdvantage": MCAdvantage, "k3": k3_kl_token_estimate, "gae": generalized_advantage_estimate,
             "reward2go": reward2go, "ValueEstimators": ValueEstimators,

@@ -104,9 +104,16 @@ def _at(where: str) -> str:
 def _trl():
     """Import TRL once, on first use (this module loads without TRL installed)."""
     from transformers import TrainerState
-
-    from trl import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer,
-                     RLOOConfig, RLOOTrainer)
+    from trl import (
+        DPOConfig,
+        DPOTrainer,
+        GRPOConfig,
+        GRPOTrainer,
+        RewardConfig,
+        RewardTrainer,
+        RLOOConfig,
+        RLOOTrainer,
+    )
     from trl.trainer.utils import selective_log_softmax
     return SimpleNamespace(GRPOConfig=GRPOConfig, GRPOTrainer=GRPOTrainer, RLOOConfig=RLOOConfig,
                            RLOOTrainer=RLOOTrainer, DPOConfig=DPOConfig, DPOTrainer=DPOTrainer,

@@ -1,20 +1,20 @@
-"""Checks as data: the ``Check`` record, the registry, and the context a check runs in.
-
-A check is one registered function with a stable id (``ppo_clip_loss/gradient-zero-when-clipped``),
-the canonical estimator it exercises, a kind, the clause it enforces, a tolerance with its
-reason, a hint for the implementer and the mutants it must reject (``tests/mutants.py``). The
-same registry drives refimpl's tests, ``rlconform certify`` and the pytest plugin.
+"""What a check body sees: the ``Context`` (the adapter's estimator, seeded inputs, comparison
+helpers, the options the adapter's variant honours) and the three outcomes a body can raise.
 
 A check body calls only its own estimator on the adapter, through ``ctx.call``, which detects
-input mutation and malformed outputs; it compares through ``ctx.compare``, which tells a wrong
-value (``fail``) from misbehaviour outside the check's subject (``error``), and a float32-level
-difference on float64 input from a real one.
+input mutation and malformed outputs and fits the call to the adapter's ``capabilities``: an
+option the check is *about* that the variant does not honour skips that variant of the check
+(``Unsupported``); an option the check is not about is replaced by one the variant honours
+(a validation check that happens to aggregate as token-mean runs on a seq-mean variant in that
+variant's mode). ``ctx.compare`` tells a wrong value (``fail``) from misbehaviour outside the
+check's subject (``error``), and a float32-level difference on float64 input from a real one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,9 +22,17 @@ from typing import Any, Callable
 import torch
 
 from conformance import Unsupported
+from conformance.contract import AGG_MODES, KL_KINDS, SCALES, capability
+from conformance.registry import Check
 
-KINDS = ("reference", "property", "gradient", "input", "exact", "training")
-STATUSES = ("pass", "fail", "error", "skip", "xfail")
+FLOAT32_ACCURATE = 2e-5        # relative error below which a float64 miss is float32 rounding
+
+#: argument name -> capability it is governed by (conformance.contract.CAPABILITIES)
+OPTION_CAPABILITY = {"agg": "agg", "mode": "agg", "scale": "scale", "kind": "kl_kind",
+                     "clip_high": "clip_high", "dual_clip": "dual_clip", "clip": "value_clip",
+                     "norm_len": "norm_len", "margin": "margin",
+                     "label_smoothing": "label_smoothing", "eps": "eps"}
+VOCABULARY = {"agg": AGG_MODES, "scale": SCALES, "kl_kind": KL_KINDS}
 
 
 class CheckFailed(Exception):
@@ -43,92 +51,6 @@ class AdapterMisbehaved(Exception):
 
 class NotProvided(Exception):
     """The adapter lacks the estimator (status ``skip``, "not provided")."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    float64: float
-    float32: float
-    reason: str
-
-    def of(self, dtype: torch.dtype) -> float:
-        return self.float64 if dtype == torch.float64 else self.float32
-
-
-DEFAULT_TOL = Tolerance(1e-10, 2e-5, "float64: a few ulps of sums over at most a few hundred "
-                        "terms; float32: the same at single precision (eps 6e-8) with margin")
-FLOAT32_ACCURATE = 2e-5        # relative error below which a float64 miss is float32 rounding
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    estimator: str
-    kind: str
-    clause: str
-    equation: str
-    hint: str
-    body: Callable[["Context"], None]
-    tol: Tolerance = DEFAULT_TOL
-    mutants: tuple[str, ...] = ()
-    thorough: bool = False                  # the Hypothesis tier (--thorough)
-    derivation: str = ""                    # for exact checks: `rlconform explain`
-    consequence: str = ""                   # what a failure means for a user of the trainer
-
-    def __post_init__(self):
-        if not self.consequence:
-            object.__setattr__(self, "consequence", default_consequence(self))
-        if self.kind not in KINDS:
-            raise ValueError(f"check {self.id}: unknown kind {self.kind!r}")
-        if not self.id.startswith(self.estimator + "/") and self.kind != "training":
-            raise ValueError(f"check {self.id}: id must start with its estimator {self.estimator!r}")
-
-
-def default_consequence(chk: "Check") -> str:
-    """What a non-pass of this kind of check means for someone training with the framework."""
-    name = chk.id.split("/", 1)[1]
-    if name.startswith("padding-nan") or name.startswith("padding-inf"):
-        return "NaN or inf at a padded position reaches the outputs or gradients (a poisoned step)"
-    if name.startswith("padding-1e30"):
-        return "finite garbage at padded positions changes the result: padding is read"
-    if name == "no-input-mutation":
-        return "the caller's tensors change under it; reusing them (logging, a second epoch) is wrong"
-    if name == "dtype-kept":
-        return "float64 runs silently drop to another precision"
-    if chk.kind == "input":
-        return "invalid input is answered with a silent number instead of an error"
-    if chk.kind == "gradient":
-        return "the update direction differs from the equation's, although the loss value may agree"
-    if chk.kind == "exact":
-        return "the expected update differs from the one the equation promises (bias)"
-    return "values differ from the contract's definition: runs are not comparable across frameworks"
-
-
-REGISTRY: dict[str, Check] = {}
-
-
-def check(id: str, *, estimator: str | None = None, kind: str, clause: str, equation: str,
-          hint: str, tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
-          thorough: bool = False, derivation: str = "", consequence: str = ""):
-    """Register the decorated function as a check (one entry of the registry)."""
-    def register(body):
-        if id in REGISTRY:
-            raise ValueError(f"duplicate check id {id}")
-        REGISTRY[id] = Check(id=id, estimator=estimator or id.split("/")[0], kind=kind,
-                             clause=clause, equation=equation, hint=hint, body=body, tol=tol,
-                             mutants=tuple(mutants), thorough=thorough, derivation=derivation,
-                             consequence=consequence)
-        return body
-    return register
-
-
-def all_checks(pattern: str | None = None, thorough: bool = False) -> list[Check]:
-    """Registered checks in a stable order; ``pattern`` is a glob over ids."""
-    from conformance import checks  # noqa: F401  (registers every check)
-    out = [c for c in REGISTRY.values() if thorough or not c.thorough]
-    if pattern:
-        out = [c for c in out if fnmatch.fnmatchcase(c.id, pattern)]
-    return sorted(out, key=lambda c: c.id)
 
 
 # --- the context ----------------------------------------------------------------------------------
@@ -208,10 +130,78 @@ class Context:
             raise NotProvided(f"{self.check.estimator} not provided")
         return fn
 
-    def call(self, *args, check_mutation: bool = True, **kwargs):
-        """Call the adapter's estimator; an input it modifies is ``error`` (``fail`` for checks
-        about mutation, which pass ``check_mutation=False`` and test it themselves)."""
+    # the adapter's capabilities
+    def resolve(self, args, kwargs, about=()) -> tuple[list, dict]:
+        """Fit one call to the options the adapter's variant honours (its ``capabilities``).
+
+        ``about`` names the arguments the check (or this variant of it) is about: an option
+        among them that the variant does not honour raises ``Unsupported`` (this variant is
+        ``skip``); any other option the variant does not honour is replaced by one it honours
+        (the first it lists, or the contract's default). Values outside the contract's
+        vocabulary (an unknown mode, in a validation check) pass through unchanged. Groups of
+        unequal size, for a variant without ``unequal_groups``, are ``Unsupported`` unless the
+        check is about ``group_ids``. Idempotent; the identity for an adapter that declares no
+        capabilities."""
+        args, kwargs = list(args), dict(kwargs)
+        sig = _signature(self.check.estimator)
+        if sig is None or not getattr(self.adapter, "capabilities", None):
+            return args, kwargs
+        names = list(sig.parameters)
+        name = getattr(self.adapter, "name", "the adapter")
+
+        def get(p):
+            if p in kwargs:
+                return kwargs[p]
+            i = names.index(p)
+            return args[i] if i < len(args) else sig.parameters[p].default
+
+        def put(p, value):
+            i = names.index(p)
+            if p not in kwargs and i < len(args):
+                args[i] = value
+            else:
+                kwargs[p] = value
+
+        for p in names:
+            cap = OPTION_CAPABILITY.get(p)
+            if cap is None:
+                continue
+            value, honoured = get(p), capability(self.adapter, cap)
+            if cap in VOCABULARY:
+                if not isinstance(value, str) or value not in VOCABULARY[cap] or value in honoured:
+                    continue
+                if p in about:
+                    raise Unsupported(f"{name} does not honour {p}={value!r} (its capabilities: "
+                                      f"{cap} = {list(honoured)})")
+                put(p, honoured[0])
+            elif honoured is not True and not _is_default(p, value, sig, get):
+                if p in about or (p == "clip_high" and "clip_low" in about):
+                    raise Unsupported(f"{name} does not honour {p}={value!r} (its capabilities: "
+                                      f"{cap} = False)")
+                put(p, sig.parameters[p].default)
+        if ("group_ids" in names and "group_ids" not in about
+                and capability(self.adapter, "unequal_groups") is not True):
+            ids = get("group_ids")
+            if isinstance(ids, torch.Tensor) and len(set(torch.unique(ids, return_counts=True)[1]
+                                                         .tolist())) > 1:
+                raise Unsupported(f"{name} takes groups of equal size only (its capabilities: "
+                                  "unequal_groups = False)")
+        return args, kwargs
+
+    def honours(self, option: str, value) -> bool:
+        """Whether the variant honours ``option=value`` (an argument name, as in ``resolve``)."""
+        try:
+            self.resolve([], {option: value}, about=(option,))
+        except Unsupported:
+            return False
+        return True
+
+    def call(self, *args, check_mutation: bool = True, about=(), **kwargs):
+        """Call the adapter's estimator with the call fitted to its capabilities (``resolve``);
+        an input it modifies is ``error`` (``fail`` for checks about mutation, which pass
+        ``check_mutation=False`` and test it themselves)."""
         fn = self.fn
+        args, kwargs = self.resolve(args, kwargs, about)
         self.calls += 1
         for v in list(args) + list(kwargs.values()):
             if isinstance(v, torch.Tensor) and v.is_floating_point():
@@ -308,3 +298,21 @@ class Context:
 
 def finite(x: float) -> bool:
     return math.isfinite(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(estimator: str):
+    """refimpl's signature of a canonical function (the contract's), or None."""
+    import refimpl
+    fn = getattr(refimpl, estimator, None)
+    return inspect.signature(fn) if callable(fn) else None
+
+
+def _is_default(p: str, value, sig, get) -> bool:
+    """Whether a boolean-capability option holds the value that needs no capability."""
+    if value is None:
+        return True
+    if p == "clip_high":
+        return value == get("clip_low")
+    default = sig.parameters[p].default
+    return default is not inspect.Parameter.empty and value == default

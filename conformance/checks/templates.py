@@ -1,0 +1,578 @@
+"""Generic templates: what every canonical function gets from its table entry, and the shared
+machinery of the concept modules beside this one.
+
+- ``Sample`` and ``Op`` (PyTorch OpInfo-style): one entry per canonical function says how to
+  build sample calls, which arguments are padded and which are differentiated, and which mutants
+  each generic check rejects. ``register_op(op)`` registers the generic checks of that function:
+  ``<fn>/matches-reference``, ``<fn>/gradient-matches-reference``, ``<fn>/padding-nan``,
+  ``<fn>/padding-inf``, ``<fn>/padding-1e30``, ``<fn>/no-input-mutation``, ``<fn>/dtype-kept``
+  and the thorough tier's ``<fn>/matches-reference-random-inputs`` (``docs/checks.md`` lists
+  every generated id with this file and line).
+- ``input_check``: a check that an invalid argument is rejected with a ``ValueError``.
+- The tabular helpers of the exact checks (``refimpl.tabular``: every outcome enumerated).
+- The mutant registry: ``@mutant`` registers a broken implementation beside the checks that
+  reject it; ``<function>~<bug>`` names a generic mutant made for any canonical function;
+  ``mutant_adapter(name)`` is refimpl with that one function broken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import refimpl
+from conformance import Unsupported
+from conformance.context import AdapterMisbehaved, CheckFailed, Context
+from conformance.registry import Tolerance, check
+from refimpl import tabular as tab
+
+F32, F64 = torch.float32, torch.float64
+
+#: the section of docs/contract.md that defines each canonical function
+SECTION = {
+    "discounted_returns": "returns-and-advantages", "gae": "returns-and-advantages",
+    "kl_penalized_rewards": "returns-and-advantages",
+    "group_normalized_advantages": "returns-and-advantages",
+    "leave_one_out_advantages": "returns-and-advantages",
+    "batch_normalized_advantages": "returns-and-advantages", "kl_estimate": "kl",
+    "aggregate": "losses-on-tokens", "policy_gradient_loss": "losses-on-tokens",
+    "ppo_clip_loss": "losses-on-tokens", "value_loss": "losses-on-tokens",
+    "bradley_terry_loss": "preferences", "dpo_loss": "preferences", "ipo_loss": "preferences",
+    "token_logprobs": "log-probabilities", "sequence_logprob": "log-probabilities",
+}
+
+
+# --- samples and table entries ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """A named input configuration: padded rows (``lengths`` in width ``T``), groups, or pairs."""
+    name: str
+    dtype: torch.dtype
+    lengths: tuple[int, ...] = ()
+    T: int = 0
+    group_sizes: tuple[int, ...] = ()
+    options: dict = field(default_factory=dict)
+
+    @property
+    def B(self) -> int:
+        return len(self.lengths) if self.lengths else sum(self.group_sizes)
+
+    def mask(self, device="cpu") -> torch.Tensor:
+        return (torch.arange(self.T).unsqueeze(0) < torch.tensor(self.lengths).unsqueeze(1)).to(device)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{str(self.dtype).replace('torch.', '')}"
+
+
+def _both(name, **kw):
+    return [Sample(name, F64, **kw), Sample(name, F32, **kw)]
+
+
+PADDED = (_both("unequal_lengths", lengths=(3, 1, 5, 2), T=6)
+          + _both("one_token_rows", lengths=(1, 1, 1), T=3)
+          + _both("full_rows", lengths=(4, 4), T=4))
+GROUPS = (_both("groups_unsorted_ids", group_sizes=(3, 2, 2), options={"ids": (7, 3, 7, 3, 9, 9, 7)})
+          + _both("unequal_group_sizes", group_sizes=(2, 5), options={"ids": (1, 1, 0, 0, 0, 0, 0)})
+          + _both("all_rewards_equal", group_sizes=(4, 3), options={"ids": (5, 5, 5, 5, 8, 8, 8),
+                                                                      "constant_group": 5})
+          # equal sizes, ids interleaved: what a trainer that reshapes to (-1, G) can take
+          + _both("equal_groups_interleaved", group_sizes=(3, 3, 3),
+                  options={"ids": (4, 9, 2, 9, 4, 2, 2, 4, 9)}))
+PAIRS = _both("pairs", lengths=(1,) * 6, T=1)
+
+
+@dataclass(frozen=True)
+class Op:
+    """A canonical function as the generic checks see it."""
+    name: str
+    build: Callable                       # (ctx, sample) -> (args tuple, kwargs dict)
+    samples: tuple[Sample, ...]
+    out: str                              # "BT", "pair", "B", "scalar"
+    padded: tuple[int, ...] = ()          # positions in args of (B, T) tensors with padding
+    diff: tuple[int, ...] = ()            # positions in args differentiated
+    mutants: dict = field(default_factory=dict)   # generic check name -> mutants it rejects
+    variants: tuple[dict, ...] = ({},)    # extra keyword options, each a separate call
+
+    def reference(self, *args, **kwargs):
+        return getattr(refimpl, self.name)(*args, **kwargs)
+
+
+def sample_bt(ctx, s, scale=1.0, shift=0.0):
+    return ctx.randn(s.B, s.T, dtype=s.dtype, scale=scale, shift=shift)
+
+
+def group_scores(ctx, s):
+    ids = torch.tensor(s.options["ids"], dtype=torch.int64)
+    scores = ctx.randn(s.B, dtype=s.dtype)
+    if "constant_group" in s.options:
+        scores = torch.where(ids == s.options["constant_group"], torch.full_like(scores, 0.7), scores)
+    return scores, ids
+
+
+def pair_logps(ctx, s, n=6):
+    return tuple(ctx.randn(n, dtype=s.dtype, scale=2.0, shift=-10.0) for _ in range(4))
+
+
+def out_shape(op: Op, sample: Sample):
+    return {"BT": (sample.B, sample.T), "pair": (sample.B, sample.T), "B": (sample.B,),
+            "scalar": (), "N": (6,)}[op.out]
+
+
+# --- generic checks --------------------------------------------------------------------------------
+
+def _outputs(ctx: Context, op: Op, sample, out, dtype) -> list[torch.Tensor]:
+    shape = out_shape(op, sample)
+    if op.out == "pair":
+        return list(ctx.expect_pair(out, shape, dtype))
+    return [ctx.expect_tensor(out, shape, dtype)]
+
+
+def _calls(ctx: Context, op: Op, dtypes=(torch.float64, torch.float32)):
+    """Yield (sample, kwargs, args, about) for every sample and variant; ``about`` names the
+    options the variant is about. Loop bodies run inside ``ctx.variant()`` and fit the call to
+    the adapter's capabilities there (``ctx.resolve``), so an option the variant does not honour
+    skips that variant only."""
+    for sample in op.samples:
+        if sample.dtype not in dtypes:
+            continue
+        for variant in op.variants:
+            args, kwargs = op.build(ctx, sample)
+            label = sample.label + (" " + ",".join(f"{k}={v}" for k, v in variant.items())
+                                    if variant else "")
+            ctx.on(label)
+            yield sample, {**kwargs, **variant}, list(args), tuple(variant)
+
+
+def _weights(outs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+
+
+def _grads(outs, inputs, weights):
+    total = sum((o * w).sum() for o, w in zip(outs, weights))
+    if not total.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    gs = torch.autograd.grad(total, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gs)]
+
+
+def _register_generic(op: Op):
+    name = op.name
+    section = SECTION[name]
+
+    @check(f"{name}/matches-reference", kind="reference", section=section,
+           equation=f"values of {name} equal refimpl.{name} (the contract's definition)",
+           hint=f"compare your {name} with refimpl.{name} on the failing sample; the message "
+                "names the first entry that differs",
+           mutants=op.mutants.get("matches-reference", ()) + (f"{name}~scaled",))
+    def matches_reference(ctx: Context, op=op):
+        for sample, kwargs, args, about in _calls(ctx, op):
+            with ctx.variant():
+                args, kwargs = ctx.resolve(args, kwargs, about)
+                out = ctx.call(*args, **kwargs)
+                ref = op.reference(*args, **kwargs)
+                refs = list(ref) if isinstance(ref, tuple) else [ref]
+                for i, (o, r) in enumerate(zip(_outputs(ctx, op, sample, out, sample.dtype), refs)):
+                    ctx.compare(o, r, f"{name} output {i}" if len(refs) > 1 else name)
+
+    if op.diff:
+        @check(f"{name}/gradient-matches-reference", kind="gradient", section=section,
+               equation=f"autograd gradients of {name} equal refimpl's",
+               hint="the gradient differs from the reference's: look for a detach, a clamp or a "
+                    "mask applied in the wrong place",
+               mutants=op.mutants.get("gradient-matches-reference", ()) + (f"{name}~detached",))
+        def gradient_matches_reference(ctx: Context, op=op):
+            for sample, kwargs, args, about in _calls(ctx, op):
+                with ctx.variant():
+                    args, kwargs = ctx.resolve(args, kwargs, about)
+                    for i in op.diff:
+                        args[i] = args[i].detach().clone().requires_grad_(True)
+                    outs = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
+                    ref = op.reference(*args, **kwargs)
+                    refs = list(ref) if isinstance(ref, tuple) else [ref]
+                    w = _weights(refs)
+                    inputs = [args[i] for i in op.diff]
+                    got = _grads(outs, inputs, w)
+                    want = _grads(refs, inputs, w)
+                    for i, g, r in zip(op.diff, got, want):
+                        ctx.compare(g, r, f"d {name} / d argument {i}")
+
+    for fill_name, fills in (("nan", (float("nan"),)), ("inf", (float("inf"), float("-inf"))),
+                             ("1e30", (1e30,))):
+        if not op.padded:
+            break
+
+        @check(f"{name}/padding-{fill_name}", kind="property",
+               section="padding-invariance",
+               equation="f(x with padding p) = f(x with padding q); (B,T) outputs and gradients "
+                        "are exactly 0 at padded positions",
+               hint="replace padded entries by 0 with torch.where before any arithmetic; "
+                    "multiplying by the mask keeps NaN and inf (NaN * 0 = NaN)",
+               tol=Tolerance(0.0, 0.0, "padding must not change a single bit of the result"),
+               mutants=op.mutants.get(f"padding-{fill_name}", ()) + (
+                   (f"{name}~reads_padding",) if fill_name == "1e30" else
+                   (f"{name}~nan_through_mask", f"{name}~reads_padding")))
+        def padding(ctx: Context, op=op, fills=fills):
+            for sample, kwargs, args, about in _calls(ctx, op):
+                with ctx.variant():
+                    args, kwargs = ctx.resolve(args, kwargs, about)
+                    if min(sample.lengths) == sample.T:
+                        continue                                  # no padding in this sample
+                    mask = sample.mask()
+                    for fill in fills:
+                        dirty = list(args)
+                        for i in op.padded:
+                            if args[i].shape == mask.shape:     # a (B,) advantage has no padding
+                                dirty[i] = torch.where(mask, args[i], torch.full_like(args[i], fill))
+                        for i in op.diff:
+                            args[i] = args[i].detach().clone().requires_grad_(True)
+                            dirty[i] = dirty[i].detach().clone().requires_grad_(True)
+                        clean = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
+                        outs = _outputs(ctx, op, sample, ctx.call(*dirty, **kwargs), sample.dtype)
+                        for k, (o, c) in enumerate(zip(outs, clean)):
+                            ctx.compare(o, c, f"output {k} with padding = {fill}", nan_is_failure=True,
+                                        explain="padding read")
+                            if o.shape == mask.shape:
+                                ctx.compare(o.detach()[~mask], torch.zeros(int((~mask).sum())),
+                                            f"output {k} at padded positions (padding = {fill})",
+                                            nan_is_failure=True)
+                        if op.diff:
+                            w = _weights(clean)
+                            g_clean = _grads(clean, [args[i] for i in op.diff], w)
+                            g_dirty = _grads(outs, [dirty[i] for i in op.diff], w)
+                            for i, gd, gc in zip(op.diff, g_dirty, g_clean):
+                                ctx.compare(gd[~mask], torch.zeros(int((~mask).sum())),
+                                            f"d/d argument {i} at padded positions (padding = {fill})",
+                                            nan_is_failure=True)
+                                ctx.compare(gd, gc, f"d/d argument {i} with padding = {fill}",
+                                            nan_is_failure=True)
+
+    @check(f"{name}/no-input-mutation", kind="property",
+           section="dtypes-devices-and-mutation",
+           equation="inputs are bitwise the same after the call",
+           hint="work on a copy (x = x.clone()) or use out-of-place operations (sub, not sub_)",
+           mutants=op.mutants.get("no-input-mutation", ()) + (f"{name}~in_place",))
+    def no_mutation(ctx: Context, op=op):
+        for sample, kwargs, args, about in _calls(ctx, op):
+            with ctx.variant():
+                args, kwargs = ctx.resolve(args, kwargs, about)
+                before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+                ctx.call(*args, check_mutation=False, **kwargs)
+                for i, (a, b) in enumerate(zip(args, before)):
+                    if isinstance(a, torch.Tensor) and not torch.equal(a.nan_to_num(), b.nan_to_num()):
+                        raise CheckFailed(f"argument {i} ({tuple(a.shape)}) was modified in place",
+                                          sample=ctx.sample)
+
+    @check(f"{name}/dtype-kept", kind="property",
+           section="dtypes-devices-and-mutation",
+           equation="float32 in -> float32 out; float64 in -> float64 out",
+           hint="do not cast (.float(), .double()) the result; compute in the input's dtype",
+           mutants=op.mutants.get("dtype-kept", ()) + (f"{name}~float32_out",))
+    def dtype_kept(ctx: Context, op=op):
+        for sample, kwargs, args, about in _calls(ctx, op):
+            with ctx.variant():
+                args, kwargs = ctx.resolve(args, kwargs, about)
+                out = ctx.call(*args, **kwargs)
+                for o in (out if isinstance(out, (tuple, list)) else [out]):
+                    if not isinstance(o, torch.Tensor):
+                        raise AdapterMisbehaved(f"output is {type(o).__name__}, not a tensor "
+                                                f"[sample {ctx.sample}]")
+                    if o.dtype != sample.dtype:
+                        raise CheckFailed(f"output dtype {o.dtype}, but should be {sample.dtype}",
+                                          sample=ctx.sample)
+
+
+# --- the thorough tier (--thorough): Hypothesis-drawn padded batches ------------------------------
+
+SETTINGS = settings(max_examples=60, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck), print_blob=False)
+
+
+def _padded(dtype):
+    return st.integers(1, 6).flatmap(lambda T: st.lists(st.integers(1, T), min_size=1, max_size=6)
+                                     .map(lambda ls: (tuple(ls), T)))
+
+
+def _register_thorough(op: Op):
+    if op.samples[0].lengths == (1,) * 6 or op.samples[0].group_sizes:
+        return                                          # pairs and groups: fixed shapes suffice
+
+    @check(f"{op.name}/matches-reference-random-inputs", kind="reference",
+           section=SECTION[op.name],
+           equation=f"{op.name} equals refimpl.{op.name} on Hypothesis-drawn padded batches",
+           hint="the message shows the shrunk counterexample's lengths, width and seed",
+           mutants=op.mutants.get("matches-reference", ()) + (f"{op.name}~scaled",),
+           thorough=True)
+    def body(ctx: Context, op=op):
+        @SETTINGS
+        @given(shape=_padded(None), seed=st.integers(0, 2 ** 31 - 1),
+               dtype=st.sampled_from([torch.float64, torch.float32]),
+               variant=st.sampled_from(op.variants))
+        def run(shape, seed, dtype, variant):
+            lengths, T = shape
+            if op.name == "batch_normalized_advantages" and sum(lengths) < 2:
+                return
+            sample = Sample("random", dtype, lengths=lengths, T=T)
+            ctx.gen.manual_seed(seed)
+            args, kwargs = op.build(ctx, sample)
+            kwargs = {**kwargs, **variant}
+            ctx.on(f"random lengths={list(lengths)} T={T} seed={seed} {str(dtype)[6:]} {variant}")
+            try:
+                args, kwargs = ctx.resolve(args, kwargs, tuple(variant))
+                out = ctx.call(*args, **kwargs)
+            except Unsupported as exc:               # this draw only; others still run
+                ctx.unsupported.append(f"{ctx.sample}: {exc}")
+                return
+            ctx.ran += 1
+            ref = op.reference(*args, **kwargs)
+            refs = list(ref) if isinstance(ref, tuple) else [ref]
+            outs = (list(ctx.expect_pair(out, out_shape(op, sample), dtype)) if op.out == "pair"
+                    else [ctx.expect_tensor(out, out_shape(op, sample), dtype)])
+            for i, (o, r) in enumerate(zip(outs, refs)):
+                ctx.compare(o, r, f"{op.name} output {i}")
+        run()
+
+
+def register_op(op: Op) -> Op:
+    """Register the generic checks (and the thorough tier) of one canonical function."""
+    OPS[op.name] = op
+    _register_generic(op)
+    _register_thorough(op)
+    return op
+
+
+OPS: dict[str, Op] = {}
+
+
+def agg_weights(mask: torch.Tensor, mode: str, norm_len=None) -> torch.Tensor:
+    """d aggregate(x, mask, mode, norm_len) / d x, float64: the weight of each token in the loss
+    (aggregation is linear in x, so this does not depend on x)."""
+    x = torch.zeros(mask.shape, dtype=F64, requires_grad=True)
+    (w,) = torch.autograd.grad(refimpl.aggregate(x, mask, mode, norm_len), x)
+    return w
+
+
+def lengths_mask(lengths, T):
+    return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+def _rejects(ctx: Context, control: tuple, bad: tuple, argument: str):
+    """The control call must succeed; the bad call must raise (ValueError naming ``argument``
+    passes clean; another exception passes with a note; a silent number fails)."""
+    ctx.on("control (valid input)")
+    args, kwargs = control
+    ctx.call(*args, **kwargs)                 # options fitted to what the variant honours
+    ctx.on(f"invalid {argument}")
+    args, kwargs = ctx.resolve(*bad, about=(argument,))
+    try:
+        out = ctx.fn(*args, **kwargs)
+    except Unsupported:
+        raise
+    except ValueError as exc:
+        if argument not in str(exc):
+            ctx.note(f"ValueError raised, but its message does not name {argument!r}: {exc}")
+        return
+    except Exception as exc:                                          # noqa: BLE001
+        ctx.note(f"rejected with {type(exc).__name__} (ValueError preferred): {exc}")
+        return
+    kind = type(out).__name__
+    raise CheckFailed(f"invalid {argument} was accepted and answered with a {kind}; it should "
+                      "raise ValueError", sample=ctx.sample)
+
+
+def input_check(id, argument, control, bad, hint, mutants=()):
+    @check(id, kind="input", section="invalid-arguments", equation=f"{argument} invalid -> ValueError", hint=hint,
+           mutants=tuple(mutants) + (id.split("/")[0] + "~swallows_errors",))
+    def body(ctx: Context):
+        _rejects(ctx, control(ctx), bad(ctx), argument)
+    return body
+
+
+def rand_bt(ctx, B=3, T=4):
+    return ctx.randn(B, T)
+
+
+M = lengths_mask([3, 1, 2], 4)
+HOLE = torch.tensor([[True, False, True, False], [True, True, False, False], [True, False, False, False]])
+EMPTY = torch.tensor([[True, True, False, False], [False, False, False, False], [True, False, False, False]])
+
+
+# --- exact checks: the tabular policy -------------------------------------------------------------
+
+EXACT = Tolerance(1e-10, 2e-5, "float64: finite sums of at most ~10^4 terms of size ~1, a few "
+                  "hundred ulps; float32 (an adapter computing in float32): 2e-5 relative")
+
+
+def tabular_policy(max_len=2, seed=1, n_prompts=2):
+    pol = tab.TabularPolicy.random(n_prompts=n_prompts, n_tokens=2, max_len=max_len, seed=seed)
+    scores = torch.randn(pol.n_prompts, pol.n_completions,
+                         generator=torch.Generator().manual_seed(seed + 2), dtype=F64)
+    return pol, scores
+
+
+def bias_factor(g, ref):
+    return float((g.flatten() @ ref.flatten()) / (ref.flatten() @ ref.flatten()))
+
+
+def tuple_group_advantages(ctx: Context, tup, scores, **kwargs):
+    """One adapter call on every tuple; returns (advantages (K, G) float64, output dtype)."""
+    R = scores[tup.prompt, tup.completion]
+    ids = torch.arange(len(tup)).repeat_interleave(tup.size)
+    out = ctx.expect_tensor(ctx.call(R.flatten(), ids, about=tuple(kwargs), **kwargs), (R.numel(),), None, "advantages")
+    return out.detach().to(F64).reshape(R.shape), out.dtype
+
+
+def all_rows(pol):
+    """Every response of every prompt as one (P*C, L) batch."""
+    L = pol.tree.max_len
+    return pol.mask.repeat(pol.n_prompts, 1), L
+
+
+# --- group estimators -----------------------------------------------------------------------------
+
+def golden_min(f, lo, hi, iters=200):
+    """Minimiser of a unimodal f on [lo, hi] by golden-section search (values only)."""
+    phi = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - phi * (b - a), a + phi * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - phi * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + phi * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+MINIMISER = Tolerance(1e-6, 2e-3, "a golden-section search on loss values locates a quadratic "
+                      "minimum to about sqrt(machine eps) times its scale")
+
+
+# --- mutants ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    replaces: str
+    fn: Callable
+    bug: str
+
+
+MUTANTS: dict[str, Mutant] = {}
+
+
+def mutant(replaces: str, bug: str):
+    def register(fn):
+        MUTANTS[fn.__name__] = Mutant(fn.__name__, replaces, fn, bug)
+        return fn
+    return register
+
+
+def zero_pad(x, m):
+    return torch.where(m, x, torch.zeros_like(x))
+
+
+# --- returns and GAE -----------------------------------------------------------------------------
+
+def _first_float(args):
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return i
+    return None
+
+
+def _map_out(out, f):
+    return tuple(f(o) for o in out) if isinstance(out, tuple) else f(out)
+
+
+def _generic(fn_name: str, bug: str):
+    ref = getattr(refimpl, fn_name)
+
+    def in_place(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        i = _first_float(args)
+        with torch.no_grad():
+            args[i].mul_(-1.0).add_(0.5)
+        return out
+
+    def float32_out(*args, **kwargs):
+        return _map_out(ref(*args, **kwargs), lambda o: o.float())
+
+    def _padded_sum(args):
+        mask = next((a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.bool), None)
+        total = 0.0
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and mask is not None \
+                    and a.shape == mask.shape:
+                total = total + torch.where(mask, torch.zeros_like(a), a).sum()
+        return total
+
+    def nan_through_mask(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        leak = _padded_sum(args)
+        return _map_out(out, lambda o: o + 0.0 * leak)              # NaN * 0 = NaN; 1e30 * 0 = 0
+
+    def reads_padding(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        leak = _padded_sum(args)
+        return _map_out(out, lambda o: o + 1e-40 * leak)
+
+    def detached(*args, **kwargs):
+        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        return ref(*args, **kwargs)
+
+    def swallows_errors(*args, **kwargs):
+        try:
+            return ref(*args, **kwargs)
+        except ValueError:
+            return torch.zeros(())
+
+    def scaled(*args, **kwargs):
+        return _map_out(ref(*args, **kwargs), lambda o: 1.01 * o)
+
+    return {"in_place": in_place, "float32_out": float32_out, "nan_through_mask": nan_through_mask,
+            "reads_padding": reads_padding, "detached": detached,
+            "swallows_errors": swallows_errors, "scaled": scaled}[bug]
+
+
+GENERIC_BUGS = {
+    "in_place": "modifies its first float input in place",
+    "float32_out": "returns float32 whatever the input dtype",
+    "nan_through_mask": "masks by multiplication: NaN or inf at padding reaches the output",
+    "reads_padding": "padded values reach the output (finite garbage too)",
+    "detached": "inputs detached: no gradient flows",
+    "swallows_errors": "invalid input answered with a silent 0 instead of a ValueError",
+    "scaled": "output off by 1%",
+}
+
+
+def get(name: str) -> Mutant:
+    """A mutant by name: one of ``MUTANTS``, or a generic ``<function>~<bug>``."""
+    if name in MUTANTS:
+        return MUTANTS[name]
+    fn_name, _, bug = name.partition("~")
+    if bug not in GENERIC_BUGS or not hasattr(refimpl, fn_name):
+        raise KeyError(f"unknown mutant {name!r}")
+    return Mutant(name, fn_name, _generic(fn_name, bug), GENERIC_BUGS[bug])
+
+
+def mutant_adapter(name: str):
+    """refimpl as an adapter, with the one function the mutant breaks replaced by it."""
+    mt = get(name)
+    attrs = {f: staticmethod(getattr(refimpl, f)) for f in refimpl.CANONICAL}
+    attrs.update(name="mutant-" + name.replace("~", "-"), capabilities={},
+                 known_deviations={}, shims={})
+    attrs[mt.replaces] = staticmethod(mt.fn)
+    return type(f"Mutant_{name.replace('~', '_')}", (), attrs)()

@@ -1,0 +1,132 @@
+"""The registry of checks: the ``Check`` record, the ``@check`` decorator and ``all_checks``.
+
+A check is one registered function with a stable id (``ppo_clip_loss/gradient-zero-when-clipped``),
+the canonical estimator it exercises, a kind, the section of the contract (``docs/contract.md``)
+it enforces and the paper behind it, a tolerance with its reason, a hint for the implementer and
+the mutants it must reject (defined beside it, in its concept module under
+``conformance/checks/``). The same registry drives refimpl's tests, ``rlconform certify`` and the
+pytest plugin. This module imports nothing else of the harness.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+KINDS = ("reference", "property", "gradient", "input", "exact", "training")
+STATUSES = ("pass", "fail", "error", "skip", "xfail")
+CONTRACT = "docs/contract.md"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    float64: float
+    float32: float
+    reason: str
+
+    def of(self, dtype: torch.dtype) -> float:
+        return self.float64 if dtype == torch.float64 else self.float32
+
+
+DEFAULT_TOL = Tolerance(1e-10, 2e-5, "float64: a few ulps of sums over at most a few hundred "
+                        "terms; float32: the same at single precision (eps 6e-8) with margin")
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    estimator: str
+    kind: str
+    section: str                            # anchor of a section of docs/contract.md
+    equation: str
+    hint: str
+    body: Callable
+    source: str = ""                        # the paper (title, year, arXiv id, section)
+    tol: Tolerance = DEFAULT_TOL
+    mutants: tuple[str, ...] = ()
+    thorough: bool = False                  # the Hypothesis tier (--thorough)
+    derivation: str = ""                    # for exact checks: `rlconform explain`
+    consequence: str = ""                   # what a failure means for a user of the trainer
+    file: str = ""                          # where the check is defined (repository-relative)
+    line: int = 0
+
+    def __post_init__(self):
+        if not self.consequence:
+            object.__setattr__(self, "consequence", default_consequence(self))
+        if self.kind not in KINDS:
+            raise ValueError(f"check {self.id}: unknown kind {self.kind!r}")
+        if not self.id.startswith(self.estimator + "/") and self.kind != "training":
+            raise ValueError(f"check {self.id}: id must start with its estimator {self.estimator!r}")
+        if not self.section or "#" in self.section or " " in self.section:
+            raise ValueError(f"check {self.id}: section must be an anchor of {CONTRACT}, "
+                             f"got {self.section!r}")
+
+    @property
+    def clause(self) -> str:
+        """The contract section, then the paper: what a report row's ``clause`` says."""
+        where = f"{CONTRACT}#{self.section}"
+        return f"{where}; {self.source}" if self.source else where
+
+
+def default_consequence(chk: "Check") -> str:
+    """What a non-pass of this kind of check means for someone training with the framework."""
+    name = chk.id.split("/", 1)[1]
+    if name.startswith("padding-nan") or name.startswith("padding-inf"):
+        return "NaN or inf at a padded position reaches the outputs or gradients (a poisoned step)"
+    if name.startswith("padding-1e30"):
+        return "finite garbage at padded positions changes the result: padding is read"
+    if name == "no-input-mutation":
+        return "the caller's tensors change under it; reusing them (logging, a second epoch) is wrong"
+    if name == "dtype-kept":
+        return "float64 runs silently drop to another precision"
+    if chk.kind == "input":
+        return "invalid input is answered with a silent number instead of an error"
+    if chk.kind == "gradient":
+        return "the update direction differs from the equation's, although the loss value may agree"
+    if chk.kind == "exact":
+        return "the expected update differs from the one the equation promises (bias)"
+    return "values differ from the contract's definition: runs are not comparable across frameworks"
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def _where(fn) -> tuple[str, int]:
+    try:
+        path = inspect.getsourcefile(fn) or ""
+        line = inspect.getsourcelines(fn)[1]
+    except (OSError, TypeError):
+        return "", 0
+    parts = path.replace("\\", "/").split("/")
+    if "conformance" in parts:
+        path = "/".join(parts[len(parts) - 1 - parts[::-1].index("conformance"):])
+    return path, line
+
+
+def check(id: str, *, estimator: str | None = None, kind: str, section: str, equation: str,
+          hint: str, source: str = "", tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
+          thorough: bool = False, derivation: str = "", consequence: str = ""):
+    """Register the decorated function as a check (one entry of the registry)."""
+    def register(body):
+        if id in REGISTRY:
+            raise ValueError(f"duplicate check id {id}")
+        file, line = _where(body)
+        REGISTRY[id] = Check(id=id, estimator=estimator or id.split("/")[0], kind=kind,
+                             section=section, source=source, equation=equation, hint=hint,
+                             body=body, tol=tol, mutants=tuple(mutants), thorough=thorough,
+                             derivation=derivation, consequence=consequence, file=file, line=line)
+        return body
+    return register
+
+
+def select(pattern: str | None = None, thorough: bool = False) -> list[Check]:
+    """Registered checks in a stable order; ``pattern`` is a glob over ids. Only what has been
+    registered so far: ``conformance.checks.all_checks`` imports every check module first."""
+    out = [c for c in REGISTRY.values() if thorough or not c.thorough]
+    if pattern:
+        out = [c for c in out if fnmatch.fnmatchcase(c.id, pattern)]
+    return sorted(out, key=lambda c: c.id)
