@@ -22,7 +22,7 @@ for fw in "${frameworks[@]}"; do
     "$venv/bin/rlconform" setup "$fw"
   fi
   variants=$("$venv/bin/python" -c "
-from conformance.runner import registered_adapters
+from conformance.loading import registered_adapters
 print(' '.join(sorted(n for n in registered_adapters() if n == '$fw' or n.startswith('$fw-'))))")
   for name in $variants; do
     echo "== certify $name"

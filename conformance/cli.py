@@ -1,66 +1,180 @@
-"""The ``rlconform`` command: certify, compare, list, explain.
+"""The ``rlconform`` command: certify, compare, list, explain, setup.
 
     rlconform certify ADAPTER --out DIR [-k GLOB] [--timeout S] [--seed N] [--thorough]
-                      [--device cpu|cuda] [--in-process]
-    rlconform compare REPORT.json|ADAPTER ... --out DIR
+                      [--device cpu|cuda] [--in-process] [-v] [-q]
+    rlconform compare REPORT.json|ADAPTER ... --out DIR [--seed N]
     rlconform list [-k GLOB] [--kind KIND]
     rlconform explain CHECK_ID
-    rlconform setup FRAMEWORK
+    rlconform setup FRAMEWORK [--dry-run]
+    rlconform --version
 
-Exit status of ``certify``: 0 when no check is ``fail`` or ``error``, 1 when one is, 2 when the
-adapter could not be loaded or the arguments are wrong (docs/contract.md).
+Exit status of ``certify`` (docs/contract.md, "Certification and statuses"): 0 when no check is
+``fail`` or ``error``, 1 when one is, 2 when the adapter could not be loaded or the arguments are
+wrong (a ``-k`` glob that matches no check, an ``--out`` that cannot be written), 130 when
+interrupted with Ctrl-C (both reports are still written, marked ``"complete": false``).
+Every problem the user can fix is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import json
+import os
+import shlex
+import signal
 import sys
 import textwrap
+import time
+from pathlib import Path
 
-from conformance.checks import all_checks
-from conformance.loading import AdapterLoadError
-from conformance.registry import KINDS, REGISTRY
-from conformance.report import verdict
-from conformance.runner import certify
+from conformance.install import FRAMEWORKS
+from conformance.loading import AdapterLoadError, glob_error, load_adapter
+from conformance.registry import CONTRACT, KINDS, REGISTRY
+from conformance.report import (
+    ReportWriteError,
+    advice,
+    check_writable,
+    render_markdown,
+    verdict,
+)
 
+DEFAULT_TIMEOUT = 60.0
+
+
+def _error(message: str) -> int:
+    print(f"rlconform: {message}", file=sys.stderr)
+    return 2
+
+
+def version() -> str:
+    """The installed distribution's version; refimpl's when rlconform is not installed (a bare
+    checkout on ``PYTHONPATH``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("rlconform")
+    except PackageNotFoundError:
+        import refimpl
+        return refimpl.__version__
+
+
+# --- certify ----------------------------------------------------------------------------------------
 
 def _cmd_certify(args) -> int:
+    from conformance.checks import all_checks
+
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
-            print("rlconform: --device cuda, but torch sees no CUDA device here", file=sys.stderr)
-            return 2
+            return _error("--device cuda, but torch sees no CUDA device here")
+    problem = glob_error(args.k, thorough=args.thorough)
+    if problem:
+        return _error(problem)
+    try:
+        adapter = load_adapter(args.adapter)
+    except AdapterLoadError as exc:
+        return _error(str(exc))
+    try:
+        check_writable(args.out)                    # before any check runs
+    except ReportWriteError as exc:
+        return _error(str(exc))
+    from conformance.runner import certify
+    started = time.time()
     try:
         data = certify(args.adapter, args.out, args.k, args.timeout, args.seed, args.thorough,
                        args.device, isolate=not args.in_process,
                        progress=sys.stderr.isatty() and not args.quiet)
-    except AdapterLoadError as exc:
-        print(f"rlconform: {exc}", file=sys.stderr)
-        return 2
+    except (AdapterLoadError, ReportWriteError) as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return _interrupted(args, adapter, len(all_checks(args.k, thorough=args.thorough)),
+                            started)
     for row in data["checks"]:
         if row["status"] in ("fail", "error") or (args.verbose and row["status"] != "pass"):
-            print(_format_row(row, data["adapter"]))
+            print(_format_row(row, data["adapter"], args))
     s = data["summary"]
-    path = f"{args.out.rstrip('/')}/{data['adapter']}.json"
+    path = Path(args.out) / f"{data['adapter']}.json"
     print(f"{data['adapter']}: " + ", ".join(f"{s[k]} {k}" for k in s) + f" -> {verdict(data)} "
           f"({path})")
     return 0 if s["fail"] == 0 and s["error"] == 0 else 1
 
 
-def _format_row(row: dict, adapter: str) -> str:
-    """STYLE.md's message template."""
+def _interrupted(args, adapter, total: int, started: float) -> int:
+    """Ctrl-C: the runner has written both reports with ``"complete": false``; say where, in
+    one line, and exit 130. A second Ctrl-C meanwhile is ignored (no traceback)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:                              # not the main thread
+        return _report_interrupted(args, adapter, total, started)
+    try:
+        return _report_interrupted(args, adapter, total, started)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report_interrupted(args, adapter, total: int, started: float) -> int:
+    json_path = Path(args.out) / f"{adapter.name}.json"
+    md_path = json_path.with_suffix(".md")
+    if not json_path.is_file() or json_path.stat().st_mtime < started - 1:   # none, or an old one
+        print("rlconform: interrupted before any report was written", file=sys.stderr)
+        return 130
+    ran = "?"
+    try:                                            # the Markdown, with "N of M checks ran"
+        data = json.loads(json_path.read_text())
+        ran = len(data["checks"])
+        if not data.get("complete"):
+            md_path.write_text(render_markdown(data, dict(getattr(adapter, "shims", {}) or {}),
+                                               total=total, from_dir=json_path.parent))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"rlconform: interrupted; partial reports in {json_path} and {md_path} "
+          f"({ran} of {total} checks ran)", file=sys.stderr)
+    return 130
+
+
+def reproduce_command(row: dict, args) -> str:
+    """The command that runs this one check again, as the user can paste it."""
+    chk = REGISTRY.get(row["id"])
+    argv = ["rlconform", "certify", args.adapter, "--out", str(args.out), "-k", row["id"]]
+    if getattr(args, "seed", 0):
+        argv += ["--seed", str(args.seed)]
+    if getattr(args, "timeout", DEFAULT_TIMEOUT) != DEFAULT_TIMEOUT:
+        argv += ["--timeout", f"{args.timeout:g}"]
+    if getattr(args, "device", "cpu") != "cpu":
+        argv += ["--device", args.device]
+    if chk is not None and chk.thorough:
+        argv.append("--thorough")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _format_row(row: dict, adapter: str, args) -> str:
+    """One non-pass row on the command line: what happened, the clause and equation, what the
+    row means (a fail's hint, an xfail's declaration, a stale declaration, the kind of error),
+    and the command that reproduces it."""
     chk = REGISTRY.get(row["id"])
     lines = [f"{row['status']:<5} {row['id']}   adapter={adapter} {row.get('dtype') or ''} "
              f"sample={row.get('sample')}", f"  {row['message']}"]
     if chk:
         lines.append(f"  {chk.clause}: {chk.equation}")
-        lines.append(f"  Most likely: {chk.hint}")
-    lines.append(f"  Reproduce: rlconform certify {adapter} -k {row['id']}")
+    said = advice(row, chk)
+    if said:
+        lines.append(f"  {said}")
+    lines.append(f"  Reproduce: {reproduce_command(row, args)}")
     return "\n".join(lines)
 
 
+# --- list, explain --------------------------------------------------------------------------------
+
 def _cmd_list(args) -> int:
     from tabulate import tabulate
+
+    from conformance.checks import all_checks
+
+    problem = glob_error(args.k, thorough=True)
+    if problem:
+        return _error(problem)
     checks = [c for c in all_checks(args.k, thorough=True) if not args.kind or c.kind == args.kind]
     print(tabulate([[c.id, c.kind, c.estimator, len(c.mutants)] for c in checks],
                    ["check", "kind", "estimator", "mutants"], tablefmt="simple"))
@@ -68,34 +182,74 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _relative(path: str) -> str:
+    """``conformance/...`` from an absolute path (a checkout or an installed package)."""
+    parts = path.replace("\\", "/").split("/")
+    if "conformance" in parts:
+        return "/".join(parts[len(parts) - 1 - parts[::-1].index("conformance"):])
+    return path
+
+
+def mutant_origin(name: str) -> tuple[str, str]:
+    """(what the mutant breaks, the file it is defined in) for a mutant a check names: one of
+    the concept modules under ``conformance/checks/``, or ``templates.py`` for a generic
+    ``<function>~<bug>``."""
+    from conformance.checks.templates import get
+    try:
+        mt = get(name)
+    except KeyError:
+        return "", "?"
+    try:
+        where = _relative(inspect.getsourcefile(mt.fn) or "")
+    except TypeError:
+        where = "?"
+    return mt.bug, where
+
+
 def _cmd_explain(args) -> int:
+    from conformance import contract_doc
+    from conformance.checks import all_checks
+
     all_checks(thorough=True)
     chk = REGISTRY.get(args.check_id)
     if chk is None:
-        close = [c for c in REGISTRY if args.check_id in c]
-        print(f"rlconform: no check {args.check_id!r}" + (f"; did you mean {close[:5]}?" if close else ""),
-              file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(args.check_id, list(REGISTRY), n=5, cutoff=0.6)
+        close += [c for c in REGISTRY if args.check_id in c and c not in close][: 5 - len(close)]
+        return _error(f"no check {args.check_id!r}" + (f"; close: {', '.join(close)}" if close
+                                                       else "; see `rlconform list`"))
     wrap = lambda t: textwrap.fill(t, 96, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
     print(f"{chk.id}  ({chk.kind}, estimator {chk.estimator})\n")
-    print(f"Equation:\n{wrap(chk.equation)}\n\nSource:\n{wrap(chk.clause)}\n")
+    print(f"Equation:\n{wrap(chk.equation)}\n")
+    try:
+        quoted = contract_doc.quote(chk.section)
+    except KeyError as exc:
+        quoted = f"(not found: {exc.args[0]})"
+    print(f"Contract ({CONTRACT}#{chk.section}):\n{textwrap.indent(quoted.rstrip(), '  ')}\n")
+    print(f"Source:\n{wrap(chk.clause)}\n")
     if chk.derivation:
         print(f"Derivation:\n{textwrap.indent(chk.derivation.strip(), '  ')}\n")
     print(f"Tolerance:\n{wrap(f'float64 {chk.tol.float64:g}, float32 {chk.tol.float32:g}: {chk.tol.reason}')}\n")
     print(f"A failure means, and how to fix it:\n{wrap(chk.hint)}\n")
+    if chk.file:
+        print(f"Defined in:\n  {chk.file}:{chk.line}\n")
     if chk.mutants:
-        print(f"Broken implementations it rejects (tests/mutants.py):\n{wrap(', '.join(chk.mutants))}")
+        print("Broken implementations it rejects:")
+        for name in chk.mutants:
+            bug, where = mutant_origin(name)
+            print(textwrap.fill(f"- {name} (defined in {where})" + (f": {bug}" if bug else ""),
+                                96, initial_indent="  ", subsequent_indent="    "))
     return 0
 
+
+# --- compare, setup --------------------------------------------------------------------------------
 
 def _cmd_compare(args) -> int:
     from conformance.compare import compare
     try:
         compare(args.inputs, args.out, seed=args.seed)
-    except (AdapterLoadError, FileNotFoundError, ValueError) as exc:
-        print(f"rlconform: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out.rstrip('/')}/comparison.md, comparison.json, comparison.png")
+    except (AdapterLoadError, OSError, ValueError) as exc:
+        return _error(" ".join(str(exc).split()))
+    print(f"wrote {Path(args.out) / 'comparison.md'}, comparison.json, comparison.png")
     return 0
 
 
@@ -104,44 +258,68 @@ def _cmd_setup(args) -> int:
     return setup(args.framework, dry_run=args.dry_run)
 
 
+def _frameworks_help() -> str:
+    how = {name: ("pip install " + " ".join(what)) if kind == "pip"
+           else f"scripted minimal install, {what}" for name, (kind, what) in FRAMEWORKS.items()}
+    return "one of: " + "; ".join(f"{name} ({h})" for name, h in how.items())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlconform", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"rlconform {version()}",
+                   help="print rlconform's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("certify", help="run every check against an adapter and write a report")
-    c.add_argument("adapter", help="module:attribute, or a registered name (e.g. refimpl)")
-    c.add_argument("--out", required=True, help="directory for <adapter>.json and <adapter>.md")
-    c.add_argument("-k", metavar="GLOB", help="only checks whose id matches this glob")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds per check (default 60)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("adapter", help="a registered name (e.g. refimpl), module:attribute, "
+                                   "path/to/file.py:NAME, or module: (a module that is the adapter)")
+    c.add_argument("--out", required=True, help="directory for <adapter>.json and <adapter>.md "
+                                                "(created if missing)")
+    c.add_argument("-k", metavar="GLOB", help="only checks whose id matches this glob "
+                                              "(e.g. 'ppo_clip_loss/*')")
+    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds per check before it is an error (default 60)")
+    c.add_argument("--seed", type=int, default=0, help="seed the inputs are drawn with (default 0)")
     c.add_argument("--thorough", action="store_true", help="add the Hypothesis tier")
-    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="device every input is moved to at the adapter call (default cpu)")
     c.add_argument("--in-process", action="store_true",
                    help="no worker process (no crash isolation, no timeout)")
     c.add_argument("-v", "--verbose", action="store_true", help="print every non-pass row")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_certify)
     m = sub.add_parser("compare", help="one matrix report from several certification reports")
-    m.add_argument("inputs", nargs="+", help="REPORT.json files or adapter names")
-    m.add_argument("--out", required=True)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("inputs", nargs="+", help="REPORT.json files or adapter names (certified "
+                                             "in-process first)")
+    m.add_argument("--out", required=True, help="directory for comparison.md, comparison.json "
+                                                "and comparison.png")
+    m.add_argument("--seed", type=int, default=0,
+                   help="seed for the adapters certified here, not for reports (default 0)")
     m.set_defaults(func=_cmd_compare)
     ls = sub.add_parser("list", help="list the checks")
-    ls.add_argument("-k", metavar="GLOB")
-    ls.add_argument("--kind", choices=KINDS)
+    ls.add_argument("-k", metavar="GLOB", help="only checks whose id matches this glob")
+    ls.add_argument("--kind", choices=KINDS, help="only checks of this kind")
     ls.set_defaults(func=_cmd_list)
     st = sub.add_parser("setup", help="install a bundled framework into this environment")
-    st.add_argument("framework", help="trl, verl, openrlhf or torchrl")
+    st.add_argument("framework", choices=list(FRAMEWORKS), metavar="FRAMEWORK",
+                    help=_frameworks_help())
     st.add_argument("--dry-run", action="store_true", help="print the install command only")
     st.set_defaults(func=_cmd_setup)
-    e = sub.add_parser("explain", help="equation, source and fix for one check")
-    e.add_argument("check_id")
+    e = sub.add_parser("explain", help="equation, contract section, source and fix for one check")
+    e.add_argument("check_id", help="a check id, as `rlconform list` prints it")
     e.set_defaults(func=_cmd_explain)
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:                         # `rlconform list | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:                       # outside a certification run
+        print("rlconform: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ class Context:
             cap = OPTION_CAPABILITY.get(p)
             if cap is None:
                 continue
-            value, honoured = get(p), capability(self.adapter, cap)
+            value, honoured = get(p), capability(self.adapter, cap, self.check.estimator)
             if cap in VOCABULARY:
                 if not isinstance(value, str) or value not in VOCABULARY[cap] or value in honoured:
                     continue
@@ -180,7 +180,7 @@ class Context:
                                       f"{cap} = False)")
                 put(p, sig.parameters[p].default)
         if ("group_ids" in names and "group_ids" not in about
-                and capability(self.adapter, "unequal_groups") is not True):
+                and capability(self.adapter, "unequal_groups", self.check.estimator) is not True):
             ids = get("group_ids")
             if isinstance(ids, torch.Tensor) and len(set(torch.unique(ids, return_counts=True)[1]
                                                          .tolist())) > 1:

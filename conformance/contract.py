@@ -18,6 +18,15 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 SCALES = ("group", "batch", "none")
 KL_KINDS = ("k1", "k2", "k3")
 
+#: the algorithms of the training-step section (``train_step``/``train_run``; refimpl.recipes)
+ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo",
+              "reward_model")
+#: the keys of a training step's ``config`` (complete on every call)
+TRAIN_CONFIG_KEYS = ("algorithm", "beta", "kl_kind", "kl_in", "clip_low", "clip_high",
+                     "dual_clip", "scale", "eps", "agg", "norm_len", "gamma", "lam",
+                     "label_smoothing", "tau", "vf_coef", "value_clip", "whiten", "grad_accum",
+                     "temperature")
+
 #: capability -> (what a variant honours when it declares nothing, what the capability means).
 #: List-valued capabilities name the option values honoured; boolean ones whether an option
 #: may be set at all (False: only its default, None/0, is honoured).
@@ -45,6 +54,8 @@ DEFAULTS_KEYS: dict[str, str] = {
     "clip_low": "PPO clip epsilon below 1",
     "clip_high": "PPO clip epsilon above 1",
     "dual_clip": "dual-clip constant c (None: off)",
+    "dual_clip_if_enabled": "dual-clip constant c used when the dual clip is switched on (skyrl: "
+                            "policy_loss_type 'dual_clip')",
     "value_clip": "value clipping epsilon (None: off)",
     "gamma": "discount",
     "gae_lambda": "GAE lambda",
@@ -72,12 +83,18 @@ DEFAULTS_KEYS: dict[str, str] = {
 }
 
 
-def capability(adapter, name: str):
-    """What ``adapter`` declares it honours for capability ``name`` (the default if undeclared)."""
+def capability(adapter, name: str, estimator: str | None = None):
+    """What ``adapter`` declares it honours for capability ``name`` (the default if undeclared).
+
+    A declaration may be narrowed for one function with the key ``"<function>.<capability>"``
+    (``"value_loss.agg": ["token-mean"]`` where the critic aggregates one way only); that key
+    wins for calls of that function."""
     if name not in CAPABILITIES:
         raise ValueError(f"unknown capability {name!r}; known: {', '.join(CAPABILITIES)}")
     declared = getattr(adapter, "capabilities", None) or {}
     value = declared.get(name, CAPABILITIES[name][0])
+    if estimator is not None:
+        value = declared.get(f"{estimator}.{name}", value)
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
@@ -85,19 +102,21 @@ def declaration_errors(adapter) -> list[str]:
     """Problems with an adapter's ``capabilities`` (unknown names, values outside the
     vocabulary); the runner reports them as warnings."""
     out = []
-    for name, value in (getattr(adapter, "capabilities", None) or {}).items():
+    for key, value in (getattr(adapter, "capabilities", None) or {}).items():
+        name = key.rsplit(".", 1)[-1]
         if name not in CAPABILITIES:
-            out.append(f"capabilities key {name!r} is not a capability ({', '.join(CAPABILITIES)})")
+            out.append(f"capabilities key {key!r} is not a capability ({', '.join(CAPABILITIES)}, "
+                       "optionally prefixed by a function name and a dot)")
             continue
         default = CAPABILITIES[name][0]
         if isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or not value:
-                out.append(f"capabilities[{name!r}] should be a non-empty list of {default}")
+                out.append(f"capabilities[{key!r}] should be a non-empty list of {default}")
             else:
-                out += [f"capabilities[{name!r}]: {v!r} is not one of {default}"
+                out += [f"capabilities[{key!r}]: {v!r} is not one of {default}"
                         for v in value if v not in default]
         elif not isinstance(value, bool):
-            out.append(f"capabilities[{name!r}] should be True or False, got {value!r}")
+            out.append(f"capabilities[{key!r}] should be True or False, got {value!r}")
     return out
 
 
@@ -107,5 +126,6 @@ def defaults_errors(defaults: dict) -> list[str]:
             f"DEFAULTS_KEYS)" for k in defaults if k not in DEFAULTS_KEYS]
 
 
-__all__ = ["AGG_MODES", "CAPABILITIES", "CONTRACT_VERSION", "DEFAULTS_KEYS", "KL_KINDS", "SCALES",
-           "Unsupported", "capability", "declaration_errors", "defaults_errors"]
+__all__ = ["AGG_MODES", "ALGORITHMS", "CAPABILITIES", "CONTRACT_VERSION", "DEFAULTS_KEYS",
+           "KL_KINDS", "SCALES", "TRAIN_CONFIG_KEYS", "Unsupported", "capability",
+           "declaration_errors", "defaults_errors"]

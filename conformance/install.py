@@ -14,17 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conformance.adapters.pins import PINS, SETUP
+
 ADAPTERS = Path(__file__).parent / "adapters"
 
-#: framework -> ("pip", [requirements]) or ("script", file name under conformance/adapters/)
-FRAMEWORKS: dict[str, tuple[str, object]] = {
-    "trl": ("pip", ["trl==1.16.0"]),
-    "torchrl": ("pip", ["torchrl==0.14.1"]),
-    "liger": ("pip", ["liger-kernel==0.8.5"]),
-    "skyrl": ("script", "skyrl_install.sh"),
-    "verl": ("script", "verl_install.sh"),
-    "openrlhf": ("script", "openrlhf_install.sh"),
-}
+#: framework -> ("pip", [requirements]) or ("script", file name under conformance/adapters/),
+#: from the one source of the pinned versions
+FRAMEWORKS: dict[str, tuple[str, object]] = SETUP
 
 
 def setup(framework: str, dry_run: bool = False) -> int:
@@ -36,7 +32,7 @@ def setup(framework: str, dry_run: bool = False) -> int:
     if how == "pip":
         cmd = [sys.executable, "-m", "pip", "install", *what]
     else:
-        cmd = ["bash", str(ADAPTERS / what), sys.executable]
+        cmd = ["bash", str(ADAPTERS / what), sys.executable, PINS[framework]]
     print("rlconform setup:", " ".join(cmd))
     if dry_run:
         return 0

@@ -12,16 +12,39 @@ from __future__ import annotations
 import pytest
 
 from conformance.checks import all_checks
-from conformance.loading import load_adapter
+from conformance.loading import AdapterLoadError, glob_error, load_adapter
 from conformance.runner import run_check
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("rlconform")
     group.addoption("--rlconform-adapter", default=None,
-                    help="certify this adapter (module:attribute or a registered name)")
-    group.addoption("--rlconform-k", default=None, help="glob over check ids")
-    group.addoption("--rlconform-seed", type=int, default=0)
+                    help="certify this adapter (a registered name, module:attribute, "
+                         "path/to/file.py:NAME or module:)")
+    group.addoption("--rlconform-k", default=None, help="only checks whose id matches this glob")
+    group.addoption("--rlconform-seed", type=int, default=0,
+                    help="seed the inputs are drawn with (default 0)")
+
+
+def pytest_configure(config):
+    """Load the adapter and check the glob once, up front: a spec that cannot be loaded or a
+    glob that selects nothing is a usage error (one line, exit status 4), not an internal
+    error."""
+    spec = config.getoption("--rlconform-adapter", None)
+    if not spec:
+        return
+    try:
+        adapter = load_adapter(spec)
+    except AdapterLoadError as exc:
+        raise pytest.UsageError(f"--rlconform-adapter: {exc}") from None
+    pattern = config.getoption("--rlconform-k", None)
+    problem = glob_error(pattern, thorough=True, option="--rlconform-k")
+    if problem is None and pattern and not all_checks(pattern):
+        problem = (f"--rlconform-k {pattern!r} matches only checks of the thorough tier, which "
+                   "the pytest plugin does not run")
+    if problem:
+        raise pytest.UsageError(problem)
+    config._rlconform_adapter = adapter
 
 
 def assert_check(row: dict):
@@ -74,7 +97,7 @@ def pytest_collection_modifyitems(session, config, items):
     if not spec or getattr(config, "_rlconform_added", False):
         return
     config._rlconform_added = True
-    adapter = load_adapter(spec)
+    adapter = getattr(config, "_rlconform_adapter", None) or load_adapter(spec)
     collector = _RlconformCollector.from_parent(session, name=f"rlconform[{adapter.name}]",
                                                 adapter=adapter,
                                                 pattern=config.getoption("--rlconform-k"),

@@ -101,6 +101,11 @@ def _where(fn) -> tuple[str, int]:
         line = inspect.getsourcelines(fn)[1]
     except (OSError, TypeError):
         return "", 0
+    return _relative(path, line)
+
+
+def _relative(path: str, line: int) -> tuple[str, int]:
+    """``conformance/...`` from an absolute path (installed or in a checkout)."""
     parts = path.replace("\\", "/").split("/")
     if "conformance" in parts:
         path = "/".join(parts[len(parts) - 1 - parts[::-1].index("conformance"):])
@@ -109,12 +114,15 @@ def _where(fn) -> tuple[str, int]:
 
 def check(id: str, *, estimator: str | None = None, kind: str, section: str, equation: str,
           hint: str, source: str = "", tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
-          thorough: bool = False, derivation: str = "", consequence: str = ""):
-    """Register the decorated function as a check (one entry of the registry)."""
+          thorough: bool = False, derivation: str = "", consequence: str = "",
+          defined_at: tuple[str, int] | None = None):
+    """Register the decorated function as a check (one entry of the registry). ``defined_at``
+    (file, line) overrides where the check is said to be defined (a helper that registers a
+    check passes its caller's line)."""
     def register(body):
         if id in REGISTRY:
             raise ValueError(f"duplicate check id {id}")
-        file, line = _where(body)
+        file, line = _where(body) if defined_at is None else _relative(*defined_at)
         REGISTRY[id] = Check(id=id, estimator=estimator or id.split("/")[0], kind=kind,
                              section=section, source=source, equation=equation, hint=hint,
                              body=body, tol=tol, mutants=tuple(mutants), thorough=thorough,

@@ -24,7 +24,8 @@ from conformance import Unsupported
 from conformance.checks import all_checks
 from conformance.context import AdapterMisbehaved, CheckFailed, Context, NotProvided
 from conformance.contract import declaration_errors, defaults_errors
-from conformance.loading import AdapterLoadError, load_adapter, registered_adapters  # noqa: F401
+from conformance.loading import (AdapterLoadError, glob_error, load_adapter,  # noqa: F401
+                                 registered_adapters)
 from conformance.registry import REGISTRY, Check
 from conformance.report import ReportWriter
 
@@ -199,6 +200,10 @@ class WorkerPool:
             self._kill()
             raise AdapterLoadError(payload)
 
+    def kill(self):
+        """Stop the worker now (Ctrl-C): no goodbye, no waiting for a check to end."""
+        self._kill()
+
     def _kill(self):
         if self.proc is not None and self.proc.is_alive():
             self.proc.kill()
@@ -277,15 +282,17 @@ def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 6
 
     Ctrl-C (``KeyboardInterrupt``) stops the run: both reports are written with
     ``"complete": false`` and the interrupt is raised again for the caller."""
-    adapter = load_adapter(spec_or_adapter) if isinstance(spec_or_adapter, str) else spec_or_adapter
     checks = all_checks(pattern, thorough=thorough)
+    if not checks:                         # a typo in a CI's -k must not read as "conforms"
+        raise ValueError(glob_error(pattern, thorough) or "no check selected")
+    adapter = load_adapter(spec_or_adapter) if isinstance(spec_or_adapter, str) else spec_or_adapter
     pool = (WorkerPool(spec_or_adapter, seed, device, timeout)
             if isolate and isinstance(spec_or_adapter, str) else None)
     bar = None
     try:
         defaults, warnings = pool.framework_defaults() if pool else framework_defaults(adapter)
         writer = ReportWriter(out, adapter, seed, unmatched_declarations(adapter, checks) + warnings,
-                              defaults)
+                              defaults, total=len(checks))
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(checks), desc=f"certify {adapter.name}", unit="check", leave=False)
@@ -297,6 +304,8 @@ def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 6
                     bar.update(1)
                     bar.set_postfix_str(chk.id[-40:])
         except KeyboardInterrupt:
+            if pool:
+                pool.kill()                 # a worker stuck in the adapter: no waiting for it
             writer.finish(complete=False)
             raise
         writer.finish()

@@ -1,5 +1,5 @@
 """What every framework adapter's tests share: certify each variant once, in-process, and
-assert that it conforms with every declaration live (API.md: a declared deviation that no
+assert that it conforms with every declaration live (docs/contract.md: a declared deviation that no
 longer occurs is a failure)."""
 
 import fnmatch

@@ -111,3 +111,25 @@ class AllBroken(RefimplAdapter):
 
 
 all_broken = AllBroken()
+
+
+class DefaultsReportPid(RefimplAdapter):
+    """Its framework_defaults() tells which process ran it (a framework's config code runs in
+    the worker, under its isolation and timeout), plus a key outside the vocabulary."""
+    name = "defaults-pid"
+
+    @staticmethod
+    def framework_defaults():
+        return {"group_size": os.getpid(), "not_a_key": 1}
+
+
+class DefaultsRaise(RefimplAdapter):
+    name = "defaults-raise"
+
+    @staticmethod
+    def framework_defaults():
+        raise RuntimeError("config class moved")
+
+
+defaults_pid = DefaultsReportPid()
+defaults_raise = DefaultsRaise()

@@ -60,6 +60,9 @@ def test_declarations_cite_file_and_line(adapter):
 def test_plain_variant_is_ligers_default_loss_type():
     from liger_kernel.chunked_loss.grpo_loss import LigerFusedLinearGRPOLoss
     assert lg.liger._loss_type() == LigerFusedLinearGRPOLoss().loss_type
+    # the plain variant's capabilities are declared from the pinned default
+    assert lg.DEFAULT_LOSS_TYPE == lg.liger._loss_type()
+    assert lg.liger.capabilities["agg"] == [lg.LOSS_TYPE_AGG[lg.liger._loss_type()]]
     m = torch.ones(2, 3, dtype=torch.bool)
     with pytest.raises(Unsupported):
         lg.liger_grpo.ppo_clip_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), m,

@@ -28,7 +28,7 @@ from tests.adapter_suite import (assert_conforms, assert_every_declaration_occur
 VARIANTS = list(sk.VARIANTS)
 IDS = [v.name for v in VARIANTS]
 FILE_LINE = re.compile(r"[\w/]+\.py:\d+")
-API_MODE = {v: k for k, v in sk.AGG.items()}
+API_MODE = sk.CONTRACT_AGG
 
 
 @pytest.fixture(params=VARIANTS, ids=IDS)
@@ -51,7 +51,7 @@ def test_framework_defaults_read_from_skyrl(report):
     assert d == adapter.framework_defaults()
     assert {"clip_low", "clip_high", "kl_beta", "kl_estimator", "kl_in", "gae_lambda", "gamma",
             "group_size", "loss_agg", "adv_eps"} <= set(d)
-    assert d["loss_agg"] == sk._skyrl().base.trainer.algorithm.loss_reduction
+    assert d["loss_agg"] == API_MODE[sk._skyrl().base.trainer.algorithm.loss_reduction]
 
 
 @pytest.mark.parametrize("adapter", VARIANTS, ids=IDS)
@@ -63,6 +63,9 @@ def test_declarations_cite_file_and_line(adapter):
 
 def test_plain_variant_is_skyrls_default_reduction():
     assert sk.skyrl._mode() == sk._skyrl().base.trainer.algorithm.loss_reduction == "token_mean"
+    # the plain variant's capabilities (and so its declarations) follow the pinned default
+    assert sk.DEFAULT_REDUCTION == sk.skyrl._mode()
+    assert sk.skyrl.capabilities["agg"] == [API_MODE[sk.skyrl._mode()]]
     with pytest.raises(Unsupported):
         sk.skyrl_sequence_mean.aggregate(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool),
                                          "token-mean")
@@ -72,8 +75,8 @@ def test_plain_variant_is_skyrls_default_reduction():
 
 
 # Each variant's own mode against refimpl, with every clip option, values and gradients, norm_len
-# included (the generic checks call most losses in token-mean only); value_loss in the one
-# reduction skyrl's critic has (sequence_mean = seq-mean-token-mean).
+# included, on padding of 0 and of 1e30; value_loss in the one reduction skyrl's critic has
+# (sequence_mean = seq-mean-token-mean).
 MASK = torch.arange(6).unsqueeze(0) < torch.tensor([3, 1, 5, 2, 6]).unsqueeze(1)
 
 

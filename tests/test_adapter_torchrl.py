@@ -37,6 +37,14 @@ def test_every_declared_deviation_occurs(report):
 
 
 
+def test_plain_variants_aggregate_as_torchrls_default():
+    """The capabilities of torchrl and torchrl-dapo are declared from the pinned default."""
+    for adapter in (tr.torchrl, tr.torchrl_dapo):
+        assert adapter._aggregation() == tr.DEFAULT_AGGREGATION
+        assert adapter.capabilities["agg"] == [adapter._canonical_agg()]
+    assert tr.torchrl_prompt_mean.capabilities["agg"] == ["seq-mean-token-mean"]
+
+
 def test_framework_defaults_read_from_torchrl(report):
     adapter, data = report
     d = data["framework_defaults"]
@@ -71,9 +79,8 @@ def test_gae_and_returns_match_refimpl_on_real_tokens(gamma, lam):
     torch.testing.assert_close(out[MASK], refimpl.discounted_returns(r, MASK, gamma)[MASK])
 
 
-# The generic checks of kl_estimate, aggregate and ppo_clip_loss stop at their first option that
-# a variant cannot honour (k1, another aggregation, dual_clip); the options it does honour are
-# compared with refimpl here, padding included.
+# The options each variant honours (k3, its own aggregation, no dual clip) are also compared with
+# refimpl here, padding included.
 def _dirty(x, fill):
     return torch.where(MASK, x, torch.full_like(x, fill))
 

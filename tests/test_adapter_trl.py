@@ -61,6 +61,9 @@ def test_declarations_cite_file_and_line(adapter):
 def test_plain_variant_is_trls_default_loss_type():
     from trl import GRPOConfig
     assert tr.trl._loss_type() == GRPOConfig.__dataclass_fields__["loss_type"].default
+    # the plain variant's capabilities are declared from the pinned default
+    assert tr.DEFAULT_LOSS_TYPE == tr.trl._loss_type()
+    assert tr.trl.capabilities["agg"] == [tr.LOSS_TYPE_AGG[tr.trl._loss_type()]]
     with pytest.raises(Unsupported):
         tr.trl_grpo.aggregate(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool), "token-mean")
 

@@ -60,15 +60,16 @@ def test_declarations_cite_file_and_line(adapter):
 def test_plain_variant_is_verls_default_aggregation():
     from verl.workers.config import ActorConfig
     assert vl.verl._mode() == ActorConfig.__dataclass_fields__["loss_agg_mode"].default
+    # the plain variant's capabilities (and so its declarations) follow the pinned default
+    assert vl.DEFAULT_AGG == vl.verl._mode() and vl.verl.capabilities["agg"] == [vl.verl._mode()]
     with pytest.raises(Unsupported):
         vl.verl_seq_mean_token_sum.aggregate(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool),
                                              "token-mean")
 
 
-# The generic checks call each estimator with a few fixed options; a variant runs only the calls in
-# its own aggregation (others are Unsupported), so several losses get no generic value check in a
-# given variant (value_loss only ever aggregates as token-mean there). Each variant's own mode is
-# compared with refimpl here, with every clip option, values and gradients, norm_len included.
+# The generic checks run each variant in its own aggregation (its capabilities); each variant's
+# own mode is also compared with refimpl here, with every clip option, values and gradients,
+# norm_len included, on padding of 0 and of 1e30.
 MASK = torch.arange(6).unsqueeze(0) < torch.tensor([3, 1, 5, 2, 6]).unsqueeze(1)
 
 

@@ -1,6 +1,6 @@
 """The certification harness itself: refimpl conforms, every check rejects its mutants, foreign
 code that raises, hangs, returns NaN or the wrong shape, or kills its process costs only its own
-checks, declarations report as API.md says, and reports are complete, incremental and stable."""
+checks, declarations report as the contract says, and reports are complete, incremental and stable."""
 
 import json
 import subprocess
@@ -20,7 +20,7 @@ CHECKS = all_checks()
 REFIMPL = load_adapter("refimpl")
 
 
-# API.md, Conventions: gradients are checked with respect to logp, values, rewards, the policy
+# docs/contract.md, Gradients: gradients are checked with respect to logp, values, rewards, the policy
 # log-probabilities, chosen/rejected rewards, logits and token_logp only; scores and advantages
 # may be detached, so these three take no gradient check.
 NOT_DIFFERENTIATED = {"group_normalized_advantages", "leave_one_out_advantages",
@@ -221,3 +221,20 @@ def test_exact_rows_carry_their_numbers():
     broken = run_check(REGISTRY["leave_one_out_advantages/exact-unbiased"],
                        mutants.adapter("loo_includes_self"))
     assert broken["status"] == "fail" and "bias factor 0.500000 (G = 2), expected 1" in broken["message"]
+
+
+def test_framework_defaults_run_in_the_worker_and_are_checked_against_the_vocabulary(tmp_path):
+    import os
+    data = certify("tests.broken_adapters:defaults_pid", tmp_path, pattern="dpo_loss/log2-*")
+    assert data["framework_defaults"]["group_size"] != os.getpid(), (
+        "framework_defaults() ran in the parent process, outside crash isolation")
+    assert any("not_a_key" in w for w in data["warnings"]), data["warnings"]
+    data = certify("tests.broken_adapters:defaults_raise", tmp_path, pattern="dpo_loss/log2-*")
+    assert data["complete"] and data["framework_defaults"] == {}
+    assert any("config class moved" in w for w in data["warnings"]), data["warnings"]
+
+
+def test_certify_refuses_a_selection_of_no_check(tmp_path):
+    with pytest.raises(ValueError, match="no_such_estimator"):
+        certify(REFIMPL, tmp_path, pattern="no_such_estimator/*", isolate=False)
+    assert not (tmp_path / "refimpl.json").exists(), "an empty report would read as 'conforms'"

@@ -1,4 +1,4 @@
-"""Invalid input is a ValueError that names the argument (API.md, "Conventions").
+"""Invalid input is a ValueError that names the argument (docs/contract.md, "Invalid arguments").
 
 One table, OpInfo-style: each case is a call with one argument left open, a valid value for it
 and an invalid one, and the argument name the error message must contain. The test first makes

@@ -1,5 +1,5 @@
-"""The repository keeps its promises: the contract's signatures, docstrings with equations and
-sources, CI running exactly the README's test command."""
+"""The repository keeps its promises: docstrings with equations and sources, counts the README
+states, CI running exactly the README's test command."""
 
 import inspect
 import pathlib
@@ -10,42 +10,23 @@ import refimpl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# API.md v1: names, argument names and defaults, fixed for every adapter.
-SIGNATURES = {
-    "discounted_returns": "(rewards, mask, gamma=1.0)",
-    "gae": "(rewards, values, mask, gamma=1.0, lam=0.95)",
-    "kl_penalized_rewards": "(scores, logp, ref_logp, mask, beta, kind='k1')",
-    "group_normalized_advantages": "(scores, group_ids, scale='group', eps=1e-06)",
-    "leave_one_out_advantages": "(scores, group_ids)",
-    "batch_normalized_advantages": "(advantages, mask=None, eps=1e-08)",
-    "kl_estimate": "(logp, ref_logp, mask=None, kind='k3')",
-    "aggregate": "(values, mask, mode='token-mean', norm_len=None)",
-    "policy_gradient_loss": "(logp, advantages, mask, agg='token-mean', norm_len=None)",
-    "ppo_clip_loss": "(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None, "
-                     "dual_clip=None, agg='token-mean', norm_len=None)",
-    "value_loss": "(values, old_values, returns, mask, clip=None, agg='token-mean', norm_len=None)",
-    "bradley_terry_loss": "(chosen_rewards, rejected_rewards, margin=None)",
-    "dpo_loss": "(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, "
-                "ref_rejected_logps, beta=0.1, label_smoothing=0.0)",
-    "ipo_loss": "(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, "
-                "ref_rejected_logps, tau=0.1)",
-    "token_logprobs": "(logits, tokens)",
-    "sequence_logprob": "(token_logp, mask)",
-}
+# The signatures are held against docs/contract.md's tables in tests/test_contract_doc.py.
 
 
-def _bare(sig: inspect.Signature) -> str:
-    return str(sig.replace(parameters=[p.replace(annotation=inspect.Parameter.empty)
-                                       for p in sig.parameters.values()],
-                           return_annotation=inspect.Signature.empty))
+def test_every_count_of_checks_the_readme_states_is_true():
+    """A number the README gives for the checks or the adapters is the number there is (or the
+    README states none)."""
+    from conformance.checks import all_checks
+    from conformance.loading import registered_adapters
 
-
-def test_refimpl_exports_every_contract_function_with_its_signature():
-    assert set(refimpl.CANONICAL) == set(SIGNATURES)
-    bad = [f"{name}{_bare(inspect.signature(getattr(refimpl, name)))}, but API.md says {name}{want}"
-           for name, want in SIGNATURES.items()
-           if _bare(inspect.signature(getattr(refimpl, name))) != want]
-    assert not bad, "\n".join(bad)
+    text = (ROOT / "README.md").read_text()
+    n_checks, n_all = len(all_checks()), len(all_checks(thorough=True))
+    for m in re.finditer(r"\b(\d+) (?:[\w-]+ )?checks\b", text):
+        assert int(m.group(1)) in (n_checks, n_all), (
+            f"README says {m.group(0)!r}; there are {n_checks} ({n_all} with --thorough)")
+    n_variants = len(registered_adapters()) - 1                       # refimpl aside
+    for m in re.finditer(r"\b(\d+) (?:framework )?variants\b", text):
+        assert int(m.group(1)) == n_variants, f"README says {m.group(0)!r}; there are {n_variants}"
 
 
 def test_every_function_carries_an_equation_and_every_module_a_source():

@@ -34,8 +34,9 @@ per-token KL is multiplied by the mask, as ``ppo_loss_fn`` does with the whole p
 Variants: GRPO's ``loss_type`` selects the aggregation. ``liger`` is Liger's defaults
 (``LigerFusedLinearGRPOLoss(loss_type=...)`` read at run time, "dapo" in 0.8.5, plus DPO);
 ``liger-grpo`` (seq-mean-token-mean), ``liger-dr_grpo`` (seq-mean-token-sum-norm), ``liger-dapo``
-and ``liger-bnpo`` (token-mean) carry the GRPO functions; ``liger-dpo`` carries DPO. Each honours only
-its own aggregation and raises ``Unsupported`` for the other API.md modes. Not mapped: the loss
+and ``liger-bnpo`` (token-mean) carry the GRPO functions; ``liger-dpo`` carries DPO. Each declares
+its own aggregation in ``capabilities`` (a direct call in another mode is ``Unsupported``). Not
+mapped: the loss
 types cispo, sapo, vespo and luspo (not the API.md clipped objective); DPO ``loss_type="ipo"``
 raises NotImplementedError in 0.8.5 (dpo_loss.py:68-72), so there is no ``ipo_loss``; ORPO, SimPO,
 CPO and KTO have no reference model in their losses and match no API.md function. Liger computes
@@ -45,25 +46,25 @@ no advantages, returns, GAE or log-probabilities as pure CPU functions.
 from __future__ import annotations
 
 import functools
-import inspect
 from types import SimpleNamespace
 
 import torch
 
 from conformance import Unsupported
+from conformance.adapters import pins, support
+from conformance.contract import AGG_MODES
 
-LIGER = "0.8.5"
+LIGER = pins.PINS["liger"]
 GL = "liger_kernel/chunked_loss/grpo_loss.py"
 PPO = "liger_kernel/chunked_loss/fused_linear_ppo.py"
 DL = "liger_kernel/chunked_loss/dpo_loss.py"
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-# loss_type -> the API.md aggregation it performs (grpo_loss.py:224-241)
+# loss_type -> the contract's aggregation it performs (grpo_loss.py:224-241)
 LOSS_TYPE_AGG = {"grpo": "seq-mean-token-mean", "dr_grpo": "seq-mean-token-sum-norm",
                  "dapo": "token-mean", "bnpo": "token-mean"}
-
-
-def _at(where: str) -> str:
-    return f"{where}, liger-kernel {LIGER}"
+#: LigerFusedLinearGRPOLoss(loss_type=...)'s default in the pinned Liger (the plain variant's
+#: capabilities; tests/test_adapter_liger.py checks it against the installed Liger)
+DEFAULT_LOSS_TYPE = "dapo"
+_at = support.citer("liger")
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,19 +84,13 @@ def _liger():
                            DPOLoss=LigerFusedLinearDPOLoss)
 
 
-def _default(cls, name):
-    return inspect.signature(cls.__init__).parameters[name].default
+_default = support.param_default
 
 
-def _probe_kind(kl) -> str | None:
-    """Which API.md estimator a KL function computes, by evaluating it at a few log-ratios."""
-    l = torch.tensor([-1.5, -0.3, 0.4, 2.0], dtype=torch.float64)
-    ref = torch.zeros_like(l)
-    got = kl(ref, l)                                    # called as ppo_loss_fn calls it: (ref, logp)
-    for kind, want in (("k1", l), ("k2", l ** 2 / 2), ("k3", torch.exp(-l) - 1 + l)):
-        if torch.allclose(got, want):
-            return kind
-    return None
+def _kl_kind() -> str | None:
+    """Which contract estimator Liger's KL term computes (called as ppo_loss_fn calls it:
+    ``k3_loss_fn(ref, logp)``, grpo_loss.py:210)."""
+    return support.kl_kind_of(lambda logp, ref: _liger().k3(ref, logp))
 
 
 def framework_defaults(loss_type=None) -> dict:
@@ -109,8 +104,8 @@ def framework_defaults(loss_type=None) -> dict:
         "clip_high": _default(g, "epsilon_high"),
         "dual_clip": _default(g, "delta"),
         "kl_beta": beta,
-        "kl_estimator": _probe_kind(t.k3) if beta else None,
-        "kl_estimator_if_in_loss": _probe_kind(t.k3),
+        "kl_estimator": _kl_kind() if beta else None,
+        "kl_estimator_if_in_loss": _kl_kind(),
         "kl_in": "loss" if beta else None,
         "gae_lambda": None,                    # Liger computes no advantages
         "gamma": None,
@@ -137,13 +132,11 @@ class _GRPO:
         return self.loss_type or _default(_liger().GRPOLoss, "loss_type")
 
     def _loss_type_for(self, agg) -> str:
-        mine = self._loss_type()
-        if agg in AGG_MODES:
-            if LOSS_TYPE_AGG.get(mine) != agg:
-                raise Unsupported(f"{self.name} (loss_type={mine!r}) aggregates as "
-                                  f"{LOSS_TYPE_AGG.get(mine)!r} only ({_at(GL + ':224-241')})")
-            return mine
-        return agg                      # not an API.md mode: handed to Liger as loss_type to judge
+        """The loss_type that performs ``agg``: this variant's (``Unsupported`` for a contract mode
+        it does not perform); a string that is no contract mode is handed to Liger as loss_type,
+        which judges it."""
+        support.honour(self, "agg", agg, "ppo_clip_loss", why=_at(GL, "224-241"))
+        return self._loss_type() if agg in AGG_MODES else agg
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
                       dual_clip=None, agg="token-mean", norm_len=None):
@@ -168,9 +161,8 @@ class _GRPO:
         return _cast(loss, logp)
 
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
-        if kind != "k3":
-            raise Unsupported(f"Liger's GRPO loss has one KL estimator, k3 ({_at(GL + ':10-13, :210')}); "
-                              f"kind={kind!r} is not selectable")
+        support.translate(self, "kl_kind", kind, {"k3": None}, "kl_estimate",
+                          why=f"the GRPO loss has one KL estimator, k3 ({_at(GL, '10-13, :210')})")
         kl = _liger().k3(ref_logp, logp)           # argument order as ppo_loss_fn calls it
         if mask is not None:
             kl = kl * mask                         # as ppo_loss_fn masks the per-token loss (shim)
@@ -180,47 +172,36 @@ class _GRPO:
 class _DPO:
     def dpo_loss(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                  ref_rejected_logps, beta=0.1, label_smoothing=0.0):
-        if label_smoothing != 0.0:
-            raise Unsupported("Liger's DPO loss (loss_type='sigmoid') has no label smoothing; "
-                              "label_smoothing serves the 'robust' and 'exo_pair' losses "
-                              f"({_at(DL + ':60-61, :97-106')})")
+        support.honour(self, "label_smoothing", label_smoothing, "dpo_loss", default=0.0,
+                       why="the 'sigmoid' loss has no label smoothing; label_smoothing serves the "
+                           f"'robust' and 'exo_pair' losses ({_at(DL, '60-61, :97-106')})")
         pc, pr, rc, rr = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
         n = pc.shape[0]
         if any(x.shape != (n,) for x in (pc, pr, rc, rr)):
             raise Unsupported("Liger's DPO loss takes whole pairs, (N,) each; these shapes have none")
         fn = _liger().DPO.preference_loss_fn
         full_target = torch.empty(2, 1)           # one pair: only full_target.shape[0] is read
-        out = [fn(pc[i:i + 1], pr[i:i + 1], full_target, ref_chosen_logps=rc[i:i + 1],
-                  ref_rejected_logps=rr[i:i + 1], beta=beta, loss_type="sigmoid")[0]
-               for i in range(n)]
-        return _cast(torch.stack(out), pc)
+        out = support.per_pair(
+            lambda i: fn(pc[i:i + 1], pr[i:i + 1], full_target, ref_chosen_logps=rc[i:i + 1],
+                         ref_rejected_logps=rr[i:i + 1], beta=beta, loss_type="sigmoid")[0], n)
+        return _cast(out, pc)
 
 
 # --- declarations ---------------------------------------------------------------------------------
 
-_MASK = ("multiplies the per-token values by the mask, (per_token_loss * attention_mask).sum(), so "
-         f"NaN or inf at padded positions reaches the result ({_at(GL + ':227, :231, :236, :241')})")
-_KL_MASK = ("multiplies the per-token KL by the mask after computing it, so NaN or inf at padded "
-            f"positions stays NaN ({_at(GL + ':218, :241, :252')})")
+_MASK = support.masks_by_multiplication(_at(GL, "227, :231, :236, :241"),
+                                        code="(per_token_loss * attention_mask).sum()")
+_KL_MASK = support.masks_by_multiplication(_at(GL, "218, :241, :252"),
+                                           "the per-token KL after computing it", reaches="the output")
 
 GRPO_DEVIATIONS = {
-    "ppo_clip_loss/rejects-dual-clip-at-most-one": (
-        "accepts any delta (the dual clip) without validation and clamps the ratio at it "
-        f"({_at(GL + ':197-198')})"),
+    "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
+        "delta (the dual clip)", _at(GL, "197-198"), "the ratio is clamped at any value given"),
     "ppo_clip_loss/padding-nan": _MASK,
     "ppo_clip_loss/padding-inf": _MASK,
     "kl_estimate/padding-nan": _KL_MASK,
     "kl_estimate/padding-inf": _KL_MASK,
-    "kl_estimate/rejects-mixed-float-dtypes": (
-        "computes exp(ref - logp) - (ref - logp) - 1 with silent type promotion, no dtype check "
-        f"({_at(GL + ':10-13')})"),
-}
-
-# declared only where a check reaches the deviation: the dual-clip input check calls token-mean,
-# which these loss types cannot honour (Unsupported)
-_UNREACHED = {
-    "grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one",),
-    "dr_grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one",),
+    "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(GL, "10-13")),
 }
 
 GRPO_SHIMS = {
@@ -233,8 +214,8 @@ GRPO_SHIMS = {
 }
 
 DPO_DEVIATIONS = {
-    "dpo_loss/rejects-nonpositive-beta": (
-        f"accepts beta <= 0 without validation ({_at(DL + ':54-61')})"),
+    "dpo_loss/rejects-nonpositive-beta": support.no_validation(
+        "beta", _at(DL, "54-61"), "beta <= 0 is used as given"),
 }
 DPO_SHIMS = {
     "dpo_loss": ("one call per pair (the loss is sum / n_pairs, a batch mean), with a two-row stub "
@@ -242,16 +223,26 @@ DPO_SHIMS = {
 }
 
 
+def _grpo_capabilities(loss_type: str) -> dict:
+    """What ppo_loss_fn with ``loss_type`` honours: that loss_type's aggregation and the k3 KL
+    of its loss (grpo_loss.py:10-13, :210)."""
+    return {"agg": [LOSS_TYPE_AGG[loss_type]], "kl_kind": ["k3"]}
+
+
+DPO_CAPABILITIES = {"label_smoothing": False}        # loss_type "sigmoid" (dpo_loss.py:60-61)
+FRAMEWORK = pins.framework("liger")
+
+
 class LigerGRPO(_GRPO):
     """One ``loss_type`` of Liger's GRPO loss."""
-    framework = {"liger-kernel": f"=={LIGER}"}
+    framework = FRAMEWORK
     shims = GRPO_SHIMS
+    known_deviations = GRPO_DEVIATIONS
 
     def __init__(self, loss_type: str):
         self.loss_type = loss_type
         self.name = f"liger-{loss_type}"
-        self.known_deviations = {k: v for k, v in GRPO_DEVIATIONS.items()
-                                 if k not in _UNREACHED.get(loss_type, ())}
+        self.capabilities = _grpo_capabilities(loss_type)
 
     def framework_defaults(self) -> dict:
         return framework_defaults(self.loss_type)
@@ -260,7 +251,8 @@ class LigerGRPO(_GRPO):
 class LigerDefault(_GRPO, _DPO):
     """Liger's defaults: GRPO with its default loss_type, and DPO."""
     name = "liger"
-    framework = {"liger-kernel": f"=={LIGER}"}
+    framework = FRAMEWORK
+    capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **DPO_CAPABILITIES}
     shims = {**GRPO_SHIMS, **DPO_SHIMS}
     known_deviations = {**GRPO_DEVIATIONS, **DPO_DEVIATIONS}
     framework_defaults = staticmethod(framework_defaults)
@@ -268,7 +260,8 @@ class LigerDefault(_GRPO, _DPO):
 
 class LigerDPO(_DPO):
     name = "liger-dpo"
-    framework = {"liger-kernel": f"=={LIGER}"}
+    framework = FRAMEWORK
+    capabilities = DPO_CAPABILITIES
     shims = DPO_SHIMS
     known_deviations = DPO_DEVIATIONS
     framework_defaults = staticmethod(framework_defaults)

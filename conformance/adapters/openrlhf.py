@@ -30,7 +30,10 @@ Variants (API.md "Framework variants"); the switch is ``--algo.advantage.estimat
 The PPO loss aggregation (``--actor.loss_agg_mode``: ``token-mean`` or ``seq-mean-token-mean``),
 the clip range (``--actor.eps_clip_low_high``), ``--actor.dual_clip``, the value clip, the KL
 estimator and the DPO/IPO coefficients are options of the canonical functions themselves, so every
-variant honours them as OpenRLHF's trainer does (no separate variant is needed for them).
+variant honours them as OpenRLHF's trainer does (no separate variant is needed for them). What
+OpenRLHF has no setting for is declared in ``capabilities``: the critic's ``ValueLoss`` is always
+token-mean (``"value_loss.agg"``), gspo's loss always sequence-level (``"ppo_clip_loss.agg"``),
+the whitening eps a literal, and the group estimators take groups of one size and one scale.
 
 Framework defaults are read at run time from the argparse definitions of OpenRLHF's own entry
 points (``openrlhf/cli/train_ppo_ray.py``, ``train_dpo.py``, ``train_rm.py``: the parsers are built
@@ -51,9 +54,13 @@ from types import SimpleNamespace
 import torch
 
 from conformance import Unsupported
+from conformance.adapters import pins, support
 
-VERSION = "0.11.2"
-PKG = f"openrlhf {VERSION}"
+VERSION = pins.PINS["openrlhf"]
+PKG = pins.label("openrlhf")
+#: the contract's aggregation modes -> PolicyLoss/aggregate_loss's token_level_loss
+#: (--actor.loss_agg_mode, cli/train_ppo_ray.py:441-448; models/loss.py:11-39)
+TOKEN_LEVEL = {"token-mean": True, "seq-mean-token-mean": False}
 _PRIVATE = "_rlconform_openrlhf"
 
 
@@ -62,7 +69,7 @@ _PRIVATE = "_rlconform_openrlhf"
 def _root() -> Path:
     spec = importlib.util.find_spec("openrlhf")        # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("openrlhf is not installed: pip install --no-deps openrlhf==0.11.2 "
+        raise ImportError(f"openrlhf is not installed: pip install --no-deps {pins.requirement('openrlhf')} "
                           "(see conformance/adapters/openrlhf_install.sh)")
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -190,24 +197,16 @@ def _group_slots(group_ids: torch.Tensor):
     """OpenRLHF's trainer produces ``n_samples_per_prompt`` consecutive responses per prompt and
     records each one's place in ``Experience.index``; ``compute_advantages_and_returns`` scatters
     the rewards by that index and reshapes them to ``(-1, n_samples_per_prompt)``
-    (experience_maker.py:251-256). Give each sample the slot its group would have."""
-    members: dict = {}
-    for i, g in enumerate(group_ids.tolist()):
-        members.setdefault(g, []).append(i)
-    sizes = sorted({len(rows) for rows in members.values()})
-    if len(sizes) != 1:
-        raise Unsupported(f"groups of sizes {sizes}: OpenRLHF's trainer always produces "
-                          "n_samples_per_prompt responses per prompt and reshapes the rewards to "
-                          f"(-1, n_samples_per_prompt) (trainer/ppo_utils/experience_maker.py:256, {PKG})")
-    n = sizes[0]
+    (experience_maker.py:251-256). Give each sample the slot of its place in the contiguous
+    layout of its group."""
+    order, n = support.contiguous_groups(
+        group_ids, "OpenRLHF's trainer always produces n_samples_per_prompt responses per prompt "
+        "and reshapes the rewards to (-1, n_samples_per_prompt) "
+        f"(trainer/ppo_utils/experience_maker.py:256, {PKG})")
     if n == 1:
         raise Unsupported("groups of one: OpenRLHF's CLI requires n_samples_per_prompt > 1 for the "
                           f"group estimators (cli/train_ppo_ray.py:656-659, {PKG})")
-    slots = [0] * len(group_ids)
-    for k, rows in enumerate(members.values()):
-        for j, i in enumerate(rows):
-            slots[i] = k * n + j
-    return slots, n
+    return support.slots(order), n
 
 
 def _group_advantages(estimator: str, scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -223,14 +222,6 @@ def _group_advantages(estimator: str, scores: torch.Tensor, group_ids: torch.Ten
     return out[:, 0].to(scores.dtype)
 
 
-def _per_pair(call_full, call_one, n: int) -> torch.Tensor:
-    # OpenRLHF's preference losses return the batch mean: one call per pair gives the per-pair
-    # loss (API.md layouts). The whole batch is also handed over once, as the trainer does, so
-    # that whatever the framework rejects it rejects here.
-    call_full()
-    return torch.stack([call_one(i) for i in range(n)])
-
-
 # --- the adapters ----------------------------------------------------------------------------------
 
 def _defaults(advantage_estimator: str, policy_loss_type: str = "ppo", rm_loss: str | None = None) -> dict:
@@ -239,7 +230,7 @@ def _defaults(advantage_estimator: str, policy_loss_type: str = "ppo", rm_loss: 
     low_high = ppo["--actor.eps_clip_low_high"] or (ppo["--actor.eps_clip"],) * 2   # train_ppo_ray.py:633-634
     return {
         "advantage_estimator": advantage_estimator if advantage_estimator else ppo["--algo.advantage.estimator"],
-        "policy_loss_type": policy_loss_type,
+        "loss_type": policy_loss_type,                  # --actor.policy_loss_type
         "clip_low": low_high[0],
         "clip_high": low_high[1],
         "dual_clip": ppo["--actor.dual_clip"],
@@ -260,8 +251,12 @@ def _defaults(advantage_estimator: str, policy_loss_type: str = "ppo", rm_loss: 
     }
 
 
+_at = support.citer("openrlhf")
+_EM = "openrlhf/trainer/ppo_utils/experience_maker.py"
+
+
 def _cite(where: str, what: str) -> str:
-    return f"{what} ({where}, {PKG})"
+    return f"{what} ({_at(where)})"
 
 
 class OpenRLHF:
@@ -269,7 +264,11 @@ class OpenRLHF:
     ``--actor.policy_loss_type ppo``, ``--model.loss_type sigmoid`` for the reward model."""
 
     name = "openrlhf"
-    framework = {"openrlhf": f"=={VERSION}"}
+    framework = pins.framework("openrlhf")
+    #: the two --actor.loss_agg_mode values; the critic's ValueLoss is always token-mean
+    #: (ppo_critic.py:60); the whitening eps is the literal 1e-8 (experience_maker.py:333)
+    capabilities = {"agg": list(TOKEN_LEVEL), "value_loss.agg": ["token-mean"],
+                    "batch_normalized_advantages.eps": False}
     estimator = "gae"
     policy_loss_type = "ppo"
     shims: dict = {}
@@ -279,10 +278,9 @@ class OpenRLHF:
             "openrlhf/models/utils.py:69-113",
             "compute_approx_kl takes no mask and computes every entry, so padded entries are not 0 "
             "and NaN/inf padding reaches the output"),
-        "kl_estimate/large-log-ratios": _cite(
-            "openrlhf/models/utils.py:108-113",
-            "compute_approx_kl clamps every estimate to [-10, 10] (and k3's log-ratio below at "
-            "-10): at l = 8, k2 gives 10 instead of 32"),
+        "kl_estimate/large-log-ratios": support.clamps(
+            "every estimate of compute_approx_kl (and k3's log-ratio below at -10)", "[-10, 10]",
+            _at("openrlhf/models/utils.py", "108-113"), "at l = 8, k2 gives 10 instead of 32"),
         "kl_estimate/rejects-mixed-float-dtypes": _cite(
             "openrlhf/models/utils.py:93", "casts both log-prob tensors to float32 and accepts mixed dtypes"),
         "kl_estimate/matches-reference": _cite(
@@ -330,9 +328,8 @@ class OpenRLHF:
             "openrlhf/models/loss.py:282-288",
             "without a value clip old_values is never read, so its shape is not checked"),
         # returns
-        "gae/gradient-matches-reference": _cite(
-            "openrlhf/trainer/ppo_utils/experience_maker.py:342",
-            "get_advantages_and_returns runs under torch.no_grad(): no gradient reaches rewards or values"),
+        "gae/gradient-matches-reference": support.no_grad(
+            "rewards or values", _at(_EM, 342)),
         "gae/padding-nan": _cite(
             "openrlhf/trainer/ppo_utils/experience_maker.py:377-378",
             "masks values and rewards by multiplication (NaN * 0 = NaN), and the recursion carries "
@@ -341,14 +338,12 @@ class OpenRLHF:
             "openrlhf/trainer/ppo_utils/experience_maker.py:377-378",
             "masks values and rewards by multiplication (inf * 0 = NaN), and the recursion carries "
             "NaN back into the real tokens"),
-        "gae/rejects-lam-outside-unit-interval": _cite(
-            "openrlhf/trainer/ppo_utils/experience_maker.py:343-387", "does not validate lambd"),
+        "gae/rejects-lam-outside-unit-interval": support.no_validation("lambd", _at(_EM, "343-387")),
         "gae/rejects-row-without-real-token": _cite(
             "openrlhf/trainer/ppo_utils/experience_maker.py:343-387",
             "accepts a row without real tokens (its advantages are all 0)"),
-        "discounted_returns/gradient-matches-reference": _cite(
-            "openrlhf/trainer/ppo_utils/experience_maker.py:389",
-            "get_cumulative_returns runs under torch.no_grad(): no gradient reaches the rewards"),
+        "discounted_returns/gradient-matches-reference": support.no_grad(
+            "the rewards", _at(_EM, 389)),
         "discounted_returns/padding-nan": _cite(
             "openrlhf/trainer/ppo_utils/experience_maker.py:413-414",
             "masks the rewards by multiplication (NaN * 0 = NaN), and the recursion carries NaN "
@@ -357,8 +352,8 @@ class OpenRLHF:
             "openrlhf/trainer/ppo_utils/experience_maker.py:413-414",
             "masks the rewards by multiplication (inf * 0 = NaN), and the recursion carries NaN "
             "back into the real tokens"),
-        "discounted_returns/rejects-gamma-outside-unit-interval": _cite(
-            "openrlhf/trainer/ppo_utils/experience_maker.py:390-421", "does not validate gamma"),
+        "discounted_returns/rejects-gamma-outside-unit-interval": support.no_validation(
+            "gamma", _at(_EM, "390-421")),
         "discounted_returns/rejects-integer-rewards": _cite(
             "openrlhf/trainer/ppo_utils/experience_maker.py:409",
             "integer rewards give an integer tensor of truncated returns (returns = zeros_like(rewards)), "
@@ -380,10 +375,10 @@ class OpenRLHF:
             "openrlhf/trainer/ppo_utils/experience_maker.py:332-333",
             "whitens with the biased variance (divisor n, not n - 1)"),
         # preferences
-        "dpo_loss/rejects-nonpositive-beta": _cite(
-            "openrlhf/models/loss.py:334-338", "DPOLoss does not validate beta"),
-        "ipo_loss/rejects-nonpositive-tau": _cite(
-            "openrlhf/models/loss.py:334-352", "DPOLoss(ipo=True) does not validate beta (IPO's tau)"),
+        "dpo_loss/rejects-nonpositive-beta": support.no_validation(
+            "beta in DPOLoss", _at("openrlhf/models/loss.py", "334-338")),
+        "ipo_loss/rejects-nonpositive-tau": support.no_validation(
+            "beta (IPO's tau) in DPOLoss(ipo=True)", _at("openrlhf/models/loss.py", "334-352")),
     }
     framework_defaults = staticmethod(lambda: _defaults("gae"))
 
@@ -411,20 +406,21 @@ class OpenRLHF:
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
         """``aggregate_loss`` with the PPO trainer's normalisers (ppo_actor.py:331): token-mean
         (``token_level_loss=True``) or seq-mean-token-mean (``False``), the two modes it has."""
-        if mode not in ("token-mean", "seq-mean-token-mean"):
-            raise Unsupported(f"aggregate mode {mode!r}: aggregate_loss has token-mean and "
-                              f"seq-mean-token-mean only (openrlhf/models/loss.py:11-39, {PKG})")
+        token_level = support.translate(
+            self, "agg", mode, TOKEN_LEVEL, "aggregate",
+            why=f"aggregate_loss's switch is token_level_loss (openrlhf/models/loss.py:11-39, {PKG})")
         m = _as_mask(mask)
-        return _fw().loss.aggregate_loss(values, m, token_level_loss=mode == "token-mean", **_batch_info(m))
+        return _fw().loss.aggregate_loss(values, m, token_level_loss=token_level, **_batch_info(m))
 
     def _policy_loss(self, agg, clip_low, clip_high, dual_clip):
-        if agg not in ("token-mean", "seq-mean-token-mean"):
-            raise Unsupported(f"agg {agg!r}: --actor.loss_agg_mode is token-mean or seq-mean-token-mean "
-                              f"(openrlhf/cli/train_ppo_ray.py:441-448, {PKG})")
+        token_level = support.translate(
+            self, "agg", agg, TOKEN_LEVEL, "ppo_clip_loss",
+            why="--actor.loss_agg_mode is token-mean or seq-mean-token-mean "
+                f"(openrlhf/cli/train_ppo_ray.py:441-448, {PKG})")
         # as ppo_actor.py:76-86 builds it (importance-sampling correction off: the CLI default)
         return _fw().loss.PolicyLoss(clip_eps_low=clip_low,
                                      clip_eps_high=clip_low if clip_high is None else clip_high,
-                                     dual_clip=dual_clip, token_level_loss=agg == "token-mean",
+                                     dual_clip=dual_clip, token_level_loss=token_level,
                                      policy_loss_type=self.policy_loss_type)
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
@@ -432,16 +428,14 @@ class OpenRLHF:
         """``PolicyLoss`` built and called as ppo_actor.py:76-86 and :304-311 do. OpenRLHF's
         advantages are (B, T): (B,) advantages are broadcast over the tokens (a shape convention)."""
         loss_fn = self._policy_loss(agg, clip_low, clip_high, dual_clip)
-        if advantages.dim() == 1:
-            advantages = advantages.unsqueeze(1).expand(logp.shape)
         m = _as_mask(mask)
-        return loss_fn(logp, old_logp, advantages, action_mask=m, rollout_log_probs=None,
+        return loss_fn(logp, old_logp, support.per_token(advantages, logp), action_mask=m, rollout_log_probs=None,
                        **_batch_info(m))[0]
 
     def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean", norm_len=None):
         """``ValueLoss(value_clip)`` as ppo_critic.py:60 builds it (always token-level) and calls it."""
-        if agg != "token-mean":
-            raise Unsupported(f"agg {agg!r}: the critic's ValueLoss is always token-mean "
+        support.translate(self, "agg", agg, {"token-mean": None}, "value_loss",
+                          why="the critic's ValueLoss is always token-mean "
                               f"(openrlhf/trainer/ray/ppo_critic.py:60, {PKG})")
         m = _as_mask(mask)
         return _fw().loss.ValueLoss(clip)(values, old_values, returns, action_mask=m, **_batch_info(m))
@@ -465,9 +459,9 @@ class OpenRLHF:
         with ``estimator=gae``. Stub: the maker's ``get_advantages_and_returns`` is replaced on the
         instance by one that hands over the given advantages, so the whitening block is the only
         code that acts on them (rewards 0, KL coefficient 0, one experience)."""
-        if eps != 1e-8:
-            raise Unsupported(f"eps={eps}: the variance is clamped at the literal 1e-8 "
-                              f"(openrlhf/trainer/ppo_utils/experience_maker.py:333, {PKG})")
+        support.honour(self, "eps", eps, "batch_normalized_advantages", default=1e-8,
+                       why="the variance is clamped at the literal 1e-8 "
+                           f"(openrlhf/trainer/ppo_utils/experience_maker.py:333, {PKG})")
         fw = _fw()
         shape = advantages.shape
         if advantages.dim() == 1:             # OpenRLHF's advantages are (B, T): (N,) as (N, 1)
@@ -493,15 +487,15 @@ class OpenRLHF:
             margin = torch.tensor(margin, dtype=chosen_rewards.dtype)
         m = (lambda i: None) if margin is None else (
             (lambda i: margin[i:i + 1]) if margin.dim() else (lambda i: margin))
-        return _per_pair(lambda: loss_fn(chosen_rewards, rejected_rewards, margin),
-                         lambda i: loss_fn(chosen_rewards[i:i + 1], rejected_rewards[i:i + 1], m(i)),
-                         chosen_rewards.shape[0])
+        return support.per_pair(
+            lambda i: loss_fn(chosen_rewards[i:i + 1], rejected_rewards[i:i + 1], m(i)),
+            chosen_rewards.shape[0], whole=lambda: loss_fn(chosen_rewards, rejected_rewards, margin))
 
     def _dpo(self, beta, label_smoothing, ipo, pc, pr, rc, rr):
         loss_fn = _fw().loss.DPOLoss(beta, label_smoothing, ipo)      # dpo_trainer.py:64
-        return _per_pair(lambda: loss_fn(pc, pr, rc, rr),
-                         lambda i: loss_fn(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1])[0],
-                         pc.shape[0])
+        return support.per_pair(
+            lambda i: loss_fn(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1])[0], pc.shape[0],
+            whole=lambda: loss_fn(pc, pr, rc, rr))
 
     def dpo_loss(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                  ref_rejected_logps, beta=0.1, label_smoothing=0.0):
@@ -524,6 +518,8 @@ class OpenRLHF:
 class _GroupVariant(OpenRLHF):
     # these estimators do not whiten (experience_maker.py:325)
     batch_normalized_advantages = None
+    # groups of one size: the rewards are reshaped to (-1, n_samples_per_prompt) (:256)
+    capabilities = {**OpenRLHF.capabilities, "unequal_groups": False}
     known_deviations = {k: v for k, v in OpenRLHF.known_deviations.items()
                         if not k.startswith("batch_normalized_advantages/")}
     shims = {
@@ -537,14 +533,15 @@ class _GroupVariant(OpenRLHF):
 class OpenRLHFGroupNorm(_GroupVariant):
     """``--algo.advantage.estimator group_norm`` (GRPO): ``scale="group"``."""
     name = "openrlhf-group_norm"
+    capabilities = {**_GroupVariant.capabilities, "scale": ["group"]}
     estimator = "group_norm"
     framework_defaults = staticmethod(lambda: _defaults("group_norm"))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
         """experience_maker.py:273-274; its eps is the literal 1e-9 (``eps`` is not an option
         there: the value the framework uses is what is certified, documented here)."""
-        if scale != "group":
-            raise Unsupported(f"scale={scale!r}: estimator group_norm divides by the group std "
+        support.translate(self, "scale", scale, {"group": None}, "group_normalized_advantages",
+                          why="estimator group_norm divides by the group std "
                               f"(openrlhf/trainer/ppo_utils/experience_maker.py:274, {PKG})")
         return _group_advantages("group_norm", scores, group_ids)
 
@@ -552,13 +549,14 @@ class OpenRLHFGroupNorm(_GroupVariant):
 class OpenRLHFDrGrpo(_GroupVariant):
     """``--algo.advantage.estimator dr_grpo``: ``scale="none"``."""
     name = "openrlhf-dr_grpo"
+    capabilities = {**_GroupVariant.capabilities, "scale": ["none"]}
     estimator = "dr_grpo"
     framework_defaults = staticmethod(lambda: _defaults("dr_grpo"))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
         """experience_maker.py:271-272 (group mean subtracted, no division)."""
-        if scale != "none":
-            raise Unsupported(f"scale={scale!r}: estimator dr_grpo only subtracts the group mean "
+        support.translate(self, "scale", scale, {"none": None}, "group_normalized_advantages",
+                          why="estimator dr_grpo only subtracts the group mean "
                               f"(openrlhf/trainer/ppo_utils/experience_maker.py:271-272, {PKG})")
         return _group_advantages("dr_grpo", scores, group_ids)
 
@@ -580,19 +578,15 @@ class OpenRLHFGspo(OpenRLHF):
     sequence-level loss (loss.py:151-152), so only ``agg="seq-mean-token-mean"``."""
     name = "openrlhf-gspo"
     policy_loss_type = "gspo"
+    capabilities = {**OpenRLHF.capabilities, "ppo_clip_loss.agg": ["seq-mean-token-mean"]}
     _gspo = _cite("openrlhf/models/loss.py:189-196",
                   "policy_loss_type gspo clips the sequence-level ratio exp(mean_t log r_t), the "
                   "same for every token of a row, not each token's ratio r_t")
     known_deviations = {**OpenRLHF.known_deviations,
                         "ppo_clip_loss/matches-reference": _gspo,
-                        "ppo_clip_loss/gradient-matches-reference": _gspo}
+                        "ppo_clip_loss/gradient-matches-reference": _gspo,
+                        "ppo_clip_loss/gradient-zero-when-clipped": _gspo}
     framework_defaults = staticmethod(lambda: _defaults("gae", policy_loss_type="gspo"))
-
-    def _policy_loss(self, agg, clip_low, clip_high, dual_clip):
-        if agg != "seq-mean-token-mean":
-            raise Unsupported(f"agg {agg!r}: policy_loss_type gspo forces the sequence-level loss "
-                              f"(openrlhf/models/loss.py:151-152, {PKG})")
-        return super()._policy_loss(agg, clip_low, clip_high, dual_clip)
 
 
 class OpenRLHFLogExp(OpenRLHF):

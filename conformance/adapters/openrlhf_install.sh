@@ -9,15 +9,17 @@
 # own tests in the wheel do). Those files import only torch and the standard library, so the
 # wheel alone, without its dependencies, is the whole install.
 #
-# Usage: openrlhf_install.sh [PYTHON]   (default: $PYTHON, else python3 on PATH), the Python of an
-# environment that already has torch 2.13.0 (CPU) and rlconform; `rlconform setup openrlhf` runs it.
+# Usage: openrlhf_install.sh [PYTHON [VERSION]]   (default: $PYTHON, else python3 on PATH), the
+# Python of an environment that already has torch 2.13.0 (CPU) and rlconform; `rlconform setup
+# openrlhf` runs it. VERSION defaults to the pin, conformance/adapters/pins.py (PINS["openrlhf"]).
 # Note: the wheel also installs a top-level package named `tests` (OpenRLHF's test suite) into
 # site-packages; rlconform's own tests/ shadows it when pytest runs from the repository root.
 set -euo pipefail
 
 PY="${1:-${PYTHON:-python3}}"
+VERSION="${2:-$("$PY" -m conformance.adapters.pins openrlhf version)}"
 
-"$PY" -m pip install --no-deps "openrlhf==0.11.2"
+"$PY" -m pip install --no-deps "openrlhf==$VERSION"
 
 # Smoke test: the adapter loads OpenRLHF's files and one estimator answers.
 "$PY" - <<'PY'

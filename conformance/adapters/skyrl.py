@@ -42,11 +42,11 @@ Calling conventions (translations only, no values changed):
 
 Variants: skyrl's ``trainer.algorithm.loss_reduction`` selects the policy-loss aggregation.
 ``skyrl`` is the default (read at run time from ppo_base_config.yaml: token_mean);
-``skyrl-sequence_mean`` (API.md's seq-mean-token-mean) and ``skyrl-seq_mean_token_sum_norm`` each
-honour only their own mode and raise ``Unsupported`` for the others. skyrl has no
-seq-mean-token-sum. The critic loss ignores ``loss_reduction``: ``ppo_critic_loss`` always takes
-each row's token mean, then the batch mean, so ``value_loss`` honours only ``seq-mean-token-mean``
-in every variant.
+``skyrl-sequence_mean`` (the contract's seq-mean-token-mean) and ``skyrl-seq_mean_token_sum_norm``
+each declare their own mode in ``capabilities`` (a direct call in another mode is
+``Unsupported``). skyrl has no seq-mean-token-sum. The critic loss ignores ``loss_reduction``:
+``ppo_critic_loss`` always takes each row's token mean, then the batch mean, so every variant
+declares ``"value_loss.agg": ["seq-mean-token-mean"]``.
 
 Not provided: ``policy_gradient_loss`` (no plain policy-gradient loss among skyrl's registered
 policy losses), ``kl_penalized_rewards`` (inline in ``RayPPOTrainer.apply_reward_kl_penalty``,
@@ -57,18 +57,21 @@ from __future__ import annotations
 
 import functools
 
-from conformance import Unsupported
+from conformance.adapters import pins, support
 
-SKYRL = "0.3.1"
+SKYRL = pins.PINS["skyrl"]
 PU = "skyrl_train/utils/ppo_utils.py"
+#: the contract's aggregation modes -> skyrl's loss_reduction (ppo_utils.py:881-905); skyrl has
+#: no seq-mean-token-sum
 AGG = {"token-mean": "token_mean", "seq-mean-token-mean": "sequence_mean",
        "seq-mean-token-sum-norm": "seq_mean_token_sum_norm"}
-API_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "k2", "k3")
-
-
-def _at(where: str) -> str:
-    return f"{where}, skyrl-train {SKYRL}"
+CONTRACT_AGG = {v: k for k, v in AGG.items()}
+#: skyrl's GRPO switch: grpo_norm_by_std
+GRPO_SCALES = {"group": True, "none": False}
+#: trainer.algorithm.loss_reduction's default in the pinned skyrl (the plain variant's
+#: capabilities; tests/test_adapter_skyrl.py checks it against ppo_base_config.yaml)
+DEFAULT_REDUCTION = "token_mean"
+_at = support.citer("skyrl")
 
 
 def _load(name: str, path):
@@ -123,8 +126,8 @@ def framework_defaults() -> dict:
         "clip_low": a.eps_clip_low,
         "clip_high": a.eps_clip_high,
         "dual_clip": a.clip_ratio_c if a.policy_loss_type == "dual_clip" else None,
-        "dual_clip_if_dual_clip_loss": a.clip_ratio_c,
-        "policy_loss_type": a.policy_loss_type,
+        "dual_clip_if_enabled": a.clip_ratio_c,              # policy_loss_type "dual_clip"
+        "loss_type": a.policy_loss_type,
         "value_clip": a.value_clip,
         "kl_in": kl_in,
         "kl_beta": a.kl_loss_coef if kl_in else 0.0,
@@ -132,11 +135,11 @@ def framework_defaults() -> dict:
         "gae_lambda": a.lambd,
         "gamma": a.gamma,
         "group_size": g.n_samples_per_prompt,
-        "loss_agg": a.loss_reduction,
+        "loss_agg": CONTRACT_AGG.get(a.loss_reduction, a.loss_reduction),
         "adv_eps": inspect.signature(s.pu.compute_grpo_outcome_advantage).parameters["epsilon"].default,
         "grpo_scale": "group" if a.grpo_norm_by_std else "none",
         "advantage_estimator": a.advantage_estimator,
-        "advantage_batch_normalize": a.advantage_batch_normalize,
+        "whiten_advantages": a.advantage_batch_normalize,
     }
 
 
@@ -144,35 +147,35 @@ def _numeric(mask, like):
     return mask.to(like.dtype)
 
 
-def _expand(advantages, logp):
-    return advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
+def capabilities(reduction: str) -> dict:
+    """What skyrl with ``loss_reduction`` = ``reduction`` honours: that reduction in the policy
+    loss and ``reduce_loss``; the critic always reduces as sequence_mean (ppo_utils.py:195); the
+    two GRPO scales; normalize_advantages_dict's fixed eps (ppo_utils.py:145)."""
+    return {"agg": [CONTRACT_AGG[reduction]], "value_loss.agg": ["seq-mean-token-mean"],
+            "scale": list(GRPO_SCALES), "batch_normalized_advantages.eps": False}
 
 
 class Skyrl:
     """skyrl with ``trainer.algorithm.loss_reduction`` = ``reduction`` (None: the default)."""
 
-    framework = {"skyrl-train": f"=={SKYRL}"}
+    framework = pins.framework("skyrl")
     framework_defaults = staticmethod(framework_defaults)
     shims: dict = {}
-    known_deviations: dict = {}
 
     def __init__(self, reduction: str | None = None):
         self.reduction = reduction
         self.name = "skyrl" if reduction is None else f"skyrl-{reduction}"
+        self.capabilities = capabilities(reduction or DEFAULT_REDUCTION)
+        self.known_deviations = declarations(self.capabilities)
 
     def _mode(self) -> str:
         return self.reduction or _skyrl().base.trainer.algorithm.loss_reduction
 
-    def _agg(self, agg) -> str:
-        """API.md mode -> skyrl's loss_reduction, if this variant is that mode."""
-        mine = self._mode()
-        if agg not in API_AGG:
-            return agg                      # unknown: handed to skyrl, which judges it
-        if AGG.get(agg) != mine:
-            raise Unsupported(f"{self.name} reduces as loss_reduction={mine!r} only; "
-                              + (f"{agg!r} is skyrl's {AGG[agg]!r}" if agg in AGG
-                                 else f"skyrl has no {agg!r}"))
-        return mine
+    def _agg(self, agg, function: str) -> str:
+        """The contract's mode -> skyrl's loss_reduction, if this variant reduces so; a string
+        that is no contract mode is handed to skyrl, which judges it."""
+        return support.translate(self, "agg", agg, AGG, function, unknown="pass",
+                                 why=f"loss_reduction selects one reduction per run ({_at(PU, 881)})")
 
     @staticmethod
     def _max_seq_len(values, norm_len):
@@ -203,12 +206,11 @@ class Skyrl:
         return scores.unsqueeze(-1), torch.ones_like(scores.unsqueeze(-1))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
-        if scale not in ("group", "none"):
-            raise Unsupported(f"skyrl's GRPO has only grpo_norm_by_std=true ('group') or false "
-                              f"('none'), no scale={scale!r}")
+        by_std = support.translate(self, "scale", scale, GRPO_SCALES, "group_normalized_advantages",
+                                   why="grpo_norm_by_std is a bool (" + _at(PU, 1035) + ")")
         rewards, ones = self._scores_in(scores)
         adv, _ = self._estimate("grpo", rewards, ones, index=group_ids.tolist(), eps=eps,
-                                grpo_norm_by_std=(scale == "group"))
+                                grpo_norm_by_std=by_std)
         return adv[:, 0]
 
     def leave_one_out_advantages(self, scores, group_ids):
@@ -218,9 +220,9 @@ class Skyrl:
 
     def batch_normalized_advantages(self, advantages, mask=None, eps=1e-8):
         import torch
-        if eps != 1e-8:
-            raise Unsupported("normalize_advantages_dict clamps the variance at a fixed 1e-8, "
-                              f"no eps={eps!r} (" + _at(PU + ":145") + ")")
+        support.honour(self, "eps", eps, "batch_normalized_advantages", default=1e-8,
+                       why="normalize_advantages_dict clamps the variance at a fixed 1e-8 ("
+                           + _at(PU, 145) + ")")
         s = _skyrl()
         m = torch.ones_like(advantages) if mask is None else _numeric(mask, advantages)
         # the trainer's advantage_batch_normalize step (skyrl_train/trainer.py:265)
@@ -238,13 +240,13 @@ class Skyrl:
     # --- losses -----------------------------------------------------------------------------
 
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
-        red = self._agg(mode)
+        red = self._agg(mode, "aggregate")
         return _skyrl().pu.reduce_loss(values, _numeric(mask, values), red,
                                        self._max_seq_len(values, norm_len))
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
                       dual_clip=None, agg="token-mean", norm_len=None):
-        red = self._agg(agg)
+        red = self._agg(agg, "ppo_clip_loss")
         loss_type = "regular" if dual_clip is None else "dual_clip"
         opts = {"policy_loss_type": loss_type, "loss_reduction": red,
                 "eps_clip_low": clip_low, "eps_clip_high": clip_low if clip_high is None else clip_high,
@@ -254,16 +256,16 @@ class Skyrl:
         cfg = _algorithm(**opts)
         fn = _skyrl().pu.PolicyLossRegistry.get(cfg.policy_loss_type)
         # skyrl_train/workers/worker.py:657-664
-        loss, _clip_ratio = fn(logp, old_logp, _expand(advantages, logp), config=cfg,
+        loss, _clip_ratio = fn(logp, old_logp, support.per_token(advantages, logp), config=cfg,
                                loss_mask=_numeric(mask, logp), rollout_logprobs=None)
         return loss
 
     def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean",
                    norm_len=None):
-        if agg != "seq-mean-token-mean" and agg in API_AGG:
-            raise Unsupported("skyrl's critic loss always reduces as sequence_mean (each row's "
-                              "token mean, then the batch mean), whatever loss_reduction says "
-                              "(" + _at(PU + ":195") + ")")
+        support.honour(self, "agg", agg, "value_loss",
+                       why="the critic loss always reduces as sequence_mean (each row's token "
+                           "mean, then the batch mean), whatever loss_reduction says ("
+                           + _at(PU, 195) + ")")
         cfg = _algorithm(value_clip=clip)
         # skyrl_train/workers/worker.py:926-932
         loss, _clipfrac = _skyrl().pu.ppo_critic_loss(values, old_values, returns, config=cfg,
@@ -280,13 +282,10 @@ class Skyrl:
 
 SHIMS: dict = {}       # none: every call is skyrl's own, with translated conventions only
 
-_MASK_MULT = ("masks by multiplying, tensor * mask, so {fill} padding makes the loss NaN "
-              "(" + _at(PU + ":{line}") + ")")
-
-
 def _padding(estimator: str, line: int) -> dict:
-    return {f"{estimator}/padding-{fill}": _MASK_MULT.format(fill=text, line=line)
-            for fill, text in (("inf", "inf"), ("nan", "NaN"))}
+    code = {88: "masked_mean's tensor * mask", 899: "loss * loss_mask"}[line]
+    why = support.masks_by_multiplication(_at(PU, line), code=code, reaches="the loss")
+    return {f"{estimator}/padding-{fill}": why for fill in ("inf", "nan")}
 
 
 DEVIATIONS = {
@@ -296,31 +295,29 @@ DEVIATIONS = {
         "batch, padded entries not zeroed (" + _at(PU + ":1018") + "; " + _at(PU + ":1025") + ")",
     "gae/exact-advantage-with-true-values": "whitens the advantages over the batch "
         "(masked_whiten) before returning them (" + _at(PU + ":1025") + ")",
-    "gae/gradient-matches-reference": "computes under torch.no_grad, so no gradient reaches "
-        "rewards or values (" + _at(PU + ":1012") + ")",
+    "gae/gradient-matches-reference": support.no_grad("rewards or values", _at(PU, 1012)),
     "gae/padding-1e30": "reads padded values and rewards: the recursion runs over the whole "
         "padded width, nextvalues = values[:, t + 1] (" + _at(PU + ":1018") + ")",
     "gae/padding-inf": "reads padded values and rewards in the recursion over the whole padded "
         "width, so inf reaches the real tokens (" + _at(PU + ":1018") + ")",
     "gae/padding-nan": "reads padded values and rewards in the recursion over the whole padded "
         "width, so NaN reaches the real tokens (" + _at(PU + ":1018") + ")",
-    "gae/rejects-lam-outside-unit-interval": "does not validate lambd (" + _at(PU + ":999") + ")",
-    "gae/rejects-row-without-real-token": "does not validate the mask; a row without a real token "
-        "is processed (" + _at(PU + ":999") + ")",
+    "gae/rejects-lam-outside-unit-interval": support.no_validation("lambd", _at(PU, 999)),
+    "gae/rejects-row-without-real-token": support.no_validation(
+        "the mask", _at(PU, 999), "a row without a real token is processed"),
     # returns (REINFORCE++)
     "discounted_returns/matches-reference": "returns at padded positions are the padded rewards "
         "(plus the discounted tail), not 0: returns[:, t] is stored before the mask resets the "
         "running return (" + _at(PU + ":935-937") + ")",
-    "discounted_returns/gradient-matches-reference": "computes under torch.no_grad, so no "
-        "gradient reaches the rewards (" + _at(PU + ":929") + ")",
+    "discounted_returns/gradient-matches-reference": support.no_grad("the rewards", _at(PU, 929)),
     "discounted_returns/padding-1e30": "returns at padded positions are the padded rewards, not 0 "
         "(" + _at(PU + ":935-937") + ")",
     "discounted_returns/padding-inf": "masks by multiplying, running_return * response_mask, so "
         "inf padding becomes NaN and is carried into the real tokens (" + _at(PU + ":937") + ")",
     "discounted_returns/padding-nan": "masks by multiplying, running_return * response_mask, so "
         "NaN padding is carried into the real tokens (" + _at(PU + ":937") + ")",
-    "discounted_returns/rejects-gamma-outside-unit-interval": "does not validate gamma "
-        "(" + _at(PU + ":911") + ")",
+    "discounted_returns/rejects-gamma-outside-unit-interval": support.no_validation(
+        "gamma", _at(PU, 911)),
     "discounted_returns/rejects-integer-rewards": "accepts integer rewards (zeros_like of the "
         "rewards); nothing checks the dtype (" + _at(PU + ":930") + ")",
     # groups
@@ -336,8 +333,8 @@ DEVIATIONS = {
         "the number of real entries, not by that number minus one (" + _at(PU + ":145") + ")",
     "batch_normalized_advantages/padding-*": "the mean is advantages.mean() over every entry, "
         "padded ones included, so padding moves every output (" + _at(PU + ":142") + ")",
-    "batch_normalized_advantages/rejects-fewer-than-two-real-entries": "does not validate the "
-        "count of real entries (" + _at(PU + ":140") + ")",
+    "batch_normalized_advantages/rejects-fewer-than-two-real-entries": support.no_validation(
+        "the count of real entries", _at(PU, 140)),
     # KL
     "kl_estimate/gradient-matches-reference": "compute_approx_kl is decorated with "
         "@torch.no_grad(), so no gradient reaches logp, also where the actor uses it as its KL "
@@ -345,41 +342,43 @@ DEVIATIONS = {
     "kl_estimate/exact-loss-gradients": "compute_approx_kl runs under @torch.no_grad(): used as "
         "the actor's KL loss term, its expected gradient is 0 instead of the per-state KL "
         "gradient (" + _at(PU + ":91") + "; workers/worker.py:680)",
-    "kl_estimate/large-log-ratios": "k3 clamps the log-ratio to [-20, 20] and the estimate to "
-        "[-10, 10] (" + _at(PU + ":118-121") + ")",
+    "kl_estimate/large-log-ratios": support.clamps(
+        "k3's log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(PU, "118-121")),
     "kl_estimate/padding-inf": "masks by multiplying, kld * loss_mask, which keeps the NaN of "
         "inf - inf at padded positions (" + _at(PU + ":126") + ")",
     "kl_estimate/padding-nan": "masks by multiplying, kld * loss_mask, which keeps NaN at padded "
         "positions (" + _at(PU + ":126") + ")",
-    "kl_estimate/rejects-mixed-float-dtypes": "mixes float dtypes by silent type promotion "
-        "(" + _at(PU + ":107") + ")",
-    # critic (always sequence_mean, so in every variant)
+    "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(PU, 107)),
+    # critic (always sequence_mean, so in every variant: masked_mean)
     **_padding("value_loss", 88),
+    # losses and reduction, in every reduction
+    "aggregate/rejects-mask-with-hole": support.no_validation(
+        "the mask in reduce_loss", _at(PU, 881),
+        "a mask whose real tokens are not a prefix is reduced as given"),
+    "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
+        "clip_ratio_c", _at(PU, 580), "a value <= 1 is applied as given"),
+    "value_loss/rejects-shape-mismatch": "without a value clip ppo_critic_loss never reads "
+        "old_values, so its shape is not checked (" + _at(PU, "185-193") + ")",
 }
 
-# checks that run only in a variant whose calls use that reduction
-MODE_DEVIATIONS = {
-    "token_mean": {
-        **_padding("aggregate", 88), **_padding("ppo_clip_loss", 88),
-        "aggregate/rejects-mask-with-hole": "reduce_loss does not validate the mask; a mask "
-            "whose real tokens are not a prefix is reduced as given (" + _at(PU + ":881") + ")",
-        "ppo_clip_loss/rejects-dual-clip-at-most-one": "does not validate clip_ratio_c; a value "
-            "<= 1 is applied as given (" + _at(PU + ":580") + ")",
-    },
-    "sequence_mean": {**_padding("aggregate", 88), **_padding("ppo_clip_loss", 88)},
-    "seq_mean_token_sum_norm": {**_padding("aggregate", 899), **_padding("ppo_clip_loss", 899)},
-}
+# deviations that depend on the variant's reduction (its capabilities["agg"]): token_mean and
+# sequence_mean reduce through masked_mean, seq_mean_token_sum_norm sums loss * loss_mask itself
+DEVIATIONS_BY_REDUCTION = (
+    support.when("agg", ["token-mean", "seq-mean-token-mean"],
+                 {**_padding("aggregate", 88), **_padding("ppo_clip_loss", 88)}),
+    support.when("agg", "seq-mean-token-sum-norm",
+                 {**_padding("aggregate", 899), **_padding("ppo_clip_loss", 899)}),
+)
+
+
+def declarations(capabilities: dict) -> dict:
+    """A variant's known deviations, from what it honours (its reduction)."""
+    return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_REDUCTION)
+
 
 Skyrl.shims = SHIMS
 
-
-def _variant(reduction: str | None, declared: str) -> Skyrl:
-    adapter = Skyrl(reduction)
-    adapter.known_deviations = {**DEVIATIONS, **MODE_DEVIATIONS[declared]}
-    return adapter
-
-
-skyrl = _variant(None, "token_mean")
-skyrl_sequence_mean = _variant("sequence_mean", "sequence_mean")
-skyrl_seq_mean_token_sum_norm = _variant("seq_mean_token_sum_norm", "seq_mean_token_sum_norm")
+skyrl = Skyrl()
+skyrl_sequence_mean = Skyrl("sequence_mean")
+skyrl_seq_mean_token_sum_norm = Skyrl("seq_mean_token_sum_norm")
 VARIANTS = (skyrl, skyrl_sequence_mean, skyrl_seq_mean_token_sum_norm)

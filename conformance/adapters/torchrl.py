@@ -20,6 +20,10 @@ Variants (API.md "Framework variants"): ``GRPOLoss(aggregation=...)`` is the swi
 ``torchrl_prompt_mean`` is ``GRPOLoss(aggregation="prompt_mean")``; ``torchrl_dapo`` is the
 ``DAPO`` class (Clip-Higher over GRPO; same code path, token-mean aggregation).
 
+Each variant declares its aggregation, and what torchrl has no setting for (a dual clip, GRPO
+scales other than "group", an ``eps``, KL estimators other than k3), in ``capabilities``; the
+known deviations that depend on the aggregation are declared from them.
+
 torchrl is imported lazily: importing this module without torchrl installed works, and the
 adapter objects are constructible without it.
 """
@@ -31,9 +35,15 @@ import inspect
 
 import torch
 
-from conformance import Unsupported
+from conformance.adapters import pins, support
 
-PKG = "torchrl 0.14.1"
+PKG = pins.label("torchrl")
+#: the contract's aggregation modes -> GRPOLoss(aggregation=...) (grpo.py:800-815)
+AGGREGATION = {"token-mean": "token_mean", "seq-mean-token-mean": "prompt_mean"}
+CONTRACT_AGG = {v: k for k, v in AGGREGATION.items()}
+#: GRPOLoss's and DAPO's default aggregation in the pinned torchrl (the plain variants'
+#: capabilities; tests/test_adapter_torchrl.py checks it against the installed torchrl)
+DEFAULT_AGGREGATION = "token_mean"
 _GRPO = "torchrl/objectives/llm/grpo.py"
 _FUNC = "torchrl/objectives/value/functional.py"
 _DIST = "torchrl/objectives/llm/distillation.py"
@@ -76,7 +86,14 @@ class _TorchRLBase:
     name = "torchrl"
     loss_class = "GRPOLoss"
     aggregation: str | None = None        # None: GRPOLoss's default, read at run time
-    framework = {"torchrl": "==0.14.1", "tensordict": ">=0.14,<0.15"}
+    framework = pins.framework("torchrl")
+
+    @property
+    def capabilities(self) -> dict:
+        """This variant's aggregation; no dual clip in GRPOLoss; MCAdvantage divides by the group
+        std with a fixed guard (grpo.py:1511); k3 is torchrl's only KL estimator (distillation.py:25)."""
+        return {"agg": [CONTRACT_AGG[self.aggregation or DEFAULT_AGGREGATION]], "dual_clip": False,
+                "scale": ["group"], "group_normalized_advantages.eps": False, "kl_kind": ["k3"]}
 
     # --- configuration -------------------------------------------------------------------------
     def _aggregation(self) -> str:
@@ -86,7 +103,14 @@ class _TorchRLBase:
         return sig.parameters["aggregation"].default
 
     def _canonical_agg(self) -> str:
-        return {"token_mean": "token-mean", "prompt_mean": "seq-mean-token-mean"}[self._aggregation()]
+        return CONTRACT_AGG[self._aggregation()]
+
+    def _agg(self, agg, function: str) -> str:
+        """``agg`` if this variant aggregates so; another contract mode is another variant, and
+        a string that is no contract mode has no counterpart in GRPOLoss(aggregation=...)."""
+        return support.translate(self, "agg", agg, AGGREGATION, function,
+                                 why=f"GRPOLoss(aggregation=...) fixes one mode per loss module "
+                                     f"({_GRPO}:800-815, {PKG})")
 
     @functools.lru_cache(maxsize=64)               # noqa: B019  (a few clip settings per run)
     def _loss_module(self, clip_low: float, clip_high: float):
@@ -109,22 +133,18 @@ class _TorchRLBase:
             "kl_in": "loss" if "kl_to_ref_coeff" in sig.parameters else None,
             "gae_lambda": gae_kw.get("lmbda"), "gamma": gae_kw.get("gamma"),
             "group_size": None if mc is inspect.Parameter.empty else mc,
-            "loss_agg": self._aggregation(),
+            "loss_agg": CONTRACT_AGG.get(self._aggregation(), self._aggregation()),
             "adv_eps": None,   # MCAdvantage has no eps setting (a fixed std.clamp_min(1e-6))
         }
 
     def _kl_kind(self) -> str | None:
         """Which estimator GRPOLoss._kl_to_ref computes, found by calling it on one token."""
-        t = _tr()
         l = 0.7                                    # log pi - log pi_ref
-        td = t["tensordict"].TensorDict({"_cur_log_prob": torch.tensor([[l]], dtype=torch.float64)}, [1])
+        td = _tr()["tensordict"].TensorDict(
+            {"_cur_log_prob": torch.tensor([[l]], dtype=torch.float64)}, [1])
         _, kl = self._loss_module(0.2, 0.2)._kl_to_ref(
             td, ref_log_prob=torch.zeros(1, 1, dtype=torch.float64), coeff=1.0)
-        import math
-        for kind, v in (("k1", l), ("k2", l * l / 2), ("k3", math.exp(-l) - 1 + l)):
-            if abs(float(kl) - v) < 1e-12:
-                return kind
-        return None
+        return support.kl_kind(float(kl), l, tol=1e-12)
 
     # --- returns and advantages ----------------------------------------------------------------
     def discounted_returns(self, rewards, mask, gamma=1.0):
@@ -148,12 +168,10 @@ class _TorchRLBase:
         return adv.squeeze(-1), target.squeeze(-1)
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
-        if scale != "group":
-            raise Unsupported(f"MCAdvantage normalises by the group std only; scale={scale!r} "
-                              "has no switch in torchrl 0.14.1")
-        if eps != 1e-6:
-            raise Unsupported("MCAdvantage has no eps setting: its std guard is a fixed "
-                              f"clamp_min(1e-6) ({_GRPO}:1511)")
+        support.translate(self, "scale", scale, {"group": None}, "group_normalized_advantages",
+                          why=f"MCAdvantage normalises by the group std only ({_GRPO}:1511, {PKG})")
+        support.honour(self, "eps", eps, "group_normalized_advantages", default=1e-6,
+                       why=f"MCAdvantage's std guard is a fixed clamp_min(1e-6) ({_GRPO}:1511, {PKG})")
         t = _tr()
         TensorDict = t["tensordict"].TensorDict
         B = scores.shape[0]
@@ -185,9 +203,8 @@ class _TorchRLBase:
 
     # --- KL --------------------------------------------------------------------------------------
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
-        if kind != "k3":
-            raise Unsupported(f"torchrl's only KL estimator is k3 (k3_kl_token_estimate, "
-                              f"{_DIST}:25); kind={kind!r}")
+        support.translate(self, "kl_kind", kind, {"k3": None}, "kl_estimate",
+                          why=f"torchrl's only KL estimator is k3_kl_token_estimate ({_DIST}:25, {PKG})")
         if mask is not None:
             # shim (declared): fill padded positions with 0 before the call, as
             # DistillationLoss.forward does right before k3_kl_token_estimate.
@@ -198,19 +215,15 @@ class _TorchRLBase:
 
     # --- losses ------------------------------------------------------------------------------------
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
-        if mode != self._canonical_agg():
-            raise Unsupported(f"{self.name} aggregates as {self._aggregation()!r} "
-                              f"(= {self._canonical_agg()}); mode={mode!r} is another variant")
+        self._agg(mode, "aggregate")
         out = self._loss_module(0.2, 0.2)._aggregate_loss_value(values.unsqueeze(-1), mask.bool())
         return out.reshape(())                    # prompt_mean returns shape (1,)
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
                       dual_clip=None, agg="token-mean", norm_len=None):
-        if dual_clip is not None:
-            raise Unsupported(f"{self.loss_class} has no dual clip")
-        if agg != self._canonical_agg():
-            raise Unsupported(f"{self.name} aggregates as {self._aggregation()!r} "
-                              f"(= {self._canonical_agg()}); agg={agg!r} is another variant")
+        support.honour(self, "dual_clip", dual_clip, "ppo_clip_loss",
+                       why=f"{self.loss_class}'s objective has no dual clip ({_GRPO}:769-782, {PKG})")
+        self._agg(agg, "ppo_clip_loss")
         high = clip_low if clip_high is None else clip_high
         loss = self._loss_module(float(clip_low), float(high))
         m = mask.bool()
@@ -269,51 +282,62 @@ _COMMON_DEVIATIONS = {
     "group_normalized_advantages/matches-reference":
         "MCAdvantage divides by the group std clamped below at 1e-6 (std.clamp_min(1e-6)), not by "
         f"std + eps: advantages differ by a relative 1e-6 / std ({_GRPO}:1511, {PKG})",
+    "group_normalized_advantages/rejects-group-of-one":
+        "MCAdvantage takes a group of one (it checks grpo_size >= 2 only with trajectory_return, "
+        f"{_GRPO}:1165): the std of one reward is NaN and clamp_min(1e-6) keeps it, so the "
+        f"advantage is NaN, not an error ({_GRPO}:1510-1511, {PKG})",
     # kl_estimate -> k3_kl_token_estimate
     "kl_estimate/rejects-mixed-float-dtypes":
         "k3_kl_token_estimate checks only that the shapes agree and lets torch promote mixed "
         f"float dtypes ({_DIST}:67-72, {PKG})",
 }
 
-_TOKEN_MEAN_DEVIATIONS = {
-    "aggregate/rejects-mask-with-hole":
-        "GRPOLoss._aggregate_loss_value (token_mean) takes any boolean mask: a mask whose real "
-        f"tokens are not a prefix is averaged as given ({_GRPO}:814, {PKG})",
-}
+_PROMPT_MEAN_NAN = support.masks_by_multiplication(
+    f"{_GRPO}:807, {PKG}", "the per-token loss in GRPOLoss._aggregate_loss_value (prompt_mean)",
+    "value * mask_exp", "the loss")
+
+# deviations that depend on the variant's aggregation (its capabilities["agg"])
+DEVIATIONS_BY_AGGREGATION = (
+    support.when("agg", "token-mean", {
+        "aggregate/rejects-mask-with-hole":
+            "GRPOLoss._aggregate_loss_value (token_mean) takes any boolean mask: a mask whose real "
+            f"tokens are not a prefix is averaged as given ({_GRPO}:814, {PKG})",
+    }),
+    support.when("agg", "seq-mean-token-mean", {
+        "aggregate/rejects-mask-with-hole":
+            "GRPOLoss._aggregate_loss_value (prompt_mean) takes any mask: a mask whose real tokens "
+            f"are not a prefix is averaged as given ({_GRPO}:804-810, {PKG})",
+        "aggregate/padding-nan": _PROMPT_MEAN_NAN,
+        "aggregate/padding-inf": _PROMPT_MEAN_NAN,
+        "ppo_clip_loss/padding-nan": _PROMPT_MEAN_NAN,
+        "ppo_clip_loss/padding-inf": _PROMPT_MEAN_NAN,
+    }),
+)
 
 
-class TorchRL(_TorchRLBase):
+class _Declared(_TorchRLBase):
+    shims = dict(_COMMON_SHIMS)
+
+    @property
+    def known_deviations(self) -> dict:
+        return support.declarations(self.capabilities, _COMMON_DEVIATIONS, *DEVIATIONS_BY_AGGREGATION)
+
+
+class TorchRL(_Declared):
     """torchrl's defaults: GRPOLoss() (aggregation='token_mean', clip_epsilon=0.2)."""
     name = "torchrl"
-    shims = dict(_COMMON_SHIMS)
-    known_deviations = {**_COMMON_DEVIATIONS, **_TOKEN_MEAN_DEVIATIONS}
 
 
-_PROMPT_MEAN_NAN = ("GRPOLoss._aggregate_loss_value (prompt_mean) masks by multiplication "
-                    "(value * mask), so NaN or inf at a padded position reaches the loss "
-                    f"({_GRPO}:807, {PKG})")
-_PROMPT_MEAN_DEVIATIONS = {
-    "aggregate/padding-nan": _PROMPT_MEAN_NAN,
-    "aggregate/padding-inf": _PROMPT_MEAN_NAN,
-    "ppo_clip_loss/padding-nan": _PROMPT_MEAN_NAN,
-    "ppo_clip_loss/padding-inf": _PROMPT_MEAN_NAN,
-}
-
-
-class TorchRLPromptMean(_TorchRLBase):
+class TorchRLPromptMean(_Declared):
     """GRPOLoss(aggregation='prompt_mean'): per-sample token mean, then mean over samples."""
     name = "torchrl-prompt_mean"
     aggregation = "prompt_mean"
-    shims = dict(_COMMON_SHIMS)
-    known_deviations = {**_COMMON_DEVIATIONS, **_PROMPT_MEAN_DEVIATIONS}
 
 
-class TorchRLDapo(_TorchRLBase):
+class TorchRLDapo(_Declared):
     """torchrl.objectives.llm.DAPO (Clip-Higher over GRPO): same code path as GRPOLoss."""
     name = "torchrl-dapo"
     loss_class = "DAPO"
-    shims = dict(_COMMON_SHIMS)
-    known_deviations = {**_COMMON_DEVIATIONS, **_TOKEN_MEAN_DEVIATIONS}
 
 
 torchrl = TorchRL()

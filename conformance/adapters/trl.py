@@ -53,17 +53,19 @@ Calling conventions (translations only, no values changed):
   in as TRL's collator makes it, a float32 tensor (reward_trainer.py:208).
 - Outputs are cast back to the input's dtype (TRL's advantage path computes in float32).
 
-Options TRL has no slot for: the KL ``kind`` (GRPO always uses k3; ``Unsupported``), DPO
-``label_smoothing`` (the "sigmoid" loss has none, ``DPOConfig.label_smoothing`` serves the robust
-and EXO losses only; ``Unsupported``), and the advantage ``eps``, which TRL hard-codes as 1e-4: the
-adapter cannot pass it, so the checks that depend on it are declared deviations.
+Options TRL has no slot for: the KL ``kind`` (GRPO always uses k3), DPO ``label_smoothing`` (the
+"sigmoid" loss has none, ``DPOConfig.label_smoothing`` serves the robust and EXO losses only) and
+groups of unequal size, declared in ``capabilities``; and the advantage ``eps``, which TRL
+hard-codes as 1e-4: the adapter cannot pass it, so the checks that depend on it are declared
+deviations.
 
 Variants: GRPO's ``loss_type`` selects the aggregation. ``trl`` is TRL's defaults (every function,
 ``GRPOConfig.loss_type`` read at run time, "dapo" in 1.16.0); ``trl-grpo`` (seq-mean-token-mean),
 ``trl-dr_grpo`` (seq-mean-token-sum-norm), ``trl-dapo`` and ``trl-bnpo`` (token-mean, over the
 accumulated and the local batch, the same on one process without accumulation) carry the GRPO
-functions; each honours only its own aggregation and raises ``Unsupported`` for the other API.md
-modes (an unknown mode string is handed to TRL as ``loss_type``, which judges it). ``trl-rloo``,
+functions; each declares its own aggregation in ``capabilities`` (the harness calls it in that
+mode; a direct call in another contract mode is ``Unsupported``, an unknown mode string is handed
+to TRL as ``loss_type``, which judges it). ``trl-rloo``,
 ``trl-dpo`` and ``trl-reward`` carry what RLOOTrainer, DPOTrainer and RewardTrainer compute.
 TRL 1.16.0 also has the loss types cispo, sapo, luspo and vespo, which are not the API.md
 clipped objective; they have no adapter here.
@@ -71,7 +73,6 @@ clipped objective; they have no adapter here.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -82,22 +83,23 @@ from types import SimpleNamespace
 import torch
 
 from conformance import Unsupported
+from conformance.adapters import pins, support
+from conformance.contract import AGG_MODES
 
-TRL = "1.16.0"
+TRL = pins.PINS["trl"]
 GT = "trl/trainer/grpo_trainer.py"
 GC = "trl/trainer/grpo_config.py"
 RT = "trl/trainer/rloo_trainer.py"
 DT = "trl/trainer/dpo_trainer.py"
 RWT = "trl/trainer/reward_trainer.py"
 UT = "trl/trainer/utils.py"
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-# GRPOConfig.loss_type -> the API.md aggregation it performs (grpo_trainer.py:3153-3173)
+# GRPOConfig.loss_type -> the contract's aggregation it performs (grpo_trainer.py:3153-3173)
 LOSS_TYPE_AGG = {"grpo": "seq-mean-token-mean", "dr_grpo": "seq-mean-token-sum-norm",
                  "dapo": "token-mean", "bnpo": "token-mean"}
-
-
-def _at(where: str) -> str:
-    return f"{where}, trl {TRL}"
+#: GRPOConfig.loss_type's default in the pinned TRL (the plain variant's capabilities;
+#: tests/test_adapter_trl.py checks it against the installed TRL)
+DEFAULT_LOSS_TYPE = "dapo"
+_at = support.citer("trl")
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,16 +131,6 @@ def _config(cls, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)     # transformers' deprecation notices
         return cls(output_dir=_OUT, use_cpu=True, report_to="none", **kwargs)
-
-
-def _field_default(cls, name):
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    raise KeyError(name)
 
 
 # --- the stubs ------------------------------------------------------------------------------------
@@ -256,16 +248,11 @@ def _scored_batch(tr, scores, trainer):
 
 
 def _contiguous_groups(scores, group_ids):
-    """Sort samples stably into contiguous groups; (order, G). Unequal sizes: Unsupported."""
-    if group_ids.dim() != 1 or scores.dim() != 1 or group_ids.shape[0] != scores.shape[0]:
-        raise Unsupported("TRL's trainer hands over one score per sample and one group per prompt; "
-                          "these shapes have no such layout")
-    _, counts = torch.unique(group_ids, return_counts=True)
-    if bool((counts != counts[0]).any()):
-        raise Unsupported("groups of unequal size: TRL's RepeatSampler gives every prompt "
-                          f"num_generations samples and the advantage code reshapes to (-1, G) "
-                          f"({_at(GT + ':1311, :2765')})")
-    return torch.argsort(group_ids, stable=True), int(counts[0])
+    """The samples stably sorted into contiguous groups of equal size, as RepeatSampler hands
+    them to the trainer; (order, G)."""
+    return support.contiguous_groups(
+        group_ids, "TRL's RepeatSampler gives every prompt num_generations samples and the "
+        f"advantage code reshapes to (-1, G) ({_at(GT + ':1311, :2765')})", scores)
 
 
 def _grpo_advantages(scores, group_ids, scale):
@@ -276,9 +263,7 @@ def _grpo_advantages(scores, group_ids, scale):
     tr = _grpo_trainer(args)
     inputs = _scored_batch(tr, scores[order], "grpo")
     out = _trl().GRPOTrainer._generate_and_score_completions(tr, inputs)["advantages"]
-    result = torch.empty(B, dtype=scores.dtype, device=scores.device)
-    result[order] = out.to(scores.dtype)
-    return result
+    return support.restore(out.to(scores.dtype), order)
 
 
 def _rloo_advantages(scores, group_ids, beta=0.0, logp=None, ref_logp=None):
@@ -315,9 +300,7 @@ def _rloo_advantages(scores, group_ids, beta=0.0, logp=None, ref_logp=None):
         return x, torch.zeros_like(x), None
     tr._get_per_token_logps_and_entropies = forward
     out = t.RLOOTrainer._generate_and_score_completions(tr, inputs)["advantages"]
-    result = torch.empty(B, dtype=scores.dtype, device=scores.device)
-    result[order] = out.to(scores.dtype)
-    return result
+    return support.restore(out.to(scores.dtype), order)
 
 
 def _grpo_loss(loss_type, logp, mask, advantages, old_logp=None, ref_logp=None, beta=0.0,
@@ -404,90 +387,74 @@ def _probe_eps() -> float:
     return float(f"{1.0 / float(a[0]) - math.sqrt(2):.2g}")
 
 
-def _probe_kind(values: dict) -> str | None:
-    """Which of k1, k2, k3 a per-token KL value at l = logp - ref = 0.5 is."""
-    l = 0.5
-    for kind, v in (("k1", l), ("k2", l * l / 2), ("k3", math.exp(-l) - 1 + l)):
-        if abs(values - v) < 1e-6:
-            return kind
-    return None
-
-
 def framework_defaults(loss_type: str | None = None, trainer: str = "grpo") -> dict:
     """TRL's defaults, read from its config dataclasses (and, for constants in code, the code
     path) at run time; the KL and group entries are those of ``trainer`` ("grpo" or "rloo")."""
     t = _trl()
     G, R = t.GRPOConfig, t.RLOOConfig
-    loss_type = loss_type or _field_default(G, "loss_type")
-    eps_low = _field_default(G, "epsilon")
-    eps_high = _field_default(G, "epsilon_high")
-    beta = _field_default(G, "beta")
+    loss_type = loss_type or support.field_default(G, "loss_type")
+    eps_low = support.field_default(G, "epsilon")
+    eps_high = support.field_default(G, "epsilon_high")
+    beta = support.field_default(G, "beta")
     lp = torch.tensor([[0.5]], dtype=torch.float64)
     grpo_kl = float(_grpo_loss(loss_type, lp, torch.ones(1, 1, dtype=torch.bool),
                                torch.zeros(1, dtype=torch.float64), ref_logp=torch.zeros_like(lp),
                                beta=1.0))
-    rloo_beta = _field_default(R, "beta")
+    rloo_beta = support.field_default(R, "beta")
     two = torch.tensor([[0.5], [0.0]], dtype=torch.float64)
     rloo_a = _rloo_advantages(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
                               beta=1.0, logp=two, ref_logp=torch.zeros_like(two))
-    rloo_kind = _probe_kind(-float(rloo_a[0]))        # A_0 = (0 - k(0.5)) - (0 - k(0)) = -k(0.5)
+    rloo_kind = support.kl_kind(-float(rloo_a[0]), 0.5)   # A_0 = (0 - k(0.5)) - (0 - k(0)) = -k(0.5)
     out = {
         "loss_type": loss_type,                                     # GRPOConfig.loss_type
         "loss_agg": LOSS_TYPE_AGG.get(loss_type, loss_type),
         "clip_low": eps_low,                                        # GRPOConfig.epsilon
         "clip_high": eps_high if eps_high is not None else eps_low,  # grpo_trainer.py:946
-        "dual_clip": _field_default(G, "delta"),
+        "dual_clip": support.field_default(G, "delta"),
         "kl_in": "loss" if beta else None,                          # GRPO: beta 0 loads no reference
         "kl_beta": beta,
-        "kl_estimator": _probe_kind(grpo_kl) if beta else None,
+        "kl_estimator": support.kl_kind(float(grpo_kl), 0.5) if beta else None,
         "kl_beta_if_in_loss": beta,                                 # GRPOConfig.beta (one setting)
-        "kl_estimator_if_in_loss": _probe_kind(grpo_kl),            # a constant in code
-        "kl_importance_weighted": _field_default(G, "use_bias_correction_kl"),
+        "kl_estimator_if_in_loss": support.kl_kind(float(grpo_kl), 0.5),            # a constant in code
+        "kl_importance_weighted": support.field_default(G, "use_bias_correction_kl"),
         "kl_beta_if_in_reward": rloo_beta,                          # RLOOConfig.beta
         "kl_estimator_if_in_reward": rloo_kind,                     # a constant in code
         "gae_lambda": None,                                         # no PPO/GAE trainer in 1.16.0
         "gamma": None,
-        "group_size": _field_default(G, "num_generations"),
-        "grpo_scale": _field_default(G, "scale_rewards"),
+        "group_size": support.field_default(G, "num_generations"),
+        "grpo_scale": support.field_default(G, "scale_rewards"),
         "adv_eps": _probe_eps(),                                    # a constant in code
-        "rloo_group_size": _field_default(R, "num_generations"),
-        "rloo_normalize_advantages": _field_default(R, "normalize_advantages"),
-        "dpo_loss_type": _field_default(t.DPOConfig, "loss_type"),
-        "dpo_beta": _field_default(t.DPOConfig, "beta"),
-        "dpo_label_smoothing": _field_default(t.DPOConfig, "label_smoothing"),
-        "reward_center_coefficient": _field_default(t.RewardConfig, "center_rewards_coefficient"),
+        "rloo_normalize_advantages": support.field_default(R, "normalize_advantages"),
+        "dpo_loss_type": support.field_default(t.DPOConfig, "loss_type"),
+        "dpo_beta": support.field_default(t.DPOConfig, "beta"),
+        "dpo_label_smoothing": support.field_default(t.DPOConfig, "label_smoothing"),
+        "reward_center_coefficient": support.field_default(t.RewardConfig, "center_rewards_coefficient"),
     }
     if trainer == "rloo":        # RLOOTrainer: sequence-level KL in the reward, its own group size
         out.update({"loss_type": None, "loss_agg": None, "dual_clip": None,
-                    "clip_low": _field_default(R, "epsilon"),
-                    "clip_high": _field_default(R, "epsilon_high") or _field_default(R, "epsilon"),
+                    "clip_low": support.field_default(R, "epsilon"),
+                    "clip_high": support.field_default(R, "epsilon_high") or support.field_default(R, "epsilon"),
                     "kl_in": "reward" if rloo_beta else None, "kl_beta": rloo_beta,
                     "kl_estimator": rloo_kind if rloo_beta else None,
-                    "group_size": _field_default(R, "num_generations"), "grpo_scale": None})
+                    "group_size": support.field_default(R, "num_generations"), "grpo_scale": None})
     return out
 
 
 # --- the adapters ---------------------------------------------------------------------------------
-
-def _cast(x, like):
-    return x.to(like.dtype) if x.dtype != like.dtype else x
-
 
 class _GRPO:
     """The functions GRPOTrainer computes, with ``GRPOConfig.loss_type`` = ``loss_type``."""
     loss_type: str | None = None                 # None: TRL's default, read at run time
 
     def _loss_type(self) -> str:
-        return self.loss_type or _field_default(_trl().GRPOConfig, "loss_type")
+        return self.loss_type or support.field_default(_trl().GRPOConfig, "loss_type")
 
-    def _loss_type_for(self, agg) -> str:
-        mine = self._loss_type()
-        if agg in AGG_MODES:
-            if LOSS_TYPE_AGG.get(mine) != agg:
-                raise Unsupported(f"{self.name} (loss_type={mine!r}) aggregates as "
-                                  f"{LOSS_TYPE_AGG.get(mine)!r} only ({_at(GT + ':3153-3173')})")
-            return mine
-        return agg                      # not an API.md mode: handed to TRL as loss_type to judge
+    def _loss_type_for(self, agg, function: str) -> str:
+        """The loss_type that performs ``agg``: this variant's (``Unsupported`` for a contract mode
+        it does not perform); a string that is no contract mode is handed to TRL as loss_type,
+        which judges it."""
+        support.honour(self, "agg", agg, function, why=_at(GT, "3153-3173"))
+        return self._loss_type() if agg in AGG_MODES else agg
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
         # eps has no slot in TRL (a constant 1e-4, grpo_trainer.py:2787): declared deviations
@@ -495,23 +462,23 @@ class _GRPO:
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
                       dual_clip=None, agg="token-mean", norm_len=None):
-        loss_type = self._loss_type_for(agg)
+        loss_type = self._loss_type_for(agg, "ppo_clip_loss")
         return _grpo_loss(loss_type, logp, mask, advantages, old_logp=old_logp, clip_low=clip_low,
                           clip_high=clip_high, delta=dual_clip, norm_len=norm_len)
 
     def policy_gradient_loss(self, logp, advantages, mask, agg="token-mean", norm_len=None):
         # on policy, TRL sets old_per_token_logps = per_token_logps.detach() (grpo_trainer.py:3066)
-        return _grpo_loss(self._loss_type_for(agg), logp, mask, advantages, norm_len=norm_len)
+        return _grpo_loss(self._loss_type_for(agg, "policy_gradient_loss"), logp, mask, advantages, norm_len=norm_len)
 
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
         # the per-token GRPO loss at ratio 1 is -A (grpo_trainer.py:3120): A = -values
-        return _grpo_loss(self._loss_type_for(mode), torch.zeros_like(values).detach(), mask,
+        return _grpo_loss(self._loss_type_for(mode, "aggregate"), torch.zeros_like(values).detach(), mask,
                           -values, norm_len=norm_len)
 
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
-        if kind != "k3":
-            raise Unsupported(f"TRL's GRPO loss has one KL estimator, k3 ({_at(GT + ':3100-3102')}); "
-                              f"kind={kind!r} is not selectable")
+        # GRPO's KL term is k3, a constant in code: no setting takes the kind
+        support.translate(self, "kl_kind", kind, {"k3": None}, "kl_estimate",
+                          why=f"the GRPO loss has one KL estimator, k3 ({_at(GT, '3100-3102')})")
         B, T = logp.shape
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool)
@@ -536,10 +503,9 @@ class _RLOO:
 class _DPO:
     def dpo_loss(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                  ref_rejected_logps, beta=0.1, label_smoothing=0.0):
-        if label_smoothing != 0.0:
-            raise Unsupported("TRL's DPO loss (loss_type='sigmoid') has no label smoothing; "
-                              "DPOConfig.label_smoothing serves the 'robust' and 'exo_pair' losses "
-                              f"({_at(DT + ':1387-1388')})")
+        support.honour(self, "label_smoothing", label_smoothing, "dpo_loss", default=0.0,
+                       why="the 'sigmoid' loss has no label smoothing; DPOConfig.label_smoothing "
+                           f"serves the 'robust' and 'exo_pair' losses ({_at(DT, '1387-1388')})")
         return self._pairs("sigmoid", policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                            ref_rejected_logps, beta)
 
@@ -554,8 +520,8 @@ class _DPO:
         n = pc.shape[0]
         if any(x.shape != (n,) for x in (pc, pr, rc, rr)):
             raise Unsupported("DPOTrainer's collator hands over whole pairs; these shapes have none")
-        return torch.stack([_dpo_pair(loss_type, pc[i], pr[i], rc[i], rr[i], beta)
-                            for i in range(n)]).to(pc.dtype)
+        return support.per_pair(lambda i: _dpo_pair(loss_type, pc[i], pr[i], rc[i], rr[i], beta),
+                                n).to(pc.dtype)
 
 
 class _Reward:
@@ -567,9 +533,9 @@ class _Reward:
         if margin is not None:
             # the collator makes margins a float32 tensor (reward_trainer.py:208)
             margin = torch.as_tensor(margin, dtype=torch.float32).expand(n)
-        return torch.stack([_reward_pair(chosen_rewards[i], rejected_rewards[i],
-                                         None if margin is None else margin[i])
-                            for i in range(n)]).to(chosen_rewards.dtype)
+        return support.per_pair(lambda i: _reward_pair(chosen_rewards[i], rejected_rewards[i],
+                                                       None if margin is None else margin[i]),
+                                n).to(chosen_rewards.dtype)
 
 
 class _Logprobs:
@@ -579,8 +545,6 @@ class _Logprobs:
 
 # --- declarations ---------------------------------------------------------------------------------
 
-_MASK_MULT = ("multiplies the per-token loss by the mask, (per_token_loss * mask).sum(), so NaN or "
-              "inf at padded positions reaches the result ({})")
 _EPS_ONLY = ("divides by std + 1e-4, a constant in code (there is no eps setting), where the contract's "
              f"eps is 1e-6 ({_at(GT + ':2787')})")
 _EPS = ("divides by std + 1e-4, a constant in code where the contract's eps is 1e-6, and works on "
@@ -589,16 +553,15 @@ _EPS = ("divides by std + 1e-4, a constant in code where the contract's eps is 1
 _KL_GRAD = ("with use_bias_correction_kl=True (the default) the KL term is k3 * exp(logp - old_logp), so "
             "on policy its gradient is (1 - exp(-l)) + k3 (DeepSeek-V3.2's unbiased reverse-KL "
             f"gradient), not the derivative of k3 ({_at(GT + ':3104-3105')})")
-_MASK = _MASK_MULT.format(_at(GT + ':3153-3173'))
+_MASK = support.masks_by_multiplication(_at(GT, "3153-3173"), code="(per_token_loss * mask).sum()")
 
 GRPO_DEVIATIONS = {
     "group_normalized_advantages/matches-reference": _EPS_ONLY,
     "group_normalized_advantages/exact-std-normalisation-bias": _EPS,
     "ppo_clip_loss/padding-nan": _MASK,
     "ppo_clip_loss/padding-inf": _MASK,
-    "ppo_clip_loss/rejects-dual-clip-at-most-one": (
-        "accepts any delta (the dual clip) without validation and clamps the ratio at it "
-        f"({_at(GT + ':3116')})"),
+    "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
+        "delta (the dual clip)", _at(GT, 3116), "the ratio is clamped at any value given"),
     "policy_gradient_loss/matches-reference*": (
         "on policy the per-token loss is -A exp(logp - logp.detach()), whose value is -A, not "
         f"-A logp (the gradient is the same) ({_at(GT + ':3066, :3120')})"),
@@ -607,19 +570,13 @@ GRPO_DEVIATIONS = {
     "aggregate/padding-nan": _MASK,
     "aggregate/padding-inf": _MASK,
     "aggregate/rejects-mask-with-hole": (
-        f"does not check that the mask is a prefix; it sums whatever the mask selects ({_at(GT + ':3173')})"),
+        "does not check that the mask is a prefix; every loss_type's normalisation sums whatever "
+        f"the mask selects ({_at(GT + ':3153-3173')})"),
     "kl_estimate/gradient-matches-reference": _KL_GRAD,
     "kl_estimate/exact-loss-gradients": _KL_GRAD,
     "kl_estimate/padding-nan": _MASK,
     "kl_estimate/padding-inf": _MASK,
-    "kl_estimate/rejects-mixed-float-dtypes": (
-        "computes exp(ref - logp) - (ref - logp) - 1 with silent type promotion, no dtype check "
-        f"({_at(GT + ':3100-3102')})"),
-}
-
-_UNREACHED = {
-    "grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one", "aggregate/rejects-mask-with-hole"),
-    "dr_grpo": ("ppo_clip_loss/rejects-dual-clip-at-most-one", "aggregate/rejects-mask-with-hole"),
+    "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(GT, "3100-3102")),
 }
 
 GRPO_SHIMS = {
@@ -642,10 +599,10 @@ RLOO_SHIMS = {
 }
 
 DPO_DEVIATIONS = {
-    "dpo_loss/rejects-nonpositive-beta": (
-        f"accepts beta <= 0 without validation ({_at(DT + ':801, :1388')})"),
-    "ipo_loss/rejects-nonpositive-tau": (
-        f"accepts beta (tau) <= 0 without validation ({_at(DT + ':801, :1404')})"),
+    "dpo_loss/rejects-nonpositive-beta": support.no_validation(
+        "beta", _at(DT, "801, :1388"), "beta <= 0 is used as given"),
+    "ipo_loss/rejects-nonpositive-tau": support.no_validation(
+        "beta (IPO's tau)", _at(DT, "801, :1404"), "a value <= 0 is used as given"),
 }
 DPO_SHIMS = {
     "dpo_loss": ("one call per pair (the loss is the batch mean), precomputed reference log-probs "
@@ -659,19 +616,27 @@ REWARD_SHIMS = {
 }
 
 
+def _grpo_capabilities(loss_type: str) -> dict:
+    """What GRPOTrainer with ``loss_type`` honours: that loss_type's aggregation, the k3 KL of its
+    loss (grpo_trainer.py:3100-3102), groups of one size (RepeatSampler, grpo_trainer.py:1311)."""
+    return {"agg": [LOSS_TYPE_AGG[loss_type]], "kl_kind": ["k3"], "unequal_groups": False}
+
+
+RLOO_CAPABILITIES = {"unequal_groups": False}            # RepeatSampler (rloo_trainer.py:918)
+DPO_CAPABILITIES = {"label_smoothing": False}             # loss_type "sigmoid" (dpo_trainer.py:1387)
+FRAMEWORK = pins.framework("trl")
+
+
 class TRLGRPO(_GRPO):
     """One ``loss_type`` of GRPOTrainer."""
-    framework = {"trl": f"=={TRL}"}
+    framework = FRAMEWORK
     shims = GRPO_SHIMS
     known_deviations = GRPO_DEVIATIONS
 
     def __init__(self, loss_type: str):
         self.loss_type = loss_type
         self.name = f"trl-{loss_type}"
-        # declared only where a check reaches the deviation: the checks below call only
-        # token-mean or seq-mean-token-mean, which these loss types cannot honour (Unsupported)
-        self.known_deviations = {k: v for k, v in GRPO_DEVIATIONS.items()
-                                 if k not in _UNREACHED.get(loss_type, ())}
+        self.capabilities = _grpo_capabilities(loss_type)
 
     def framework_defaults(self) -> dict:
         return framework_defaults(self.loss_type)
@@ -680,7 +645,8 @@ class TRLGRPO(_GRPO):
 class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs):
     """TRL's defaults: every function, GRPO with its default loss_type."""
     name = "trl"
-    framework = {"trl": f"=={TRL}"}
+    framework = FRAMEWORK
+    capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **RLOO_CAPABILITIES, **DPO_CAPABILITIES}
     shims = {**GRPO_SHIMS, **RLOO_SHIMS, **DPO_SHIMS, **REWARD_SHIMS}
     known_deviations = {**GRPO_DEVIATIONS, **RLOO_DEVIATIONS, **DPO_DEVIATIONS}
     framework_defaults = staticmethod(framework_defaults)
@@ -688,7 +654,8 @@ class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs):
 
 class TRLRLOO(_RLOO):
     name = "trl-rloo"
-    framework = {"trl": f"=={TRL}"}
+    framework = FRAMEWORK
+    capabilities = RLOO_CAPABILITIES
     shims = RLOO_SHIMS
     known_deviations = RLOO_DEVIATIONS
 
@@ -698,7 +665,8 @@ class TRLRLOO(_RLOO):
 
 class TRLDPO(_DPO):
     name = "trl-dpo"
-    framework = {"trl": f"=={TRL}"}
+    framework = FRAMEWORK
+    capabilities = DPO_CAPABILITIES
     shims = DPO_SHIMS
     known_deviations = DPO_DEVIATIONS
     framework_defaults = staticmethod(framework_defaults)
@@ -706,7 +674,8 @@ class TRLDPO(_DPO):
 
 class TRLReward(_Reward):
     name = "trl-reward"
-    framework = {"trl": f"=={TRL}"}
+    framework = FRAMEWORK
+    capabilities: dict = {}                 # every option of bradley_terry_loss (margin included)
     shims = REWARD_SHIMS
     known_deviations: dict = {}
     framework_defaults = staticmethod(framework_defaults)

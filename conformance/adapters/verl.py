@@ -35,10 +35,11 @@ Calling conventions (translations only, no values changed):
 Variants: verl's ``loss_agg_mode`` (``actor.loss_agg_mode``; the critic follows it) selects the
 aggregation. ``verl`` is the default (``ActorConfig.loss_agg_mode``, read at run time:
 token-mean); ``verl-seq-mean-token-sum``, ``verl-seq-mean-token-mean`` and
-``verl-seq-mean-token-sum-norm`` each honour only their own mode and raise ``Unsupported`` for the
-other API.md modes (an unknown mode string is handed to verl, which judges it). Options verl has
-no setting for raise ``Unsupported`` too: GRPO's ``scale='batch'``, a whitening ``eps`` other
-than masked_whiten's fixed 1e-8.
+``verl-seq-mean-token-sum-norm`` each declare their own mode in ``capabilities``, together with
+the options verl has no setting for: GRPO's ``scale='batch'``, a whitening ``eps`` other than
+masked_whiten's fixed 1e-8 (the harness calls a variant with what it honours; a direct call with
+another contract mode is ``Unsupported``, an unknown mode string is handed to verl, which judges
+it). Known deviations that depend on the mode are declared from the variant's capabilities.
 
 Not provided: ``kl_penalized_rewards`` (verl's ``apply_kl_penalty`` works on a ``DataProto`` in
 ray_trainer.py, whose import needs more than this minimal install), ``sequence_logprob`` and the
@@ -50,18 +51,24 @@ from __future__ import annotations
 import functools
 import math
 
-from conformance import Unsupported
+import torch
 
-VERL = "0.9.1"
+from conformance.adapters import pins, support
+from conformance.contract import SCALES
+
+VERL = pins.PINS["verl"]
 CA = "verl/trainer/ppo/core_algos.py"
 TF = "verl/utils/torch_functional.py"
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_NAMES = {"k1": "kl", "k2": "mse", "k3": "low_var_kl"}     # verl's kl_penalty names
-KL_KINDS = {"kl": "k1", "k1": "k1", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
+#: ActorConfig.loss_agg_mode's default in the pinned verl (the plain variant's capabilities;
+#: tests/test_adapter_verl.py checks it against the installed verl)
+DEFAULT_AGG = "token-mean"
+_at = support.citer("verl")
 
 
-def _at(where: str) -> str:
-    return f"{where}, verl {VERL}"
+def _kind(name: str) -> str:
+    """One of verl's kl_penalty names in the contract's names (k1, k2, k3) where it is one."""
+    return {v: k for k, v in KL_NAMES.items()}.get(name, name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,15 +85,7 @@ def _verl():
                            AlgoConfig=AlgoConfig)
 
 
-def _field_default(cls, name):
-    import dataclasses
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    raise KeyError(name)
+_field_default = support.field_default
 
 
 def framework_defaults() -> dict:
@@ -108,12 +107,11 @@ def framework_defaults() -> dict:
         "value_clip": _field_default(v.CriticConfig, "cliprange_value"),
         "kl_in": kl_in,                         # None: neither use_kl_loss nor use_kl_in_reward
         "kl_beta": {"loss": loss_beta, "reward": reward_beta, None: 0.0}[kl_in],
-        "kl_estimator": {"loss": KL_KINDS.get(loss_kind, loss_kind),
-                         "reward": KL_KINDS.get(reward_kind, reward_kind), None: None}[kl_in],
+        "kl_estimator": {"loss": _kind(loss_kind), "reward": _kind(reward_kind), None: None}[kl_in],
         "kl_beta_if_in_loss": loss_beta,                       # actor.kl_loss_coef
-        "kl_estimator_if_in_loss": f"{KL_KINDS.get(loss_kind, loss_kind)} ({loss_kind})",
+        "kl_estimator_if_in_loss": _kind(loss_kind),           # actor.kl_loss_type
         "kl_beta_if_in_reward": reward_beta,                   # algorithm.kl_ctrl.kl_coef
-        "kl_estimator_if_in_reward": f"{KL_KINDS.get(reward_kind, reward_kind)} ({reward_kind})",
+        "kl_estimator_if_in_reward": _kind(reward_kind),       # algorithm.kl_penalty
         "gae_lambda": _field_default(Alg, "lam"),
         "gamma": _field_default(Alg, "gamma"),
         "group_size": _field_default(v.RolloutConfig, "n"),
@@ -125,17 +123,8 @@ def framework_defaults() -> dict:
     }
 
 
-def torch_ones_like(x):
-    import torch
-    return torch.ones_like(x)
-
-
 def _numeric(mask, like):
     return mask.to(like.dtype)
-
-
-def _expand(advantages, logp):
-    return advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
 
 
 def _batch_info(mask, norm_len):
@@ -145,35 +134,42 @@ def _batch_info(mask, norm_len):
             "loss_scale_factor": norm_len}
 
 
+#: verl's GRPO switch: norm_adv_by_std_in_grpo (core_algos.py:273)
+GRPO_SCALES = {"group": True, "none": False}
+
+
+def capabilities(agg_mode: str) -> dict:
+    """What verl with ``loss_agg_mode`` = ``agg_mode`` honours: that mode (the critic follows the
+    actor's, losses.py:186-197), the two GRPO scales, and masked_whiten's fixed eps (1e-8)."""
+    return {"agg": [agg_mode], "scale": [s for s in SCALES if s in GRPO_SCALES],
+            "batch_normalized_advantages.eps": False}
+
+
 class Verl:
     """verl with ``loss_agg_mode`` = ``agg_mode`` (None: verl's default, read at run time)."""
 
-    framework = {"verl": f"=={VERL}"}
+    framework = pins.framework("verl")
     agg_mode: str | None = None
 
     def __init__(self, agg_mode: str | None = None):
         self.agg_mode = agg_mode
         self.name = "verl" if agg_mode is None else f"verl-{agg_mode}"
+        self.capabilities = capabilities(agg_mode or DEFAULT_AGG)
+        self.known_deviations = declarations(self.capabilities)
 
     framework_defaults = staticmethod(framework_defaults)
 
     # the declarations are filled in below the class (they cite lines of the installed verl)
     shims: dict = {}
-    known_deviations: dict = {}
 
     def _mode(self) -> str:
         return self.agg_mode or _field_default(_verl().ActorConfig, "loss_agg_mode")
 
-    def _agg(self, agg):
-        mine = self._mode()
-        if agg != mine and agg in AGG_MODES:
-            raise Unsupported(f"{self.name} aggregates as loss_agg_mode={mine!r} only; "
-                              f"{agg!r} is the adapter {'verl' if agg == self._default() else 'verl-' + agg}")
-        return agg                    # an unknown string goes to verl, which judges it
-
-    @staticmethod
-    def _default():
-        return _field_default(_verl().ActorConfig, "loss_agg_mode")
+    def _agg(self, agg, function: str):
+        """``agg`` if this variant aggregates so (``Unsupported`` for another contract mode); a
+        string that is no contract mode goes to verl, which judges it."""
+        return support.honour(self, "agg", agg, function,
+                              why=f"verl's loss_agg_mode selects one mode per run ({_at(CA, 1170)})")
 
     # --- returns and advantages ---------------------------------------------------------------
 
@@ -193,16 +189,15 @@ class Verl:
         return returns
 
     def _scores_in(self, scores):
-        return scores.unsqueeze(-1), torch_ones_like(scores.unsqueeze(-1))
+        return scores.unsqueeze(-1), torch.ones_like(scores.unsqueeze(-1))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
-        if scale not in ("group", "none"):
-            raise Unsupported(f"verl's GRPO has only norm_adv_by_std_in_grpo=True ('group') or "
-                              f"False ('none'), no scale={scale!r}")
+        by_std = support.translate(self, "scale", scale, GRPO_SCALES, "group_normalized_advantages",
+                                   why=f"norm_adv_by_std_in_grpo is a bool ({_at(CA, 273)})")
         rewards, ones = self._scores_in(scores)
         adv, _ = _verl().ca.compute_grpo_outcome_advantage(
             token_level_rewards=rewards, response_mask=ones, index=group_ids.cpu().numpy(),
-            epsilon=eps, norm_adv_by_std_in_grpo=(scale == "group"))
+            epsilon=eps, norm_adv_by_std_in_grpo=by_std)
         return adv[:, 0]
 
     def leave_one_out_advantages(self, scores, group_ids):
@@ -214,10 +209,9 @@ class Verl:
         return adv[:, 0]
 
     def batch_normalized_advantages(self, advantages, mask=None, eps=1e-8):
-        if eps != 1e-8:
-            raise Unsupported(f"masked_whiten adds a fixed 1e-8 to the variance, not eps={eps!r} "
-                              f"({_at(TF + ':343')})")
-        m = torch_ones_like(advantages) if mask is None else _numeric(mask, advantages)
+        support.honour(self, "eps", eps, "batch_normalized_advantages", default=1e-8,
+                       why=f"masked_whiten adds a fixed 1e-8 to the variance ({_at(TF, 343)})")
+        m = torch.ones_like(advantages) if mask is None else _numeric(mask, advantages)
         return _verl().F.masked_whiten(advantages, m)
 
     # --- KL ---------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ class Verl:
     # --- losses -----------------------------------------------------------------------------
 
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
-        mode = self._agg(mode)
+        mode = self._agg(mode, "aggregate")
         return _verl().ca.agg_loss(loss_mat=values, loss_mask=mask.to(bool), loss_agg_mode=mode,
                                    **_batch_info(mask, norm_len))
 
@@ -246,19 +240,19 @@ class Verl:
         config.global_batch_info.update(_batch_info(mask, config.loss_scale_factor))
         fn = _verl().ca.get_policy_loss_fn(loss_mode)
         loss, _metrics = fn(old_log_prob=old_logp, log_prob=logp,
-                            advantages=_expand(advantages, logp), response_mask=mask.to(bool),
+                            advantages=support.per_token(advantages, logp), response_mask=mask.to(bool),
                             loss_agg_mode=agg, config=config, rollout_is_weights=None)
         return loss
 
     def policy_gradient_loss(self, logp, advantages, mask, agg="token-mean", norm_len=None):
-        agg = self._agg(agg)
+        agg = self._agg(agg, "policy_gradient_loss")
         config = self._actor_config(agg, norm_len)
         # 'gpg' ignores old_log_prob; the trainer hands it the rollout's, here logp detached
         return self._policy_loss("gpg", logp, logp.detach(), advantages, mask, agg, config)
 
     def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
                       dual_clip=None, agg="token-mean", norm_len=None):
-        agg = self._agg(agg)
+        agg = self._agg(agg, "ppo_clip_loss")
         config = self._actor_config(
             agg, norm_len, clip_ratio=clip_low, clip_ratio_low=clip_low,
             clip_ratio_high=clip_low if clip_high is None else clip_high,
@@ -268,7 +262,7 @@ class Verl:
 
     def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean",
                    norm_len=None):
-        agg = self._agg(agg)
+        agg = self._agg(agg, "value_loss")
         # verl/workers/utils/losses.py:186-197 (critic loss_agg_mode follows the actor's)
         loss, _clipfrac = _verl().ca.compute_value_loss(
             vpreds=values, returns=returns, values=old_values, response_mask=mask.to(bool),
@@ -294,31 +288,32 @@ SHIMS = {
 }
 
 DEVIATIONS = {
+    # aggregation, in every mode
+    "aggregate/rejects-mask-with-hole": "agg_loss does not validate the mask; a mask whose real "
+        "tokens are not a prefix is aggregated as given (" + _at(CA, "1140-1206") + ")",
     # GAE
     "gae/matches-reference": "whitens the advantages over the batch (masked_whiten) before "
         "returning them (" + _at(CA + ":262") + ")",
     "gae/exact-advantage-with-true-values": "whitens the advantages over the batch (masked_whiten) "
         "before returning them (" + _at(CA + ":262") + ")",
-    "gae/gradient-matches-reference": "computes under torch.no_grad, so no gradient reaches "
-        "rewards or values (" + _at(CA + ":244") + ")",
+    "gae/gradient-matches-reference": support.no_grad("rewards or values", _at(CA, 244)),
     "gae/padding-1e30": "padded positions are not 0: advantages there are whitened values and "
         "returns there are the padded values (" + _at(CA + ":261") + ")",
     "gae/padding-inf": "reads padded values through values[:, t] * response_mask[:, t], and "
         "inf * 0 = NaN reaches every real token (" + _at(CA + ":255") + ")",
     "gae/padding-nan": "reads padded values through values[:, t] * response_mask[:, t], and "
         "NaN * 0 = NaN reaches every real token (" + _at(CA + ":255") + ")",
-    "gae/rejects-lam-outside-unit-interval": "does not validate lam (" + _at(CA + ":216") + ")",
-    "gae/rejects-row-without-real-token": "does not validate the mask; a row without a real token "
-        "is processed (" + _at(CA + ":216") + ")",
+    "gae/rejects-lam-outside-unit-interval": support.no_validation("lam", _at(CA, 216)),
+    "gae/rejects-row-without-real-token": support.no_validation(
+        "the mask", _at(CA, 216), "a row without a real token is processed"),
     # returns (REINFORCE++)
-    "discounted_returns/gradient-matches-reference": "computes under torch.no_grad, so no gradient "
-        "reaches the rewards (" + _at(CA + ":716") + ")",
+    "discounted_returns/gradient-matches-reference": support.no_grad("the rewards", _at(CA, 716)),
     "discounted_returns/padding-inf": "masks by multiplying, new_running_return * response_mask, "
         "so inf padding becomes NaN and is carried into every real token (" + _at(CA + ":726") + ")",
     "discounted_returns/padding-nan": "masks by multiplying, new_running_return * response_mask, "
         "so NaN padding is carried into every real token (" + _at(CA + ":726") + ")",
-    "discounted_returns/rejects-gamma-outside-unit-interval": "does not validate gamma "
-        "(" + _at(CA + ":715") + ")",
+    "discounted_returns/rejects-gamma-outside-unit-interval": support.no_validation(
+        "gamma", _at(CA, 715)),
     "discounted_returns/rejects-integer-rewards": "accepts integer rewards and returns integer "
         "returns (zeros_like of the rewards); nothing checks the dtype (" + _at(CA + ":717") + ")",
     # groups
@@ -339,59 +334,43 @@ DEVIATIONS = {
     "kl_estimate/padding-nan": "kl_penalty computes every entry and the trainer masks by "
         "multiplying, kld * response_mask, which keeps NaN at padded positions "
         "(" + _at("verl/trainer/ppo/ray_trainer.py:103") + ")",
-    "kl_estimate/large-log-ratios": "k3 ('low_var_kl') clamps the log-ratio to [-20, 20] and "
-        "the estimate to [-10, 10]: at l = -3 it gives 10 where exp(3) - 1 - 3 = 16.09 ("
-        + _at(CA + ":2242-2245") + ")",
-    "kl_estimate/rejects-mixed-float-dtypes": "mixes float dtypes by silent type promotion "
-        "(" + _at(CA + ":2228") + ")",
+    "kl_estimate/large-log-ratios": support.clamps(
+        "k3's ('low_var_kl') log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(CA, "2242-2245"),
+        "at l = -3 it gives 10 where exp(3) - 1 - 3 = 16.09"),
+    "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(CA, 2228)),
 }
 
-# checks whose calls all aggregate as token-mean: they run (and deviate) in the token-mean variant only
-TOKEN_MEAN_DEVIATIONS = {
-    "aggregate/rejects-mask-with-hole": "agg_loss does not validate the mask; a mask whose real "
-        "tokens are not a prefix is aggregated as given (" + _at(CA + ":1170") + ")",
-    "value_loss/padding-inf": "computes (V - R)^2 on padded entries too and masks afterwards with "
-        "torch.where, so the gradient there is 0 * NaN = NaN (" + _at(CA + ":2172") + ")",
-    "value_loss/padding-nan": "computes (V - R)^2 on padded entries too and masks afterwards with "
-        "torch.where, so the gradient there is 0 * NaN = NaN (" + _at(CA + ":2172") + ")",
-}
+def _multiplies(mode: str, line: int) -> dict:
+    """agg_loss's seq-mean modes mask by multiplying, loss_mat * loss_mask: NaN or inf padding
+    makes the loss NaN, in every loss that ends with agg_loss."""
+    why = support.masks_by_multiplication(_at(CA, line), f"the loss matrix in agg_loss's {mode}",
+                                          "loss_mat * loss_mask", "the loss")
+    return {f"{estimator}/padding-{fill}": why for fill in ("inf", "nan")
+            for estimator in ("aggregate", "policy_gradient_loss", "ppo_clip_loss", "value_loss")}
 
 
-def _seq_mean(line: int) -> dict:
-    """Deviations of agg_loss's seq-mean modes, which mask by multiplying, loss_mat * loss_mask."""
-    why = ("agg_loss's {mode} masks by multiplying, loss_mat * loss_mask, so {fill} padding "
-           "makes the loss NaN (" + _at(CA + f":{line}") + ")")
-    out = {}
-    for estimator in ("aggregate", "policy_gradient_loss", "ppo_clip_loss", "value_loss"):
-        for fill, text in (("inf", "inf"), ("nan", "NaN")):
-            out[f"{estimator}/padding-{fill}"] = why.replace("{fill}", text)
-    return out
+_VALUE_WHERE = ("computes (V - R)^2 on padded entries too and masks afterwards with torch.where "
+                "(masked_sum), so the gradient there is 0 * NaN = NaN (" + _at(CA, 2172) + ")")
+
+# deviations that depend on the variant's aggregation mode (its capabilities["agg"])
+DEVIATIONS_BY_MODE = (
+    support.when("value_loss.agg", "token-mean", {"value_loss/padding-inf": _VALUE_WHERE,
+                                                  "value_loss/padding-nan": _VALUE_WHERE}),
+    support.when("agg", "seq-mean-token-sum", _multiplies("seq-mean-token-sum", 1182)),
+    support.when("agg", "seq-mean-token-sum-norm", _multiplies("seq-mean-token-sum-norm", 1182)),
+    support.when("agg", "seq-mean-token-mean", _multiplies("seq-mean-token-mean", 1196)),
+)
 
 
-# per aggregation mode: the checks that run in that variant only (their calls use that mode)
-MODE_DEVIATIONS = {
-    "token-mean": TOKEN_MEAN_DEVIATIONS,
-    "seq-mean-token-sum": {k: v.replace("{mode}", "seq-mean-token-sum")
-                           for k, v in _seq_mean(1182).items()},
-    "seq-mean-token-sum-norm": {k: v.replace("{mode}", "seq-mean-token-sum-norm")
-                                for k, v in _seq_mean(1182).items()},
-    "seq-mean-token-mean": {k: v.replace("{mode}", "seq-mean-token-mean")
-                            for k, v in _seq_mean(1196).items()},
-}
+def declarations(capabilities: dict) -> dict:
+    """A variant's known deviations, from what it honours (its aggregation mode)."""
+    return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_MODE)
+
 
 Verl.shims = SHIMS
 
-
-def _variant(agg_mode: str | None, declared_mode: str) -> Verl:
-    """``declared_mode``: the mode whose deviations the variant declares (for the plain variant,
-    verl 0.9.1's default, token-mean; tests/test_adapter_verl.py checks it is the default)."""
-    adapter = Verl(agg_mode)
-    adapter.known_deviations = {**DEVIATIONS, **MODE_DEVIATIONS[declared_mode]}
-    return adapter
-
-
-verl = _variant(None, "token-mean")
-verl_seq_mean_token_sum = _variant("seq-mean-token-sum", "seq-mean-token-sum")
-verl_seq_mean_token_mean = _variant("seq-mean-token-mean", "seq-mean-token-mean")
-verl_seq_mean_token_sum_norm = _variant("seq-mean-token-sum-norm", "seq-mean-token-sum-norm")
+verl = Verl()
+verl_seq_mean_token_sum = Verl("seq-mean-token-sum")
+verl_seq_mean_token_mean = Verl("seq-mean-token-mean")
+verl_seq_mean_token_sum_norm = Verl("seq-mean-token-sum-norm")
 VARIANTS = (verl, verl_seq_mean_token_sum, verl_seq_mean_token_mean, verl_seq_mean_token_sum_norm)

@@ -1,9 +1,10 @@
-"""Loss aggregation: ``aggregate`` (token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm).
+"""Loss aggregation: ``aggregate`` (token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-
+token-sum-norm).
 
-The equations and their sources are in ``refimpl/aggregation.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/aggregation.py``; this module holds everything
+the harness knows about the same functions: their table entries (sample calls for the generic
+checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
+mutants (broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def aggregate_multiplies_by_mask(values, mask, mode="token-mean", norm_len=None)
     m = _checks.bool_mask(mask, values.shape)
     return _mul_agg(values, m, mode, norm_len)
 
+
 def _mul_agg(values, m, mode, norm_len):
     x = values * m.to(values.dtype)
     lengths = m.sum(1).to(values.dtype)
@@ -46,6 +48,7 @@ def _mul_agg(values, m, mode, norm_len):
         return x.sum(1).mean()
     return x.sum() / (x.shape[0] * (x.shape[1] if norm_len is None else norm_len))
 
+
 @mutant("aggregate", "token-mean divides by the padded size B*T instead of the real-token count")
 def token_mean_divides_by_padded_size(values, mask, mode="token-mean", norm_len=None):
     if mode != "token-mean":
@@ -53,12 +56,14 @@ def token_mean_divides_by_padded_size(values, mask, mode="token-mean", norm_len=
     m = _checks.bool_mask(mask, values.shape)
     return zero_pad(values, m).sum() / values.numel()
 
+
 @mutant("aggregate", "seq-mean-token-sum-norm normalises by the longest real row, not by T")
 def sum_norm_uses_longest_row(values, mask, mode="token-mean", norm_len=None):
     if mode != "seq-mean-token-sum-norm" or norm_len is not None:
         return aggregate(values, mask, mode, norm_len)
     m = _checks.bool_mask(mask, values.shape)
     return aggregate(values, mask, mode, float(m.sum(1).max()))
+
 
 @mutant("aggregate", "does not check that the mask is a prefix of each row")
 def aggregate_accepts_holes(values, mask, mode="token-mean", norm_len=None):

@@ -1,9 +1,10 @@
-"""Group baselines: ``group_normalized_advantages`` (GRPO, Dr. GRPO) and ``leave_one_out_advantages`` (RLOO).
+"""Group baselines: ``group_normalized_advantages`` (GRPO, Dr. GRPO) and
+``leave_one_out_advantages`` (RLOO).
 
-The equations and their sources are in ``refimpl/group.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/group.py``; this module holds everything the
+harness knows about the same functions: their table entries (sample calls for the generic checks
+of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
+(broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _group_stats(scores, group_ids):
     ss = torch.zeros(len(counts), dtype=scores.dtype).index_add(0, inv, c ** 2)
     return inv, n, mean, c, ss
 
+
 @mutant("group_normalized_advantages", "std with divisor n (population std) instead of n - 1")
 def group_std_biased(scores, group_ids, scale="group", eps=1e-6):
     if scale != "group":
@@ -48,11 +50,13 @@ def group_std_biased(scores, group_ids, scale="group", eps=1e-6):
     inv, n, mean, c, ss = _group_stats(scores, group_ids)
     return c / ((ss / n).sqrt()[inv] + eps)
 
+
 @mutant("group_normalized_advantages", "scale='group' divides by the batch std")
 def group_std_over_batch(scores, group_ids, scale="group", eps=1e-6):
     if scale == "group":
         scale = "batch"
     return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
+
 
 @mutant("group_normalized_advantages", "scale='batch' uses the std of the centred values")
 def batch_scale_std_of_centred(scores, group_ids, scale="group", eps=1e-6):
@@ -60,6 +64,7 @@ def batch_scale_std_of_centred(scores, group_ids, scale="group", eps=1e-6):
         return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
     c = refimpl.group_normalized_advantages(scores, group_ids, "none")
     return c / (c.std() + eps)
+
 
 @mutant("group_normalized_advantages", "groups taken as consecutive blocks (reshape to (-1, G)), "
         "ignoring the ids")
@@ -69,6 +74,7 @@ def group_assumes_contiguous(scores, group_ids, scale="group", eps=1e-6):
     blocks = torch.arange(scores.shape[0]) // G
     return refimpl.group_normalized_advantages(scores, blocks, scale, eps)
 
+
 @mutant("group_normalized_advantages", "forgets to subtract the group mean")
 def group_mean_not_subtracted(scores, group_ids, scale="group", eps=1e-6):
     out = refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
@@ -77,12 +83,14 @@ def group_mean_not_subtracted(scores, group_ids, scale="group", eps=1e-6):
     inv, n, mean, c, ss = _group_stats(scores, group_ids)
     return out + mean[inv] / ((ss / (n - 1)).sqrt()[inv] + eps)
 
+
 @mutant("group_normalized_advantages", "divides by the variance instead of the std")
 def group_divides_by_variance(scores, group_ids, scale="group", eps=1e-6):
     if scale != "group":
         return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
     inv, n, mean, c, ss = _group_stats(scores, group_ids)
     return c / ((ss / (n - 1))[inv] + eps)
+
 
 @mutant("group_normalized_advantages", "scale='none' excludes the sample from the mean (RLOO's "
         "baseline under Dr. GRPO's name)")
@@ -91,6 +99,7 @@ def group_none_excludes_self(scores, group_ids, scale="group", eps=1e-6):
         return refimpl.leave_one_out_advantages(scores, group_ids)
     return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
 
+
 @mutant("group_normalized_advantages", "a group of one silently gets advantage 0")
 def group_accepts_singleton(scores, group_ids, scale="group", eps=1e-6):
     _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
@@ -98,9 +107,11 @@ def group_accepts_singleton(scores, group_ids, scale="group", eps=1e-6):
         return torch.zeros_like(scores)
     return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
 
+
 @mutant("leave_one_out_advantages", "the baseline includes the sample itself (a group mean)")
 def loo_includes_self(scores, group_ids):
     return refimpl.group_normalized_advantages(scores, group_ids, scale="none")
+
 
 @mutant("leave_one_out_advantages", "the sum of the others is divided by G instead of G - 1")
 def loo_divides_by_group_size(scores, group_ids):
@@ -140,6 +151,7 @@ input_check("leave_one_out_advantages/rejects-group-of-one", "group_ids",
 GRPO = ("Shao et al. 2024, arXiv:2402.03300, Sec. 4.1.2; "
         "Liu et al. 2025, arXiv:2503.20783 (Dr. GRPO)")
 
+
 def _per_group(scores, ids, scale, eps):
     s, g = scores.double().tolist(), ids.tolist()
     out = []
@@ -151,6 +163,7 @@ def _per_group(scores, ids, scale, eps):
         std_b = math.sqrt(sum((x - every) ** 2 for x in s) / (len(s) - 1))
         out.append((s[i] - mean) / {"group": std + eps, "batch": std_b + eps, "none": 1.0}[scale])
     return torch.tensor(out, dtype=torch.float64)
+
 
 @check("group_normalized_advantages/std-is-per-group", kind="reference",
        section="returns-and-advantages", source=GRPO,
@@ -166,6 +179,7 @@ def std_is_per_group(ctx: Context):
         out = ctx.expect_tensor(ctx.call(scores, ids, "group", 1e-6, about=("scale",)), (8,), dtype)
         ctx.compare(out, _per_group(scores, ids, "group", 1e-6), "advantages")
 
+
 @check("group_normalized_advantages/batch-scale-uses-std-of-all-scores", kind="reference",
        section="returns-and-advantages", source=GRPO + "; TRL scale_rewards='batch'",
        equation="A_i = (s_i - mean_g) / (std(all B scores) + eps)",
@@ -178,6 +192,7 @@ def batch_scale(ctx: Context):
         scores = ctx.randn(6, dtype=dtype) + torch.tensor([0, 0, 0, 5.0, 5, 5], dtype=dtype)
         out = ctx.expect_tensor(ctx.call(scores, ids, "batch", 1e-6, about=("scale",)), (6,), dtype)
         ctx.compare(out, _per_group(scores, ids, "batch", 1e-6), "advantages")
+
 
 @check("group_normalized_advantages/group-id-permutation", kind="property",
        section="returns-and-advantages", source=GRPO,
@@ -197,6 +212,7 @@ def group_permutation(ctx: Context):
             moved = ctx.expect_tensor(ctx.call(scores[perm], new_ids, scale, about=("scale",)), (9,), F64)
             ctx.compare(moved, base[perm], "advantages after permuting samples and relabelling ids")
 
+
 @check("group_normalized_advantages/all-equal-group-gives-zero", kind="property",
        section="returns-and-advantages", source=GRPO,
        equation="s_i = c for all i in g  =>  A_i = 0",
@@ -214,6 +230,7 @@ def all_equal_zero(ctx: Context):
                 out = ctx.expect_tensor(ctx.call(scores, group, scale, about=("scale",)), (len(scores),), F64)
                 ctx.compare(out[:n], torch.zeros(n), "advantages of the all-equal group",
                             tol=1e-9, nan_is_failure=True)
+
 
 @check("leave_one_out_advantages/baseline-excludes-self", kind="reference",
        section="returns-and-advantages", source="Ahmadian et al. 2024, arXiv:2402.14740",
@@ -256,6 +273,7 @@ def exact_loo(ctx: Context):
                     explain=f"bias factor {bias_factor(g, grad_J):.6f} (G = {G}), expected 1")
     ctx.note("bias factor " + ", ".join(factors) + ", expected 1")
 
+
 @check("group_normalized_advantages/exact-mean-baseline-scales-gradient", kind="exact", tol=EXACT,
        section="returns-and-advantages", source="Liu et al. 2025, arXiv:2503.20783 (Dr. GRPO), scale='none'",
        equation="scale='none': E[grad] = (1 - 1/G) grad J exactly",
@@ -278,6 +296,7 @@ def exact_group_mean(ctx: Context):
         ctx.compare(g, (1 - 1 / G) * grad_J, f"E[grad] for G = {G}", dtype=dtype,
                     explain=f"bias factor {f:.6f} (G = {G}), expected {1 - 1 / G:.6f}")
     ctx.note("bias factor " + ", ".join(factors) + "; expected 1 - 1/G")
+
 
 @check("group_normalized_advantages/exact-std-normalisation-bias", kind="exact", tol=EXACT,
        section="returns-and-advantages", source="Shao et al. 2024, arXiv:2402.03300, Sec. 4.1.2; Liu et al. 2025, arXiv:2503.20783, Sec. 3.1",

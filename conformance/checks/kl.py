@@ -1,9 +1,9 @@
 """KL estimators and KL reward shaping: ``kl_estimate`` (k1, k2, k3) and ``kl_penalized_rewards``.
 
-The equations and their sources are in ``refimpl/kl.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/kl.py``; this module holds everything the
+harness knows about the same functions: their table entries (sample calls for the generic checks
+of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
+(broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def k3_ratio_inverted(logp, ref_logp, mask=None, kind="k3"):
         return refimpl.kl_estimate(logp, ref_logp, mask, kind)
     return refimpl.kl_estimate(ref_logp, logp, mask, "k3")
 
+
 @mutant("kl_estimate", "k3 with the sign of the log term flipped: exp(-l) - 1 - l")
 def k3_log_sign_flipped(logp, ref_logp, mask=None, kind="k3"):
     if kind != "k3":
@@ -48,16 +49,19 @@ def k3_log_sign_flipped(logp, ref_logp, mask=None, kind="k3"):
     k1 = refimpl.kl_estimate(logp, ref_logp, mask, "k1")
     return refimpl.kl_estimate(logp, ref_logp, mask, "k3") - 2 * k1
 
+
 @mutant("kl_estimate", "k2 without the 1/2: l**2")
 def k2_missing_half(logp, ref_logp, mask=None, kind="k3"):
     out = refimpl.kl_estimate(logp, ref_logp, mask, kind)
     return 2 * out if kind == "k2" else out
+
 
 @mutant("kl_estimate", "k1 as ref_logp - logp (the KL ratio inverted)")
 def k1_ratio_inverted(logp, ref_logp, mask=None, kind="k3"):
     if kind != "k1":
         return refimpl.kl_estimate(logp, ref_logp, mask, kind)
     return refimpl.kl_estimate(ref_logp, logp, mask, "k1")
+
 
 @mutant("kl_estimate", "computes exp(-l) on raw inputs and masks afterwards (NaN gradients leak)")
 def kl_masks_after_exp(logp, ref_logp, mask=None, kind="k3"):
@@ -68,9 +72,11 @@ def kl_masks_after_exp(logp, ref_logp, mask=None, kind="k3"):
     m = _checks.bool_mask(mask, logp.shape)
     return zero_pad(k, m)
 
+
 @mutant("kl_estimate", "returns float32 whatever the input dtype")
 def kl_casts_to_float32(logp, ref_logp, mask=None, kind="k3"):
     return refimpl.kl_estimate(logp, ref_logp, mask, kind).float()
+
 
 @mutant("kl_penalized_rewards", "adds the score at the padded end (column T-1), not at the last "
         "real token")
@@ -80,6 +86,7 @@ def score_at_padded_end(scores, logp, ref_logp, mask, beta, kind="k1"):
     r = r.clone()
     r[:, -1] = r[:, -1] + scores
     return r
+
 
 @mutant("kl_penalized_rewards", "adds the KL instead of subtracting it (+beta * k)")
 def kl_reward_sign_flipped(scores, logp, ref_logp, mask, beta, kind="k1"):
@@ -123,6 +130,7 @@ def _kl_pair():
     ref, _ = tabular_policy(max_len=2, seed=22)
     return pol, ref
 
+
 def _kl_call(ctx, pol, ref, kind, differentiable=False):
     mask, L = all_rows(pol)
     lp = pol.token_logp()
@@ -132,6 +140,7 @@ def _kl_call(ctx, pol, ref, kind, differentiable=False):
     out = ctx.expect_tensor(out, (mask.shape[0], L), None, f"kl_estimate(kind={kind!r})")
     k = torch.where(mask, out.to(F64), torch.zeros((), dtype=F64)).sum(-1)
     return k.reshape(pol.n_prompts, -1), out.dtype
+
 
 @check("kl_estimate/k3-nonnegative", kind="property",
        section="kl", source="Schulman 2020, 'Approximating KL Divergence'",
@@ -146,6 +155,7 @@ def k3_nonnegative(ctx: Context):
                                                   about=("kind",)), (2, 4), dtype)
         ctx.require(bool((out >= 0).all()), f"k3 = {float(out.min()):.6g} < 0 at some log-ratio",
                     actual=float(out.min()), expected=">= 0")
+
 
 @check("kl_estimate/large-log-ratios", kind="reference",
        section="kl", source="Schulman 2020",
@@ -192,6 +202,7 @@ def exact_kl_expectations(ctx: Context):
     ctx.note(f"KL = {[round(float(x), 6) for x in kl]}; " + ", ".join(
         f"E[{k}] = {[round(float(x), 6) for x in v]}" for k, v in sorted(values.items())))
 
+
 @check("kl_estimate/exact-loss-gradients", kind="exact", tol=EXACT,
        section="kl", source="Tang & Munos 2025, arXiv:2506.09477; Liu et al. 2025, arXiv:2510.01555",
        equation="as a loss term on tokens from pi: E[grad k1] = 0; E[grad k2] = sum_s d(s) grad "
@@ -222,6 +233,7 @@ def exact_kl_gradients(ctx: Context):
                 cosines.append(f"{kind}: cosine with grad KL(pi||ref) {tab.cosine(g, true_grad):.6f}")
             ctx.compare(g, truth, f"E[grad sum_t {kind}]", dtype=dtype)
     ctx.note("k1 gives 0; " + "; ".join(cosines))
+
 
 @check("kl_penalized_rewards/exact-shaped-return", kind="exact", tol=EXACT,
        section="returns-and-advantages", source="Ziegler et al. 2019, arXiv:1909.08593, Sec. 2",

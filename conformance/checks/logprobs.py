@@ -1,9 +1,9 @@
 """Log-probabilities: ``token_logprobs`` and ``sequence_logprob``.
 
-The equations and their sources are in ``refimpl/logprobs.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/logprobs.py``; this module holds everything the
+harness knows about the same functions: their table entries (sample calls for the generic checks
+of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
+(broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from refimpl import _checks
 def logprobs_softmax_over_time(logits, tokens):
     lp = torch.log_softmax(logits, dim=1)
     return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
 
 @mutant("sequence_logprob", "sums every entry, padding included")
 def seq_logprob_reads_padding(token_logp, mask):

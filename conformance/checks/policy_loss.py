@@ -1,9 +1,10 @@
-"""Policy losses: ``policy_gradient_loss`` (REINFORCE) and ``ppo_clip_loss`` (clip-higher, dual clip).
+"""Policy losses: ``policy_gradient_loss`` (REINFORCE) and ``ppo_clip_loss`` (clip-higher, dual
+clip).
 
-The equations and their sources are in ``refimpl/policy_loss.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/policy_loss.py``; this module holds everything
+the harness knows about the same functions: their table entries (sample calls for the generic
+checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
+mutants (broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ from refimpl.policy_loss import _token_inputs
 def pg_sign_flipped(logp, advantages, mask, agg="token-mean", norm_len=None):
     return -refimpl.policy_gradient_loss(logp, advantages, mask, agg, norm_len)
 
+
 @mutant("policy_gradient_loss", "ignores agg and always takes the token mean")
 def pg_ignores_agg(logp, advantages, mask, agg="token-mean", norm_len=None):
     _checks.one_of("agg", agg, refimpl.aggregation.AGG_MODES)
     return refimpl.policy_gradient_loss(logp, advantages, mask, "token-mean")
+
 
 def _ppo_variant(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None, dual_clip=None,
                  agg="token-mean", norm_len=None, *, swap=False, ignore_high=False,
@@ -64,25 +67,31 @@ def _ppo_variant(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,
         loss = capped if dual_everywhere else torch.where(A < 0, capped, loss)
     return aggregate(loss, m, agg, norm_len)
 
+
 @mutant("ppo_clip_loss", "min and max swapped (optimistic instead of pessimistic bound)")
 def ppo_min_max_swapped(*args, **kw):
     return _ppo_variant(*args, **kw, swap=True)
+
 
 @mutant("ppo_clip_loss", "clip_high ignored: clip_low used on both sides")
 def ppo_clip_high_ignored(*args, **kw):
     return _ppo_variant(*args, **kw, ignore_high=True)
 
+
 @mutant("ppo_clip_loss", "the dual-clip floor applied to positive advantages too")
 def ppo_dual_clip_on_positive_advantages(*args, **kw):
     return _ppo_variant(*args, **kw, dual_everywhere=True)
+
 
 @mutant("ppo_clip_loss", "dual clip takes max instead of min")
 def ppo_dual_clip_max(*args, **kw):
     return _ppo_variant(*args, **kw, dual_max=True)
 
+
 @mutant("ppo_clip_loss", "ratio upside down: exp(old_logp - logp)")
 def ppo_ratio_inverted(*args, **kw):
     return _ppo_variant(*args, **kw, inverted_ratio=True)
+
 
 @mutant("ppo_clip_loss", "accepts dual_clip <= 1 without complaint")
 def ppo_accepts_dual_clip_le_one(*args, **kw):
@@ -127,6 +136,7 @@ input_check("ppo_clip_loss/rejects-dual-clip-at-most-one", "dual_clip",
 PPO = ("Schulman et al. 2017, arXiv:1707.06347, Eq. 7; DAPO arXiv:2503.14476 "
        "Sec. 3.1 (clip-higher); Ye et al. 2020, arXiv:1912.09729, Eq. 5 (dual clip)")
 
+
 def _per_response(ctx, pol, scores, make_call, sampler=None):
     """Exact E[grad] of a loss called once per response (a batch of one), and the output dtype."""
     tup = pol.tuples(1)
@@ -143,6 +153,7 @@ def _per_response(ctx, pol, scores, make_call, sampler=None):
         return torch.stack(losses)
     g = pol.expected_gradient(surrogate, tup, sampler=sampler)
     return g, dtypes[0]
+
 
 @check("ppo_clip_loss/gradient-zero-when-clipped", kind="gradient",
        section="losses-on-tokens", source=PPO,
@@ -182,6 +193,7 @@ def ppo_gradient_zero_when_clipped(ctx: Context):
                 expected = torch.where(mask & ~clipped, -A * r * w, torch.zeros_like(r))
                 ctx.compare(grad, expected, "d loss / d logp",
                             explain="zero exactly where the clipped branch is taken")
+
 
 @check("ppo_clip_loss/gradient-equals-policy-gradient-at-old-policy", kind="gradient",
        section="losses-on-tokens", source=PPO,
@@ -228,6 +240,7 @@ def exact_pg(ctx: Context):
                 "token-mean: -E[grad loss] vs grad E[R/|y|]", dtype=dtype)
     ctx.note(f"token-mean: |E g| / |grad J| = {float(g_tm.norm() / grad_J.norm()):.6f}, cosine "
              f"{tab.cosine(-g_tm, grad_J):.6f} (length weighting 1/|y|)")
+
 
 @check("ppo_clip_loss/exact-gradient", kind="exact", tol=EXACT,
        section="losses-on-tokens", source="Schulman et al. 2017, arXiv:1707.06347, Eq. 7",

@@ -1,9 +1,9 @@
 """Preference losses: ``bradley_terry_loss``, ``dpo_loss`` (with label smoothing) and ``ipo_loss``.
 
-The equations and their sources are in ``refimpl/preferences.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/preferences.py``; this module holds everything
+the harness knows about the same functions: their table entries (sample calls for the generic
+checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
+mutants (broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def dpo_smoothing_swapped(policy_chosen_logps, policy_rejected_logps, ref_chosen
     return refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                             ref_rejected_logps, beta, 1.0 - label_smoothing)
 
+
 @mutant("dpo_loss", "forgets the reference model: z = beta (pc - pr)")
 def dpo_ignores_reference(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                           ref_rejected_logps, beta=0.1, label_smoothing=0.0):
@@ -44,11 +45,13 @@ def dpo_ignores_reference(policy_chosen_logps, policy_rejected_logps, ref_chosen
                             torch.zeros_like(ref_chosen_logps), torch.zeros_like(ref_rejected_logps),
                             beta, label_smoothing)
 
+
 @mutant("dpo_loss", "chosen and rejected swapped (the sign of z flipped)")
 def dpo_sign_flipped(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                      ref_rejected_logps, beta=0.1, label_smoothing=0.0):
     return refimpl.dpo_loss(policy_rejected_logps, policy_chosen_logps, ref_rejected_logps,
                             ref_chosen_logps, beta, label_smoothing)
+
 
 @mutant("dpo_loss", "accepts beta <= 0 without complaint")
 def dpo_accepts_nonpositive_beta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
@@ -59,17 +62,20 @@ def dpo_accepts_nonpositive_beta(policy_chosen_logps, policy_rejected_logps, ref
     return refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                             ref_rejected_logps, beta, label_smoothing)
 
+
 @mutant("ipo_loss", "target 1/tau instead of 1/(2 tau)")
 def ipo_tau_not_halved(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                        ref_rejected_logps, tau=0.1):
     return refimpl.ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                             ref_rejected_logps, tau / 2)
 
+
 @mutant("bradley_terry_loss", "margin added instead of subtracted")
 def bt_margin_sign(chosen_rewards, rejected_rewards, margin=None):
     if margin is None:
         return refimpl.bradley_terry_loss(chosen_rewards, rejected_rewards)
     return refimpl.bradley_terry_loss(chosen_rewards, rejected_rewards, -margin)
+
 
 @mutant("bradley_terry_loss", "chosen and rejected swapped")
 def bt_sign_flipped(chosen_rewards, rejected_rewards, margin=None):
@@ -119,6 +125,7 @@ def dpo_log2(ctx: Context):
         out = ctx.expect_tensor(ctx.call(pc, pr, rc, rr, 0.3, 0.2), (4,), dtype)
         ctx.compare(out, torch.full((4,), math.log(2), dtype=F64), "loss at z = 0")
 
+
 @check("dpo_loss/gradient-weight-beta-sigmoid", kind="gradient",
        section="preferences", source="Rafailov et al. 2023, arXiv:2305.18290, Sec. 4 (the DPO update)",
        equation="d loss / d pc = -beta sigmoid(-z), d loss / d pr = +beta sigmoid(-z)",
@@ -134,6 +141,7 @@ def dpo_gradient(ctx: Context):
         z = 0.5 * ((pc - rc) - (pr - rr)).detach()
         ctx.compare(g_c, -0.5 * torch.sigmoid(-z), "d loss / d policy_chosen_logps")
         ctx.compare(g_r, 0.5 * torch.sigmoid(-z), "d loss / d policy_rejected_logps")
+
 
 @check("bradley_terry_loss/gradient-is-sigmoid-minus-one", kind="gradient",
        section="preferences", source="Ouyang et al. 2022, arXiv:2203.02155, Eq. 1; Touvron et "
@@ -180,6 +188,7 @@ def exact_dpo(ctx: Context):
                     explain=f"found {z_star:.6f}, expected log((1-eps)/eps) = {truth:.6f}")
     ctx.note("z* = log 9 = 2.197225 (eps = 0.1) and log 3 = 1.098612 (eps = 0.25) recovered")
 
+
 @check("ipo_loss/exact-minimiser", kind="exact", tol=MINIMISER,
        section="preferences", source="Azar et al. 2024, arXiv:2310.12036v2, Eq. 17",
        equation="the per-pair loss (h - 1/(2 tau))^2 is minimised at h* = 1/(2 tau)",
@@ -196,6 +205,7 @@ def exact_ipo(ctx: Context):
         h_star = golden_min(f, -20.0, 20.0)
         ctx.compare(torch.tensor(h_star), torch.tensor(1 / (2 * tau)), f"minimiser h* (tau = {tau})",
                     explain=f"found {h_star:.6f}, expected 1/(2 tau) = {1 / (2 * tau):.6f}")
+
 
 @check("bradley_terry_loss/exact-preference-probability-recovered", kind="exact", tol=MINIMISER,
        section="preferences", source="Bradley & Terry 1952; Ouyang et al. 2022, arXiv:2203.02155, Eq. 1",

@@ -1,9 +1,9 @@
 """Returns and GAE: ``discounted_returns`` and ``gae``.
 
-The equations and their sources are in ``refimpl/returns.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/returns.py``; this module holds everything the
+harness knows about the same functions: their table entries (sample calls for the generic checks
+of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
+(broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -60,29 +60,36 @@ def _gae_variant(rewards, values, mask, gamma=1.0, lam=0.95, *, next_value="next
     ret = zero_pad(A + V, m) if returns_add_v else A
     return A, ret
 
+
 @mutant("gae", "bootstraps from V[t+1] even after the last real token, reading the padding")
 def gae_bootstraps_past_last_token(rewards, values, mask, gamma=1.0, lam=0.95):
     return _gae_variant(rewards, values, mask, gamma, lam, read_padding=True)
+
 
 @mutant("gae", "off-by-one bootstrap: delta_t = r_t + gamma V(s_t) - V(s_t)")
 def gae_off_by_one_bootstrap(rewards, values, mask, gamma=1.0, lam=0.95):
     return _gae_variant(rewards, values, mask, gamma, lam, next_value="same")
 
+
 @mutant("gae", "accumulates advantages forward in time instead of backward")
 def gae_forward_accumulation(rewards, values, mask, gamma=1.0, lam=0.95):
     return _gae_variant(rewards, values, mask, gamma, lam, forward=True)
+
 
 @mutant("gae", "returns = advantages, forgetting to add V back")
 def gae_returns_without_value(rewards, values, mask, gamma=1.0, lam=0.95):
     return _gae_variant(rewards, values, mask, gamma, lam, returns_add_v=False)
 
+
 @mutant("gae", "lambda and gamma swapped in the recurrence (lam is the discount of delta)")
 def gae_gamma_lam_swapped(rewards, values, mask, gamma=1.0, lam=0.95):
     return refimpl.gae(rewards, values, mask, gamma=lam, lam=gamma)
 
+
 @mutant("gae", "accepts lam outside [0, 1] without complaint")
 def gae_accepts_any_lambda(rewards, values, mask, gamma=1.0, lam=0.95):
     return refimpl.gae(rewards, values, mask, gamma=gamma, lam=min(max(lam, 0.0), 1.0))
+
 
 @mutant("discounted_returns", "accumulates the return forward in time (G_t = r_t + gamma G_{t-1})")
 def returns_forward_in_time(rewards, mask, gamma=1.0):
@@ -94,12 +101,14 @@ def returns_forward_in_time(rewards, mask, gamma=1.0):
         out.append(torch.where(m[:, t], G, torch.zeros_like(G)))
     return torch.stack(out, 1)
 
+
 @mutant("discounted_returns", "float32 input accumulated in bfloat16 (an autocast-style "
         "low-precision path), result cast back")
 def returns_accumulate_in_bfloat16(rewards, mask, gamma=1.0):
     if rewards.dtype != torch.float32:
         return refimpl.discounted_returns(rewards, mask, gamma)
     return refimpl.discounted_returns(rewards.to(torch.bfloat16), mask, gamma).to(rewards.dtype)
+
 
 @mutant("discounted_returns", "returns float32 whatever the input dtype")
 def returns_cast_to_float32(rewards, mask, gamma=1.0):
@@ -166,6 +175,7 @@ def exact_returns(ctx: Context):
     ctx.compare(e[reach > 0], V[reach > 0], "E[G_t | s_t] vs V(s_t)", dtype=out.dtype)
     e, reach = pol.conditional_on_transition(G)
     ctx.compare(e[reach > 0], Q[reach > 0], "E[G_t | s_t, a_t] vs Q(s_t, a_t)", dtype=out.dtype)
+
 
 @check("gae/exact-advantage-with-true-values", kind="exact", tol=EXACT,
        section="returns-and-advantages", source="Schulman et al. 2015, arXiv:1506.02438, Sec. 3, Eq. 16",

@@ -18,6 +18,7 @@ machinery of the concept modules beside this one.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -389,8 +390,14 @@ def _rejects(ctx: Context, control: tuple, bad: tuple, argument: str):
 
 
 def input_check(id, argument, control, bad, hint, mutants=()):
-    @check(id, kind="input", section="invalid-arguments", equation=f"{argument} invalid -> ValueError", hint=hint,
-           mutants=tuple(mutants) + (id.split("/")[0] + "~swallows_errors",))
+    """Register the check ``id``: ``control`` (a valid call) must succeed and ``bad`` (the same
+    call with ``argument`` invalid) must raise. Both are ``ctx -> (args, kwargs)``."""
+    caller = sys._getframe(1)
+
+    @check(id, kind="input", section="invalid-arguments",
+           equation=f"{argument} invalid -> ValueError", hint=hint,
+           mutants=tuple(mutants) + (id.split("/")[0] + "~swallows_errors",),
+           defined_at=(caller.f_code.co_filename, caller.f_lineno))
     def body(ctx: Context):
         _rejects(ctx, control(ctx), bad(ctx), argument)
     return body

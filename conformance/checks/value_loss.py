@@ -1,9 +1,9 @@
 """The value loss: ``value_loss`` (with value clipping).
 
-The equations and their sources are in ``refimpl/value_loss.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/value_loss.py``; this module holds everything
+the harness knows about the same functions: their table entries (sample calls for the generic
+checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
+mutants (broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def value_clip_min(values, old_values, returns, mask, clip=None, agg="token-mean
     if clip is not None:
         loss = torch.minimum(loss, (Vo + torch.clamp(V - Vo, -clip, clip) - R) ** 2)
     return aggregate(0.5 * loss, m, agg, norm_len)
+
 
 @mutant("value_loss", "no factor 1/2: (V - R)^2")
 def value_loss_no_half(values, old_values, returns, mask, clip=None, agg="token-mean",

@@ -1,9 +1,9 @@
 """Batch whitening: ``batch_normalized_advantages`` (REINFORCE++, PPO).
 
-The equations and their sources are in ``refimpl/whitening.py``; this module holds everything the harness
-knows about the same functions: their table entries (sample calls for the generic checks of
-``conformance.checks.templates``), their hand-written and exact checks, and the mutants (broken
-implementations, each modelled on a real bug) that those checks must reject.
+The equations and their sources are in ``refimpl/whitening.py``; this module holds everything
+the harness knows about the same functions: their table entries (sample calls for the generic
+checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
+mutants (broken implementations, each modelled on a real bug) that those checks must reject.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def whiten_reads_padding(advantages, mask=None, eps=1e-8):
     mu, var = advantages.mean(), advantages.var()
     return zero_pad((advantages - mu) * torch.rsqrt(var + eps), m)
 
+
 @mutant("batch_normalized_advantages", "variance with divisor n instead of n - 1")
 def whiten_biased_var(advantages, mask=None, eps=1e-8):
     m = torch.ones_like(advantages, dtype=torch.bool) if mask is None else _checks.bool_mask(
@@ -48,6 +49,7 @@ def whiten_biased_var(advantages, mask=None, eps=1e-8):
     mu = A.sum() / n
     var = zero_pad((A - mu) ** 2, m).sum() / n
     return zero_pad((A - mu) * torch.rsqrt(var + eps), m)
+
 
 @mutant("batch_normalized_advantages", "whitens its input in place (advantages.sub_(mean))")
 def whiten_in_place(advantages, mask=None, eps=1e-8):
@@ -72,6 +74,8 @@ input_check("batch_normalized_advantages/rejects-fewer-than-two-real-entries", "
              "an unbiased variance needs at least two entries")
 
 # --- exact checks (every outcome of refimpl.tabular enumerated) ------------------------------------
+
+
 @check("batch_normalized_advantages/exact-bias-shrinks-with-batch-size", kind="exact", tol=EXACT,
        section="returns-and-advantages", source="Hu et al. 2025, arXiv:2501.03262v9, Sec. 3.1, Eq. 5 (REINFORCE++ global normalisation)",
        equation="E[grad] over every batch of N draws equals refimpl's, and |E g - grad J/sigma| "
