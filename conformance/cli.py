@@ -135,9 +135,11 @@ def _report_interrupted(args, adapter, total: int, started: float) -> int:
 
 
 def reproduce_command(row: dict, args) -> str:
-    """The command that runs this one check again, as the user can paste it."""
+    """The command that runs this one check again, as the user can paste it (into a
+    ``reproduce`` folder under ``--out``, so the full report is not overwritten)."""
     chk = REGISTRY.get(row["id"])
-    argv = ["rlconform", "certify", args.adapter, "--out", str(args.out), "-k", row["id"]]
+    out = str(Path(args.out) / "reproduce")
+    argv = ["rlconform", "certify", args.adapter, "--out", out, "-k", row["id"]]
     if getattr(args, "seed", 0):
         argv += ["--seed", str(args.seed)]
     if getattr(args, "timeout", DEFAULT_TIMEOUT) != DEFAULT_TIMEOUT:

@@ -229,7 +229,11 @@ class Context:
         return out
 
     def expect_tensor(self, out, shape, dtype, what="output") -> torch.Tensor:
-        """The output must be a tensor of ``shape`` and ``dtype``; otherwise ``error``."""
+        """The output must be a tensor of ``shape``; otherwise ``error``. Outputs come back
+        uncast (docs/contract.md, "What an adapter may and may not do"): a floating output of
+        another float dtype than ``dtype`` (the input's) is compared at its own precision's
+        tolerance, with a note; only ``*/dtype-kept`` judges the dtype itself. A non-float
+        output where a float is expected is ``error``."""
         if not isinstance(out, torch.Tensor):
             raise AdapterMisbehaved(f"{what} is {type(out).__name__}, but should be a "
                                     f"torch.Tensor [sample {self.sample}]")
@@ -237,8 +241,13 @@ class Context:
             raise AdapterMisbehaved(f"{what} has shape {tuple(out.shape)}, but should be "
                                     f"{tuple(shape)} [sample {self.sample}]")
         if dtype is not None and out.dtype != dtype:
-            raise AdapterMisbehaved(f"{what} has dtype {out.dtype}, but should be {dtype} "
-                                    f"(the input's) [sample {self.sample}]")
+            if not (out.is_floating_point() and dtype.is_floating_point):
+                raise AdapterMisbehaved(f"{what} has dtype {out.dtype}, but should be {dtype} "
+                                        f"(the input's) [sample {self.sample}]")
+            note = (f"output {str(out.dtype)[6:]} for {str(dtype)[6:]} input, compared at "
+                    f"{str(out.dtype)[6:]} tolerance")
+            if note not in self.notes:
+                self.notes.append(note)
         return out
 
     def expect_pair(self, out, shape, dtype, what="output"):

@@ -162,6 +162,13 @@ class ReportWriter:
     def md_path(self) -> Path:
         return self.dir / f"{self.name}.md"
 
+    def set_framework_defaults(self, defaults: dict, warnings: list[str] = ()):
+        """The adapter's framework defaults (computed in the worker once it has started) and
+        the warnings about them."""
+        self.data["framework_defaults"] = dict(defaults or {})
+        self.data["warnings"] += list(warnings)
+        self._flush()
+
     def add(self, row: dict):
         self.data["checks"].append(row)
         self.data["summary"] = dict(Counter({s: 0 for s in STATUSES}) + Counter(
@@ -275,6 +282,6 @@ def render_markdown(data: dict, shims: dict | None = None, total: int | None = N
                      _cell(chk.equation if chk else "", 120), _clause_cell(r, chk, from_dir)])
     lines += ["", "## Checks", "",
               tabulate(rows, ["status", "check", "estimator", "kind", "message", "equation",
-                              "source"], tablefmt="github"), ""]
+                              "clause"], tablefmt="github"), ""]
     lines.append(f"{verdict(data)} · report `{data['adapter']}.json`")
     return "\n".join(lines) + "\n"

@@ -24,8 +24,12 @@ from conformance import Unsupported
 from conformance.checks import all_checks
 from conformance.context import AdapterMisbehaved, CheckFailed, Context, NotProvided
 from conformance.contract import declaration_errors, defaults_errors
-from conformance.loading import (AdapterLoadError, glob_error, load_adapter,  # noqa: F401
-                                 registered_adapters)
+from conformance.loading import (  # noqa: F401
+    AdapterLoadError,
+    glob_error,
+    load_adapter,
+    registered_adapters,
+)
 from conformance.registry import REGISTRY, Check
 from conformance.report import ReportWriter
 
@@ -99,8 +103,6 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
             status, message = "xfail", f"{message} | declared: {declared}"
         elif status == "pass":
             status, message = "fail", f"declared deviation no longer occurs: {declared}"
-    if status in ("fail", "xfail") and failure is None:
-        failure = None
     return _row(chk, status, message, seconds, ctx, failure)
 
 
@@ -111,7 +113,7 @@ def error_row(chk: Check, message: str, seconds: float) -> dict:
 def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
     """Warnings: declarations that match no check id, capabilities outside the contract's
     vocabulary, and a framework version other than the one the adapter was written against."""
-    from packaging.specifiers import SpecifierSet
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
     ids = [c.id for c in REGISTRY.values()] or [c.id for c in checks]
     out = [f"known_deviations key {pattern!r} matches no check id"
@@ -123,7 +125,13 @@ def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
             found = version(pkg)
         except PackageNotFoundError:
             continue
-        if spec and found not in SpecifierSet(spec if spec[0] in "=<>!~" else f"=={spec}"):
+        try:
+            wanted = SpecifierSet(spec if spec[:1] in "=<>!~" else f"=={spec}") if spec else None
+        except InvalidSpecifier:
+            out.append(f"framework declares {pkg}: {spec!r}, which is not a version specifier "
+                       "(e.g. '==1.2.3' or '>=0.4,<0.5')")
+            continue
+        if wanted is not None and found not in wanted:
             out.append(f"{pkg} {found} installed; the adapter was written against {pkg}{spec}")
     return out
 
@@ -289,14 +297,17 @@ def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 6
     pool = (WorkerPool(spec_or_adapter, seed, device, timeout)
             if isolate and isinstance(spec_or_adapter, str) else None)
     bar = None
+    # the writer first: Ctrl-C while the worker imports a heavy framework still leaves reports
+    writer = ReportWriter(out, adapter, seed, unmatched_declarations(adapter, checks),
+                          total=len(checks))
     try:
-        defaults, warnings = pool.framework_defaults() if pool else framework_defaults(adapter)
-        writer = ReportWriter(out, adapter, seed, unmatched_declarations(adapter, checks) + warnings,
-                              defaults, total=len(checks))
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(checks), desc=f"certify {adapter.name}", unit="check", leave=False)
         try:
+            defaults, warnings = pool.framework_defaults() if pool else framework_defaults(adapter)
+            writer.set_framework_defaults(defaults, warnings)
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=len(checks), desc=f"certify {adapter.name}", unit="check",
+                           leave=False)
             for chk in checks:
                 row = pool.run(chk) if pool else run_check(chk, adapter, seed, device)
                 writer.add(row)

@@ -133,3 +133,21 @@ class DefaultsRaise(RefimplAdapter):
 
 defaults_pid = DefaultsReportPid()
 defaults_raise = DefaultsRaise()
+
+
+class SlowDefaults(RefimplAdapter):
+    """A framework whose config classes take long to import: framework_defaults() sleeps."""
+    name = "slow-defaults"
+
+    @staticmethod
+    def framework_defaults():
+        time.sleep(3600)
+
+
+class BadFrameworkSpecifier(RefimplAdapter):
+    name = "bad-specifier"
+    framework = {"torch": "latest"}
+
+
+slow_defaults = SlowDefaults()
+bad_specifier = BadFrameworkSpecifier()

@@ -1,7 +1,7 @@
 """The test harness: run every test against refimpl and against the mutants it must kill.
 
 ``@against("mutant_a", "mutant_b")`` parametrizes a test over a *subject* ``rf``: refimpl itself
-(the test must pass) and each named mutant from ``tests/mutants.py`` (the test must fail with an
+(the test must pass) and each named mutant (``tests/mutants.py``: the harness's mutants, defined beside their checks in ``conformance/checks/``, plus the tabular ones) (the test must fail with an
 ``AssertionError`` or a ``pytest.fail``; a mutant that survives fails the test run, naming the
 bug it models). A test reaches every function under test through ``rf``: ``rf.gae(...)``,
 ``rf.baseline_leave_one_out(...)``; oracles that must stay correct are imported directly.
@@ -54,7 +54,7 @@ def against(*mutants: str):
     """Run the test on refimpl (must pass) and on each mutant (must fail by assertion)."""
     for name in mutants:
         if name not in MUTANTS:
-            raise KeyError(f"unknown mutant {name!r}; define it in tests/mutants.py")
+            raise KeyError(f"unknown mutant {name!r}; define it beside its checks in conformance/checks/ (or, for the tabular oracle, in tests/mutants.py)")
     USED_MUTANTS.update(mutants)
     params = [pytest.param(Subject(), id="refimpl")]
     params += [pytest.param(Subject(n), id=f"mutant-{n}") for n in mutants]

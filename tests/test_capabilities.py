@@ -129,3 +129,21 @@ def test_declarations_outside_the_vocabulary_are_reported():
     assert set(errors) <= set(unmatched_declarations(Odd, CHECKS))
     with pytest.raises(ValueError, match="unknown capability"):
         capability(Odd, "no-such")
+
+
+def test_an_output_of_another_float_dtype_is_compared_at_its_precision_and_judged_only_by_dtype_kept():
+    """docs/contract.md: outputs come back uncast; only */dtype-kept judges the output dtype."""
+    class Float32Out:
+        name = "float32-out"
+
+        @staticmethod
+        def kl_estimate(*args, **kwargs):
+            return refimpl.kl_estimate(*args, **kwargs).float()
+
+    rows = {c.id: run_check(c, Float32Out()) for c in CHECKS if c.estimator == "kl_estimate"}
+    assert rows["kl_estimate/dtype-kept"]["status"] == "fail", rows["kl_estimate/dtype-kept"]
+    for check_id in ("kl_estimate/matches-reference", "kl_estimate/padding-nan"):
+        row = rows[check_id]
+        assert row["status"] == "pass", row
+        assert "output float32 for float64 input" in row["note"], row
+    assert rows["kl_estimate/exact-expectations"]["status"] == "pass"   # float32 tolerance

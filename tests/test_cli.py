@@ -104,15 +104,17 @@ def test_reproduce_line_is_a_command_that_works_as_printed(tmp_path, capsys):
     line = next((ln for ln in lines if check_id in ln), None)
     assert line is not None, f"no Reproduce: line for {check_id}: {lines}"
     command = line.split("Reproduce:", 1)[1].strip()
+    again = out / "reproduce"                       # the full report is not overwritten
     assert shlex.split(command) == ["rlconform", "certify", "tests.broken_adapters:listy",
-                                    "--out", str(out), "-k", check_id], (
+                                    "--out", str(again), "-k", check_id], (
         f"the Reproduce: line should repeat the spec as typed, --out and -k: {command}")
-    (out / "broken-list.json").unlink()
+    full = (out / "broken-list.json").read_text()
     proc = subprocess.run(command + " -q", shell=True, cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1, f"the printed command did not run the check: {proc.stderr}"
-    rows = json.loads((out / "broken-list.json").read_text())["checks"]
+    rows = json.loads((again / "broken-list.json").read_text())["checks"]
     assert [(r["id"], r["status"]) for r in rows] == [(check_id, "error")], rows
+    assert (out / "broken-list.json").read_text() == full, "the reproduction overwrote the report"
 
 
 # --- 3. an --out that cannot be written ------------------------------------------------------------
@@ -178,6 +180,39 @@ def test_ctrl_c_leaves_both_reports_incomplete_and_exits_130(tmp_path):
     assert data["complete"] is False and data["checks"], "the JSON report should be incomplete"
     md = report.with_suffix(".md").read_text()
     assert "INCOMPLETE" in md and re.search(r"\b\d+ of \d+ checks ran", md), md[:600]
+
+
+def test_ctrl_c_while_the_worker_starts_still_writes_both_reports(tmp_path):
+    """SIGINT while the worker computes framework_defaults (a heavy framework importing): the
+    reports exist from the start, so they are written, incomplete, with no check."""
+    out = tmp_path / "D"
+    proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", "certify",
+                             "tests.broken_adapters:slow_defaults", "--out", str(out), "-q"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report = out / "slow-defaults.json"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not report.is_file():
+            time.sleep(0.02)
+        time.sleep(1.0)                                   # the worker is inside framework_defaults
+        assert proc.poll() is None, f"certify ended before the signal: {proc.communicate()}"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, f"Ctrl-C should exit 130, got {proc.returncode}:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["checks"] == [], data
+    assert "INCOMPLETE" in report.with_suffix(".md").read_text()
+
+
+def test_a_framework_declaration_that_is_no_version_specifier_is_a_warning(tmp_path):
+    data = certify("tests.broken_adapters:bad_specifier", tmp_path, pattern="dpo_loss/log2-*")
+    assert data["complete"] and any("'latest'" in w and "specifier" in w
+                                    for w in data["warnings"]), data["warnings"]
 
 
 def _truncated_report(tmp_path, keep=3):

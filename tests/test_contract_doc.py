@@ -433,3 +433,13 @@ def test_link_points_at_a_file_a_reader_can_open(tmp_path):
     assert contract_doc.link(from_dir=REPO) == "docs/contract.md"
     with pytest.raises(KeyError):
         contract_doc.link("no-such-section")
+
+
+def test_every_check_names_a_section_of_the_contract():
+    """A report row's clause links to docs/contract.md#<section>: the anchor must exist."""
+    from conformance.checks import all_checks
+
+    anchors = set(contract_doc.sections())
+    bad = sorted({f"{c.id}: #{c.section}" for c in all_checks(thorough=True)
+                  if c.section not in anchors})
+    assert not bad, "checks whose section is not a heading of docs/contract.md:\n" + "\n".join(bad)

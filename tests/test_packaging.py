@@ -53,6 +53,11 @@ def test_dependencies_and_extras_say_what_is_used_where():
     assert "hypothesis" not in test, "hypothesis is a run-time dependency; not again in the test extra"
     assert "jsonschema>=4" in deps, "compare validates reports with jsonschema"
     assert "import-linter>=2" in test
+    build = PYPROJECT["build-system"]["requires"]
+    assert any(r.replace(" ", "").startswith("setuptools>=") for r in build)
+    assert any(r.startswith("setuptools>=") for r in PROJECT["optional-dependencies"]["test"]), (
+        "the wheel test builds without build isolation: the test extra must bring the setuptools "
+        f"that [build-system] requires ({build}); a fresh venv has an older one")
     assert PROJECT.get("classifiers"), "no classifiers"
     data = PYPROJECT["tool"]["setuptools"]["package-data"]
     listed = {f"{pkg.replace('.', '/')}/{pattern}" for pkg, patterns in data.items()

@@ -37,9 +37,9 @@ Variants: GRPO's ``loss_type`` selects the aggregation. ``liger`` is Liger's def
 and ``liger-bnpo`` (token-mean) carry the GRPO functions; ``liger-dpo`` carries DPO. Each declares
 its own aggregation in ``capabilities`` (a direct call in another mode is ``Unsupported``). Not
 mapped: the loss
-types cispo, sapo, vespo and luspo (not the API.md clipped objective); DPO ``loss_type="ipo"``
+types cispo, sapo, vespo and luspo (not the contract's clipped objective); DPO ``loss_type="ipo"``
 raises NotImplementedError in 0.8.5 (dpo_loss.py:68-72), so there is no ``ipo_loss``; ORPO, SimPO,
-CPO and KTO have no reference model in their losses and match no API.md function. Liger computes
+CPO and KTO have no reference model in their losses and match no function of the contract. Liger computes
 no advantages, returns, GAE or log-probabilities as pure CPU functions.
 """
 

@@ -17,7 +17,7 @@ plus ``openrlhf/utils/loss_utils.py`` (``get_loss_batch_info``, the normalisers 
 critic pass to every loss), ``openrlhf/trainer/ppo_utils/experience.py`` (the real ``Experience``)
 and ``openrlhf/trainer/ppo_utils/length_penalty.py``, which ``experience_maker.py`` imports.
 
-Variants (API.md "Framework variants"); the switch is ``--algo.advantage.estimator``,
+Variants (docs/contract.md, "Variants"); the switch is ``--algo.advantage.estimator``,
 ``--actor.policy_loss_type`` or ``--model.loss_type`` (reward model):
 
 - ``openrlhf``: OpenRLHF's defaults (``estimator=gae`` with batch whitening, ``policy_loss_type=ppo``,

@@ -35,7 +35,7 @@ Calling conventions (translations only, no values changed):
   (the trainer's ``data.metadata["uids"]``).
 - Losses get the ``trainer.algorithm`` DictConfig from skyrl's ``ppo_base_config.yaml`` with
   ``loss_reduction``, ``eps_clip_low``/``eps_clip_high``, ``policy_loss_type`` and ``value_clip``
-  set, and ``max_seq_len`` = ``norm_len`` (None: T, API.md's default; skyrl sets it to
+  set, and ``max_seq_len`` = ``norm_len`` (None: T, the contract's default; skyrl sets it to
   max_input_length + max_generate_length, skyrl_train/utils/utils.py:278).
 - ``dual_clip=None`` selects ``policy_loss_type='regular'``; ``dual_clip=c`` selects
   ``'dual_clip'`` with ``clip_ratio_c=c``. (B,) advantages are broadcast over tokens.

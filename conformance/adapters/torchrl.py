@@ -15,7 +15,7 @@ What is mapped, and to which torchrl code:
   without an actor network (``actor_network=None`` is the constructor's default); the per-token
   log-weight is formed as ``GRPOLoss._log_weight`` forms it.
 
-Variants (API.md "Framework variants"): ``GRPOLoss(aggregation=...)`` is the switch.
+Variants (docs/contract.md, "Variants"): ``GRPOLoss(aggregation=...)`` is the switch.
 ``torchrl`` is ``GRPOLoss()`` with its defaults (``aggregation="token_mean"``);
 ``torchrl_prompt_mean`` is ``GRPOLoss(aggregation="prompt_mean")``; ``torchrl_dapo`` is the
 ``DAPO`` class (Clip-Higher over GRPO; same code path, token-mean aggregation).
@@ -157,7 +157,7 @@ class _TorchRLBase:
         # Calling convention: torchrl's GAE takes [B, T, 1] tensors, a separate next_state_value
         # and done/terminated flags instead of a mask. The response ends at each row's last real
         # token, which is a terminal state (done = terminated = True there). next_state_value is
-        # V shifted by one step, with V(terminal) = 0 after the last real token (API.md: "V after
+        # V shifted by one step, with V(terminal) = 0 after the last real token (docs/contract.md: "V after
         # the last real token is 0"); torchrl multiplies it by (1 - terminated) there anyway.
         done = _episode_ends(mask)
         V = values.unsqueeze(-1)

@@ -67,7 +67,7 @@ functions; each declares its own aggregation in ``capabilities`` (the harness ca
 mode; a direct call in another contract mode is ``Unsupported``, an unknown mode string is handed
 to TRL as ``loss_type``, which judges it). ``trl-rloo``,
 ``trl-dpo`` and ``trl-reward`` carry what RLOOTrainer, DPOTrainer and RewardTrainer compute.
-TRL 1.16.0 also has the loss types cispo, sapo, luspo and vespo, which are not the API.md
+TRL 1.16.0 also has the loss types cispo, sapo, luspo and vespo, which are not the contract's
 clipped objective; they have no adapter here.
 """
 
