@@ -147,32 +147,40 @@ def test_report_writer_says_why_it_cannot_write(tmp_path):
 
 # --- 4. Ctrl-C ------------------------------------------------------------------------------------
 
-def test_ctrl_c_leaves_both_reports_incomplete_and_exits_130(tmp_path):
-    """SIGINT once the JSON report holds a row. The adapter hangs in
-    leave_one_out_advantages (60 s timeout), so the run is certainly still going when the
-    signal arrives, however fast the machine."""
-    out = tmp_path / "D"
-    proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", "certify",
-                             "tests.broken_adapters:hangs", "--out", str(out), "-q"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    report = out / "broken-hangs.json"
+def _interrupt(spec: str, report: Path, ready) -> tuple[int, str]:
+    """Run ``rlconform certify spec``, send SIGINT once ``ready(report)`` holds, return the exit
+    status and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", "certify", spec, "--out",
+                             str(report.parent), "-q"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(report.read_text())["checks"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
+        while time.monotonic() < deadline and proc.poll() is None and not ready(report):
             time.sleep(0.02)
         assert proc.poll() is None, f"certify ended before the signal: {proc.communicate()}"
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, f"Ctrl-C should exit 130, got {proc.returncode}:\n{stderr}"
+    return proc.returncode, stderr
+
+
+def _report_rows(report: Path):
+    try:
+        return json.loads(report.read_text())["checks"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_ctrl_c_leaves_both_reports_incomplete_and_exits_130(tmp_path):
+    """SIGINT once the JSON report holds a row. The adapter hangs in
+    leave_one_out_advantages (60 s timeout), so the run is certainly still going when the
+    signal arrives, however fast the machine."""
+    report = tmp_path / "D" / "broken-hangs.json"
+    rc, stderr = _interrupt("tests.broken_adapters:hangs", report, lambda r: bool(_report_rows(r)))
+    assert rc == 130, f"Ctrl-C should exit 130, got {rc}:\n{stderr}"
     line = _one_line(stderr)
     assert line.startswith("rlconform: interrupted; partial reports in"), line
     assert report.is_file() and report.with_suffix(".md").is_file(), "a report is missing"
@@ -185,24 +193,15 @@ def test_ctrl_c_leaves_both_reports_incomplete_and_exits_130(tmp_path):
 def test_ctrl_c_while_the_worker_starts_still_writes_both_reports(tmp_path):
     """SIGINT while the worker computes framework_defaults (a heavy framework importing): the
     reports exist from the start, so they are written, incomplete, with no check."""
-    out = tmp_path / "D"
-    proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", "certify",
-                             "tests.broken_adapters:slow_defaults", "--out", str(out), "-q"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    report = out / "slow-defaults.json"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and not report.is_file():
-            time.sleep(0.02)
-        time.sleep(1.0)                                   # the worker is inside framework_defaults
-        assert proc.poll() is None, f"certify ended before the signal: {proc.communicate()}"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, f"Ctrl-C should exit 130, got {proc.returncode}:\n{stderr}"
+    report = tmp_path / "D" / "slow-defaults.json"
+    started = []
+
+    def ready(r):                  # the report exists; then a second for the worker to start
+        if r.is_file() and not started:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 1.0
+    rc, stderr = _interrupt("tests.broken_adapters:slow_defaults", report, ready)
+    assert rc == 130, f"Ctrl-C should exit 130, got {rc}:\n{stderr}"
     assert "Traceback" not in stderr, stderr
     data = json.loads(report.read_text())
     assert data["complete"] is False and data["checks"] == [], data

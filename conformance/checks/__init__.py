@@ -1,7 +1,10 @@
-"""Every registered check, one module per concept (beside its refimpl module): ``returns``,
-``group``, ``whitening``, ``kl``, ``aggregation``, ``policy_loss``, ``value_loss``,
-``preferences``, ``logprobs``; the generic templates every canonical function gets from its table
-entry in ``templates``. Importing this package registers every check."""
+"""Every registered check, one module per concept, beside refimpl's module of the same name:
+``returns``, ``group``, ``whitening``, ``kl``, ``aggregation``, ``policy_loss``, ``value_loss``,
+``preferences``, ``logprobs``. Each holds everything the harness knows about its functions: their
+table entries (``register_op``: the sample calls from which ``templates`` makes the generic
+checks), their hand-written and exact checks, and the mutants (broken implementations, each
+modelled on a real bug) that those checks must reject. ``templates`` holds what is the same for
+every function. Importing this package registers every check; ``docs/checks.md`` lists them."""
 
 from __future__ import annotations
 

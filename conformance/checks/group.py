@@ -1,10 +1,8 @@
 """Group baselines: ``group_normalized_advantages`` (GRPO, Dr. GRPO) and
 ``leave_one_out_advantages`` (RLOO).
 
-The equations and their sources are in ``refimpl/group.py``; this module holds everything the
-harness knows about the same functions: their table entries (sample calls for the generic checks
-of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
-(broken implementations, each modelled on a real bug) that those checks must reject.
+Equations and sources: ``refimpl/group.py``. Here: the table entries, the hand-written and
+exact checks, and the mutants those checks reject (``conformance/checks/__init__.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """KL estimators and KL reward shaping: ``kl_estimate`` (k1, k2, k3) and ``kl_penalized_rewards``.
 
-The equations and their sources are in ``refimpl/kl.py``; this module holds everything the
-harness knows about the same functions: their table entries (sample calls for the generic checks
-of ``conformance.checks.templates``), their hand-written and exact checks, and the mutants
-(broken implementations, each modelled on a real bug) that those checks must reject.
+Equations and sources: ``refimpl/kl.py``. Here: the table entries, the hand-written and
+exact checks, and the mutants those checks reject (``conformance/checks/__init__.py``).
 """
 
 from __future__ import annotations

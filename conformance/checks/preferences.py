@@ -1,9 +1,7 @@
 """Preference losses: ``bradley_terry_loss``, ``dpo_loss`` (with label smoothing) and ``ipo_loss``.
 
-The equations and their sources are in ``refimpl/preferences.py``; this module holds everything
-the harness knows about the same functions: their table entries (sample calls for the generic
-checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
-mutants (broken implementations, each modelled on a real bug) that those checks must reject.
+Equations and sources: ``refimpl/preferences.py``. Here: the table entries, the hand-written and
+exact checks, and the mutants those checks reject (``conformance/checks/__init__.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The value loss: ``value_loss`` (with value clipping).
 
-The equations and their sources are in ``refimpl/value_loss.py``; this module holds everything
-the harness knows about the same functions: their table entries (sample calls for the generic
-checks of ``conformance.checks.templates``), their hand-written and exact checks, and the
-mutants (broken implementations, each modelled on a real bug) that those checks must reject.
+Equations and sources: ``refimpl/value_loss.py``. Here: the table entries, the hand-written and
+exact checks, and the mutants those checks reject (``conformance/checks/__init__.py``).
 """
 
 from __future__ import annotations
