@@ -223,7 +223,7 @@ def _cmd_explain(args) -> int:
     print(f"{chk.id}  ({chk.kind}, estimator {chk.estimator})\n")
     print(f"Equation:\n{wrap(chk.equation)}\n")
     try:
-        quoted = contract_doc.quote(chk.section)
+        quoted = contract_doc.quote(chk.section, chk.estimator)
     except KeyError as exc:
         quoted = f"(not found: {exc.args[0]})"
     print(f"Contract ({CONTRACT}#{chk.section}):\n{textwrap.indent(quoted.rstrip(), '  ')}\n")

@@ -112,10 +112,20 @@ def _find(anchor: str) -> tuple[str, int, str, str]:
     raise _unknown(anchor)
 
 
-def quote(anchor: str) -> str:
+def quote(anchor: str, function: str | None = None) -> str:
     """The text of one section (its heading line, then its body with its subsections);
-    ``KeyError`` naming the closest anchors for an unknown one."""
+    ``KeyError`` naming the closest anchors for an unknown one. With ``function``, a section
+    whose table has a row for that function is quoted as the table's header and that row."""
     _, level, heading, body = _find(anchor)
+    if function is not None:
+        lines = body.splitlines()
+        row = next((i for i, ln in enumerate(lines) if ln.startswith(f"| `{function}(")), None)
+        if row is not None:
+            start = row
+            while start > 0 and lines[start - 1].startswith("|"):
+                start -= 1
+            header = lines[start:start + 2] if start + 2 <= row else []
+            return f"{'#' * level} {heading}\n\n" + "\n".join(header + [lines[row]]) + "\n"
     return f"{'#' * level} {heading}\n\n{body}".rstrip() + "\n"
 
 

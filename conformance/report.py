@@ -254,7 +254,7 @@ def render_markdown(data: dict, shims: dict | None = None, total: int | None = N
     if data.get("framework_defaults"):
         lines += ["", "## Framework defaults", "",
                   tabulate(sorted(data["framework_defaults"].items()), ["setting", "value"],
-                           tablefmt="github")]
+                           tablefmt="github", missingval="None (no setting)")]
     if shims:
         lines += ["", "## Shims (steps beyond calling conventions)", ""]
         lines += [f"- `{k}`: {v}" for k, v in shims.items()]

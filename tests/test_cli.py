@@ -498,10 +498,10 @@ def test_explain_quotes_the_contract_section_and_says_where_things_are_defined(c
     heading = f"Contract (docs/contract.md#{chk.section}):"
     assert heading in out, f"explain should quote the contract under {heading!r}:\n{out[:1500]}"
     after = out.split(heading, 1)[1]
-    quoted = contract_doc.quote(chk.section).splitlines()
+    quoted = contract_doc.quote(chk.section, chk.estimator).splitlines()
     assert after.lstrip("\n").startswith("  " + quoted[0]), "the quote should follow the heading"
-    body = next(ln for ln in quoted[2:] if ln.strip())
-    assert "  " + body in after, f"the section's text is not quoted: {body!r}"
+    row = next(ln for ln in quoted if ln.startswith(f"| `{chk.estimator}("))
+    assert "  " + row in after, f"the function's row of the contract is not quoted: {row!r}"
     assert out.index("Equation:") < out.index(heading), "the quote comes after the equation"
     assert f"{chk.file}:{chk.line}" in out, "explain should say where the check is defined"
     assert "tests/mutants.py" not in out, "the mutants are not defined in tests/mutants.py"

@@ -443,3 +443,12 @@ def test_every_check_names_a_section_of_the_contract():
     bad = sorted({f"{c.id}: #{c.section}" for c in all_checks(thorough=True)
                   if c.section not in anchors})
     assert not bad, "checks whose section is not a heading of docs/contract.md:\n" + "\n".join(bad)
+
+
+def test_quote_narrows_a_function_table_to_that_functions_row():
+    text = contract_doc.quote("returns-and-advantages", "gae")
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert len(rows) == 1 and rows[0].startswith("| `gae("), text
+    assert "| call |" in text or text.count("|---") == 1, f"the table header is missing:\n{text}"
+    # a section without a row for the function is quoted whole
+    assert contract_doc.quote("padding-invariance", "gae") == contract_doc.quote("padding-invariance")
