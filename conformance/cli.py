@@ -36,7 +36,6 @@ from conformance.report import (
     ReportWriteError,
     advice,
     check_writable,
-    render_markdown,
     verdict,
 )
 
@@ -121,12 +120,8 @@ def _report_interrupted(args, adapter, total: int, started: float) -> int:
         print("rlconform: interrupted before any report was written", file=sys.stderr)
         return 130
     ran = "?"
-    try:                                            # the Markdown, with "N of M checks ran"
-        data = json.loads(json_path.read_text())
-        ran = len(data["checks"])
-        if not data.get("complete"):
-            md_path.write_text(render_markdown(data, dict(getattr(adapter, "shims", {}) or {}),
-                                               total=total, from_dir=json_path.parent))
+    try:                      # the runner wrote both, the Markdown with "N of M checks ran"
+        ran = len(json.loads(json_path.read_text())["checks"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     print(f"rlconform: interrupted; partial reports in {json_path} and {md_path} "

@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from conformance import Unsupported
-from conformance.contract import AGG_MODES, KL_KINDS, SCALES, capability
+from conformance.contract import AGG_MODES, KL_KINDS, SCALES, capability, honours
 from conformance.registry import Check
 
 FLOAT32_ACCURATE = 2e-5        # relative error below which a float64 miss is float32 rounding
@@ -166,19 +165,15 @@ class Context:
             cap = OPTION_CAPABILITY.get(p)
             if cap is None:
                 continue
-            value, honoured = get(p), capability(self.adapter, cap, self.check.estimator)
-            if cap in VOCABULARY:
-                if not isinstance(value, str) or value not in VOCABULARY[cap] or value in honoured:
-                    continue
-                if p in about:
-                    raise Unsupported(f"{name} does not honour {p}={value!r} (its capabilities: "
-                                      f"{cap} = {list(honoured)})")
-                put(p, honoured[0])
-            elif honoured is not True and not _is_default(p, value, sig, get):
-                if p in about or (p == "clip_high" and "clip_low" in about):
-                    raise Unsupported(f"{name} does not honour {p}={value!r} (its capabilities: "
-                                      f"{cap} = False)")
-                put(p, sig.parameters[p].default)
+            value, estimator = get(p), self.check.estimator
+            default = get("clip_low") if p == "clip_high" else sig.parameters[p].default
+            if honours(self.adapter, cap, value, estimator, default):
+                continue
+            allowed = capability(self.adapter, cap, estimator)
+            if p in about or (p == "clip_high" and "clip_low" in about):
+                raise Unsupported(f"{name} does not honour {p}={value!r} (its capabilities: "
+                                  f"{cap} = {list(allowed) if cap in VOCABULARY else allowed})")
+            put(p, allowed[0] if cap in VOCABULARY else sig.parameters[p].default)
         if ("group_ids" in names and "group_ids" not in about
                 and capability(self.adapter, "unequal_groups", self.check.estimator) is not True):
             ids = get("group_ids")
@@ -187,14 +182,6 @@ class Context:
                 raise Unsupported(f"{name} takes groups of equal size only (its capabilities: "
                                   "unequal_groups = False)")
         return args, kwargs
-
-    def honours(self, option: str, value) -> bool:
-        """Whether the variant honours ``option=value`` (an argument name, as in ``resolve``)."""
-        try:
-            self.resolve([], {option: value}, about=(option,))
-        except Unsupported:
-            return False
-        return True
 
     def call(self, *args, check_mutation: bool = True, about=(), **kwargs):
         """Call the adapter's estimator with the call fitted to its capabilities (``resolve``);
@@ -305,23 +292,9 @@ class Context:
         self.notes.append(text)
 
 
-def finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 @functools.lru_cache(maxsize=None)
 def _signature(estimator: str):
     """refimpl's signature of a canonical function (the contract's), or None."""
     import refimpl
     fn = getattr(refimpl, estimator, None)
     return inspect.signature(fn) if callable(fn) else None
-
-
-def _is_default(p: str, value, sig, get) -> bool:
-    """Whether a boolean-capability option holds the value that needs no capability."""
-    if value is None:
-        return True
-    if p == "clip_high":
-        return value == get("clip_low")
-    default = sig.parameters[p].default
-    return default is not inspect.Parameter.empty and value == default

@@ -98,6 +98,21 @@ def capability(adapter, name: str, estimator: str | None = None):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def honours(adapter, name: str, value, estimator: str | None = None, default=None) -> bool:
+    """Whether ``adapter`` honours capability ``name`` set to ``value`` in ``estimator``.
+
+    A list-valued capability (``agg``, ``scale``, ``kl_kind``) honours the values it lists; a
+    value outside the contract's vocabulary (an unknown mode) is not the capability's business
+    and counts as honoured (rejecting it is the implementation's job). A boolean capability
+    that is False honours only the value that needs no capability: None, or ``default``."""
+    allowed = capability(adapter, name, estimator)
+    vocabulary = CAPABILITIES[name][0]
+    if isinstance(vocabulary, tuple):
+        return not isinstance(value, str) or value not in vocabulary or value in allowed
+    plain = isinstance(value, (bool, int, float, str))        # a tensor margin is never a default
+    return allowed is True or value is None or (plain and value == default)
+
+
 def declaration_errors(adapter) -> list[str]:
     """Problems with an adapter's ``capabilities`` (unknown names, values outside the
     vocabulary); the runner reports them as warnings."""
@@ -128,4 +143,4 @@ def defaults_errors(defaults: dict) -> list[str]:
 
 __all__ = ["AGG_MODES", "ALGORITHMS", "CAPABILITIES", "CONTRACT_VERSION", "DEFAULTS_KEYS",
            "KL_KINDS", "SCALES", "TRAIN_CONFIG_KEYS", "Unsupported", "capability",
-           "declaration_errors", "defaults_errors"]
+           "declaration_errors", "defaults_errors", "honours"]

@@ -32,9 +32,9 @@ from typing import Callable, Mapping
 import torch
 
 import refimpl
-from conformance import Unsupported
+from conformance import Unsupported, contract
 from conformance.adapters.pins import DISTRIBUTIONS, PINS
-from conformance.contract import AGG_MODES, CAPABILITIES, KL_KINDS, capability
+from conformance.contract import AGG_MODES, KL_KINDS, capability
 
 #: the contract's aggregation modes that take each row's mean or sum first
 SEQ_MEAN_MODES = tuple(m for m in AGG_MODES if m.startswith("seq-mean-"))
@@ -57,17 +57,12 @@ def honour(adapter, name: str, value, function: str | None = None, default=None,
     it is the framework's job); for a boolean one, ``default`` (the value that needs no
     capability: None unless given) always passes. ``why`` (a sentence with its citation) is
     appended to the message."""
-    honours = honoured(adapter, name, function)
-    vocabulary = CAPABILITIES[name][0]
-    if isinstance(vocabulary, tuple):
-        ok = not isinstance(value, str) or value not in vocabulary or value in honours
-        shown = list(honours)
-    else:
-        ok = (honours is True or value is None
-              or (not isinstance(value, torch.Tensor) and value == default))
-        shown = honours
-    if ok:
+    if isinstance(adapter, Mapping):
+        adapter = SimpleNamespace(capabilities=dict(adapter))
+    if contract.honours(adapter, name, value, function, default):
         return value
+    shown = honoured(adapter, name, function)
+    shown = list(shown) if isinstance(shown, tuple) else shown
     who = getattr(adapter, "name", "this variant")
     where = f"{function}'s " if function else ""
     raise Unsupported(f"{who} does not honour {where}{name}={value!r} (its capabilities: "
