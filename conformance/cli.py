@@ -6,6 +6,7 @@
     rlconform list [-k GLOB] [--kind KIND]
     rlconform explain CHECK_ID
     rlconform setup FRAMEWORK [--dry-run]
+    rlconform repro ADAPTER CHECK_ID --out FILE [--seed N]
     rlconform --version
 
 Exit status of ``certify`` (docs/contract.md, "Certification and statuses"): 0 when no check is
@@ -250,6 +251,30 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_repro(args) -> int:
+    """A standalone script that shows one deviation on the framework's own function
+    (conformance/repro.py): exit 0 when written, 1 when the adapter agrees with refimpl on every
+    call of the check (nothing to reproduce), 2 for a usage error."""
+    from conformance import repro
+    problem = repro.check_writable(args.out)
+    if problem:
+        return _error(problem)
+    try:
+        finding = repro.write_repro(args.adapter, args.check_id, args.out, args.seed)
+    except repro.NoDifference as exc:
+        print(f"rlconform: {exc}", file=sys.stderr)
+        return 1
+    except (AdapterLoadError, repro.ReproError) as exc:
+        return _error(" ".join(str(exc).split()))
+    except OSError as exc:
+        return _error(f"--out {args.out!r} cannot be written: {exc.strerror or exc}")
+    what = "value and gradient" if finding.value_excess and finding.gradient_excess else (
+        "gradient" if finding.gradient_excess else "value")
+    print(f"wrote {args.out} ({args.check_id} on {args.adapter}: the {what} differs on sample "
+          f"{finding.call.sample}); run it with python {shlex.quote(str(args.out))}")
+    return 0
+
+
 def _cmd_setup(args) -> int:
     from conformance.install import setup
     return setup(args.framework, dry_run=args.dry_run)
@@ -301,6 +326,14 @@ def parser() -> argparse.ArgumentParser:
                     help=_frameworks_help())
     st.add_argument("--dry-run", action="store_true", help="print the install command only")
     st.set_defaults(func=_cmd_setup)
+    r = sub.add_parser("repro", help="write a standalone script that shows one deviation on the "
+                                     "framework's own function (for its maintainers)")
+    r.add_argument("adapter", metavar="ADAPTER", help="the adapter, named as for certify")
+    r.add_argument("check_id", metavar="CHECK_ID", help="a check id, as `rlconform list` prints it")
+    r.add_argument("--out", required=True, metavar="FILE", help="the script file to write")
+    r.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed the inputs are drawn with (default 0, as certify's)")
+    r.set_defaults(func=_cmd_repro)
     e = sub.add_parser("explain", help="equation, contract section, source and fix for one check")
     e.add_argument("check_id", help="a check id, as `rlconform list` prints it")
     e.set_defaults(func=_cmd_explain)

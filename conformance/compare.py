@@ -1,4 +1,4 @@
-"""``rlconform compare``: one matrix (checks x adapters) from certification reports.
+"""``rlconform compare``: what the frameworks do differently, from certification reports.
 
 Frameworks that cannot share a Python environment are certified each in its own and compared
 here from their JSON reports; adapter names given instead of files are certified in-process.
@@ -6,7 +6,9 @@ Every report read is validated against its JSON Schema (``docs/report.schema.jso
 ``conformance/report.schema.json``): a file of the wrong shape is a ``ReportError`` naming the
 file and the JSON path of the wrong field. A previous ``comparison.json`` (caught by a shell
 glob) is skipped. An incomplete report is marked "(incomplete)" beside its adapter's name.
-Writes ``comparison.md``, ``comparison.json`` and a PNG heatmap of statuses.
+Writes ``comparison.md`` (the findings, conformance/findings.py, per framework, the
+gradient class first; then a framework x estimator grid, also drawn as ``comparison.png``),
+``comparison-matrix.md`` (every check against every adapter) and ``comparison.json``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from conformance.registry import STATUSES
-from conformance.report import check_writable, consequence
+from conformance.findings import (NAMES, RANK, Finding, findings, framework_of, framework_order,
+                                  qualified_passes)
+from conformance.registry import REGISTRY, STATUSES
+from conformance.report import check_writable, is_not_provided, md_table
 
-COLOURS = {"pass": "#4caf50", "xfail": "#ffc107", "skip": "#bdbdbd", "fail": "#e53935",
-           "error": "#6a1b9a", None: "#ffffff"}
+#: the grid's colours: the classes from the most serious (dark red) to the least
+GRID_COLOURS = {"gradient": "#b71c1c", "value": "#ef6c00", "padding": "#6a1b9a",
+                "validation": "#fbc02d", "precision": "#90caf9", "unclassified": "#9e9e9e",
+                "pass": "#66bb6a", None: "#eeeeee"}
 
 
 class ReportError(ValueError):
@@ -115,12 +121,20 @@ def _cell(row: dict | None) -> str:
 
 
 def compare(inputs, out: str | Path, seed: int = 0) -> dict:
+    """Compare the reports (or adapters) ``inputs``; write into ``out``: ``comparison.md`` (the
+    findings per framework, gradient class first, then the framework x estimator grid),
+    ``comparison.png`` (the grid), ``comparison-matrix.md`` (every check x every adapter) and
+    ``comparison.json`` (the matrix and the findings). Returns the JSON's data."""
+    from conformance.checks import all_checks
+
+    all_checks(thorough=True)                  # the registry knows every check's equation
     reports = _load(inputs, seed)
     out = check_writable(out)
     names = [r["adapter"] for r in reports]
     by_adapter = {r["adapter"]: {c["id"]: c for c in r["checks"]} for r in reports}
     ids = sorted({cid for r in reports for cid in by_adapter[r["adapter"]]})
     matrix = {cid: {n: by_adapter[n].get(cid) for n in names} for cid in ids}
+    found = findings(reports)
     data = {
         "adapters": names,
         "summaries": {r["adapter"]: r["summary"] for r in reports},
@@ -128,24 +142,227 @@ def compare(inputs, out: str | Path, seed: int = 0) -> dict:
         "checks": [{"id": cid, **{n: (None if row is None else
                                       {k: row.get(k) for k in ("status", "rel_err", "message")})
                                   for n, row in cols.items()}} for cid, cols in matrix.items()],
+        "findings": [f.to_json(out) for f in found],
     }
     (out / "comparison.json").write_text(json.dumps(data, indent=1))
+    grid = estimator_grid(reports, found)
+    md = ["# rlconform comparison", "",
+          "What each framework computes differently from the contract, one finding per declared "
+          "deviation, ranked by what it does to training: **gradient** (training changes), "
+          "**value** (logged values only), **padding** (NaN/inf at padded positions leaks), "
+          "**validation** (invalid input accepted), **precision** (lower precision than given). "
+          "Every check of every variant, side by side: [comparison-matrix.md]"
+          "(comparison-matrix.md).", "", *_incomplete_note(reports)]
+    md += _findings_sections(found, out)
+    md += _grid_section(grid)
+    md += _qualified_section(reports)
+    md += _summary_section(reports)
+    md += _skips_section(reports)
+    md += _defaults_section(reports)
+    (out / "comparison.md").write_text("\n".join(md))
+    (out / "comparison-matrix.md").write_text(_matrix_document(reports, names, ids, matrix))
+    _grid_picture(grid, out / "comparison.png")
+    return data
+
+
+# --- comparison.md --------------------------------------------------------------------------------
+
+def _by_framework(found: list[Finding]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {}
+    for f in found:
+        out.setdefault(f.framework, []).append(f)
+    return out
+
+
+def _finding_lines(f: Finding, out_dir: Path) -> list[str]:
+    """One finding: the sentence, then its checks with their variants, equations and the size
+    of the difference, what it does to training, where, upstream, the reproduction."""
+    label = {"declared": "", "stale": " (stale declaration: the framework now conforms)",
+             "undeclared": " (undeclared fail)", "error": " (error)"}[f.kind]
+    lines = [f"- **{f.cls}**{label}: {f.sentence}"]
+    for check_id in f.check_ids:
+        chk = REGISTRY.get(check_id)
+        row = f.sample_row(check_id)
+        variants = ", ".join(f"`{a}`" for a in f.adapters(check_id))
+        lines.append(f"  - `{check_id}` ({variants})")
+        if chk is not None:
+            lines.append(f"    - equation: {chk.equation}")
+        size = _size(row)
+        if size:
+            lines.append(f"    - on the sample: {size}")
+    lines.append(f"  - what it does to training: {f.effect}")
+    if f.locations:
+        lines.append("  - where: " + ", ".join(f"`{loc}`" for loc in f.locations))
+    lines.append("  - upstream: " + (", ".join(f"<{u}>" for u in f.upstream) if f.upstream
+                                     else "none known"))
+    links = f.repro_links(out_dir)
+    if links:
+        lines.append("  - reproduce: " + ", ".join(f"[{link}]({link})" for link in links))
+    return lines
+
+
+def _size(row: dict) -> str:
+    """The size of the difference on the failing sample, when the row has numbers."""
+    if row.get("expected") is None and row.get("actual") is None:
+        return f"`{row['sample']}`" if row.get("sample") else ""
+    text = f"expected {_number(row.get('expected'))}, actual {_number(row.get('actual'))}"
+    if row.get("abs_err") is not None:
+        text += f", abs err {row['abs_err']:.3g}"
+    if row.get("rel_err") is not None:
+        text += f", rel err {row['rel_err']:.3g}"
+    return text + (f" (sample `{row['sample']}`)" if row.get("sample") else "")
+
+
+def _number(x) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _findings_sections(found: list[Finding], out_dir: Path) -> list[str]:
+    """Gradient-class findings per framework first, then every other finding per framework."""
+    fws = _by_framework(found)
+    lines = ["## What changes training (gradient class)", ""]
+    gradient = {fw: [f for f in fs if f.cls == "gradient"] for fw, fs in fws.items()}
+    if not any(gradient.values()):
+        lines += ["No finding of the gradient class.", ""]
+    for fw, fs in gradient.items():
+        if fs:
+            lines += [f"### {NAMES.get(fw, fw)}", ""]
+            for f in fs:
+                lines += _finding_lines(f, out_dir)
+            lines.append("")
+    rest = {fw: [f for f in fs if f.cls != "gradient"] for fw, fs in fws.items()}
+    if any(rest.values()):
+        lines += ["## Every other finding, per framework", ""]
+        for fw, fs in rest.items():
+            if not fs:
+                continue
+            counts = ", ".join(f"{c} {sum(f.cls == c for f in fs)}" for c in RANK
+                               if any(f.cls == c for f in fs))
+            lines += [f"### {NAMES.get(fw, fw)} ({counts})", ""]
+            for f in fs:
+                lines += _finding_lines(f, out_dir)
+            lines.append("")
+    if not found:
+        lines += ["Every check passes or is skipped for every adapter.", ""]
+    return lines
+
+
+def estimator_grid(reports: list[dict], found: list[Finding]) -> dict:
+    """{framework: {estimator: (worst class or "pass" or None, {class: number of findings})}}:
+    the worst class of the findings touching the estimator, "pass" when a check of it passed
+    and none failed, None when every check of it was skipped."""
+    ran: dict[str, dict[str, bool]] = {}
+    for r in reports:
+        cells = ran.setdefault(framework_of(r["adapter"]), {})
+        for row in r["checks"]:
+            cells[row["estimator"]] = cells.get(row["estimator"], False) or row["status"] != "skip"
+    grid = {}
+    for fw in sorted(ran, key=framework_order):
+        grid[fw] = {}
+        for est, any_ran in sorted(ran[fw].items()):
+            counts: dict[str, int] = {}
+            for f in found:
+                if f.framework == fw and est in f.estimators:
+                    counts[f.cls] = counts.get(f.cls, 0) + 1
+            worst = min(counts, key=RANK.__getitem__) if counts else ("pass" if any_ran else None)
+            grid[fw][est] = (worst, counts)
+    return grid
+
+
+def _grid_cell(cell) -> str:
+    """``**worst** n`` (then the other classes' counts), "pass", or "—"."""
+    worst, counts = cell
+    if worst is None:
+        return "—"
+    if not counts:
+        return "pass"
+    others = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: RANK[x[0]])
+                       if c != worst)
+    return f"**{worst}** {counts[worst]}" + (f" ({others})" if others else "")
+
+
+def _grid_section(grid: dict) -> list[str]:
+    estimators = sorted({e for cells in grid.values() for e in cells})
+    rows = [[f"`{e}`"] + [_grid_cell(grid[fw].get(e, (None, {}))) for fw in grid]
+            for e in estimators]
+    return ["## Framework × estimator", "",
+            "The worst class among the findings that touch each estimator, with the number of "
+            "findings of each class; pass: every check that ran passed; —: not provided.", "",
+            "![framework x estimator](comparison.png)", "",
+            md_table(["estimator", *[NAMES.get(fw, fw) for fw in grid]], rows), ""]
+
+
+def _qualified_section(reports: list[dict]) -> list[str]:
+    passes = qualified_passes(reports)
+    if not passes:
+        return []
+    lines = ["## Unverified passes", "",
+             "Passes that hold only because the adapter had to shape the input so that the "
+             "framework's behaviour cannot show.", ""]
+    for (fw, sentence), rows in passes.items():
+        ids = ", ".join(dict.fromkeys(f"`{r['id']}`" for _, r in rows))
+        lines.append(f"- {NAMES.get(fw, fw)}: {ids}: {sentence}")
+    return lines + [""]
+
+
+def _summary_section(reports: list[dict]) -> list[str]:
+    rows = [[_label(r)] + [str(r["summary"].get(s, 0)) for s in STATUSES] for r in reports]
+    return ["## Statuses per variant", "", md_table(["adapter", *STATUSES], rows), ""]
+
+
+def _skips_section(reports: list[dict]) -> list[str]:
+    """Per framework: how many checks each variant skipped, and every reason other than "not
+    provided" once, with the variants and checks it concerns (a variant's own name in a reason
+    at the start of a reason is written "the variant", so that variants share it)."""
+    lines = ["## Skips", "",
+             "Per variant, the number of checks skipped (most because the framework does not "
+             "provide the function); then every other reason, once.", ""]
+    by_fw: dict[str, list[dict]] = {}
+    for r in reports:
+        by_fw.setdefault(framework_of(r["adapter"]), []).append(r)
+    for fw in sorted(by_fw, key=framework_order):
+        counts = [(r["adapter"], sum(c["status"] == "skip" for c in r["checks"]),
+                   sum(is_not_provided(c) for c in r["checks"])) for r in by_fw[fw]]
+        if not any(n for _, n, _ in counts):
+            continue
+        lines.append(f"- {NAMES.get(fw, fw)}: " + ", ".join(
+            f"`{a}` {n} ({n - absent} not for want of the function)" if n - absent else f"`{a}` {n}"
+            for a, n, absent in counts))
+        reasons: dict[str, dict[str, list[str]]] = {}
+        for r in by_fw[fw]:
+            for c in r["checks"]:
+                if c["status"] == "skip" and not is_not_provided(c):
+                    reason = c.get("message") or "(no reason given)"
+                    own = f"unsupported: {r['adapter']} "
+                    if reason.startswith(own):
+                        reason = "unsupported: the variant " + reason[len(own):]
+                    entry = reasons.setdefault(reason, {"ids": [], "variants": []})
+                    entry["ids"].append(c["id"])
+                    entry["variants"].append(r["adapter"])
+        for reason, entry in reasons.items():
+            ids = ", ".join(f"`{i}`" for i in dict.fromkeys(entry["ids"]))
+            variants = ", ".join(dict.fromkeys(entry["variants"]))
+            lines.append(f"  - {reason} ({variants}): {ids}")
+    return lines + [""]
+
+
+# --- comparison-matrix.md: every check x every adapter --------------------------------------------
+
+def _matrix_document(reports, names, ids, matrix) -> str:
     labels = [_label(r) for r in reports]
     summary = tabulate([[labels[i]] + [reports[i]["summary"].get(s, 0) for s in STATUSES]
                         for i in range(len(names))], ["adapter", *STATUSES], tablefmt="github")
     differing = [cid for cid in ids if len({(_cell(matrix[cid][n]) if matrix[cid][n] else None)
                                            for n in names}) > 1 or any(
-        matrix[cid][n] and matrix[cid][n]["status"] != "pass" for n in names)]
-    table = tabulate([[f"`{cid}`"] + [_cell(matrix[cid][n]) for n in names] for cid in differing],
-                     ["check", *labels], tablefmt="github")
-    md = ["# rlconform comparison", "", summary, "", *_incomplete_note(reports),
-          "![status heatmap](comparison.png)", "",
-          f"## Checks that are not a pass everywhere ({len(differing)} of {len(ids)})", "",
-          table if differing else "Every check passes for every adapter.", ""]
-    md += _defaults_section(reports) + _details_section(reports)
-    (out / "comparison.md").write_text("\n".join(md))
-    _heatmap(names, ids, matrix, out / "comparison.png", labels)
-    return data
+        matrix[cid][n] and matrix[cid][n]["status"] not in ("pass", "skip") for n in names)]
+    table = md_table(["check", *labels],
+                     [[f"`{cid}`"] + [_cell(matrix[cid][n]) for n in names] for cid in differing])
+    md = ["# rlconform comparison: every check", "", "The findings, ranked by what they do to "
+          "training, are in [comparison.md](comparison.md).", "", summary, "",
+          *_incomplete_note(reports),
+          f"## Checks whose status differs between adapters, or that fail ({len(differing)} of "
+          f"{len(ids)})", "", table if differing else "Every check passes for every adapter.", ""]
+    return "\n".join(md)
 
 
 def _defaults_section(reports) -> list[str]:
@@ -165,55 +382,41 @@ def _short(x, n=40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _details_section(reports) -> list[str]:
-    """Every non-pass: the equation, what the framework does instead (the declared sentence with
-    its file:line, or the check's message), the size of the difference, the consequence."""
-    from conformance.checks import all_checks
-    from conformance.registry import REGISTRY
-
-    all_checks(thorough=True)
-    out = ["## Every non-pass, explained", ""]
-    any_row = False
-    for r in reports:
-        rows = [c for c in r["checks"] if c["status"] not in ("pass",)]
-        if not rows:
-            continue
-        any_row = True
-        out += [f"### `{r['adapter']}`" + ("" if r.get("complete") else " (incomplete)"), ""]
-        for c in rows:
-            chk = REGISTRY.get(c["id"])
-            size = (f"; difference {c['abs_err']:.3g} (relative {c['rel_err']:.3g}) on sample "
-                    f"`{c.get('sample')}`" if c.get("abs_err") is not None else
-                    (f"; on sample `{c.get('sample')}`" if c.get("sample") else ""))
-            out.append(f"- **{c['status']}** `{c['id']}`: {c['message']}{size}")
-            if chk is not None:
-                out.append(f"  - equation: {chk.equation}")
-            said = consequence(c, chk)
-            if said:
-                out.append(f"  - {said[0].lower()}{said[1:]}")
-        out.append("")
-    return out if any_row else []
-
-
-def _heatmap(names, ids, matrix, path: Path, labels=None):
+def _grid_picture(grid: dict, path: Path):
+    """The framework x estimator grid as a picture readable at normal size: one coloured cell
+    per (estimator, framework), the worst class, and the number of findings written in it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    order = ["pass", "xfail", "skip", "fail", "error", None]
-    grid = [[order.index(matrix[cid][n]["status"] if matrix[cid][n] else None) for n in names]
-            for cid in ids]
-    height = max(3.0, 0.16 * len(ids) + 1.5)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.2 * len(names), height))
-    ax.imshow(grid, aspect="auto", cmap=ListedColormap([COLOURS[s] for s in order]),
+    order = [*RANK, "pass", None]
+    frameworks = list(grid)
+    estimators = sorted({e for cells in grid.values() for e in cells})
+    values = [[order.index(grid[fw].get(e, (None, {}))[0]) for fw in frameworks]
+              for e in estimators]
+    size = (3.6 + 1.15 * len(frameworks), max(3.0, 1.2 + 0.42 * len(estimators)))
+    fig, ax = plt.subplots(figsize=size)
+    ax.imshow(values, aspect="auto", cmap=ListedColormap([GRID_COLOURS[c] for c in order]),
               vmin=0, vmax=len(order) - 1, interpolation="nearest")
-    ax.set_xticks(range(len(names)), labels or names, rotation=30, ha="right")
-    ax.set_yticks(range(len(ids)), ids, fontsize=5)
-    ax.legend(handles=[Patch(color=COLOURS[s], label=s or "absent") for s in order],
-              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
-    ax.set_title("rlconform: status of each check")
+    for i, e in enumerate(estimators):
+        for j, fw in enumerate(frameworks):
+            worst, counts = grid[fw].get(e, (None, {}))
+            if counts:
+                ax.text(j, i, str(sum(counts.values())), ha="center", va="center", fontsize=12,
+                        color="white" if worst in ("gradient", "padding") else "black")
+    ax.set_xticks(range(len(frameworks)), [NAMES.get(f, f) for f in frameworks], fontsize=12,
+                  rotation=25, ha="right")
+    ax.set_yticks(range(len(estimators)), estimators, fontsize=11)
+    ax.set_xticks([x - 0.5 for x in range(1, len(frameworks))], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, len(estimators))], minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)
+    ax.legend(handles=[Patch(color=GRID_COLOURS[c], label=c or "not provided") for c in order],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=11, frameon=False,
+              title="worst class (number of findings)", title_fontsize=11)
+    ax.set_title("What differs from the contract, per framework", fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -24,8 +24,6 @@ from conformance import Unsupported
 from conformance.contract import AGG_MODES, KL_KINDS, SCALES, capability, honours
 from conformance.registry import Check
 
-FLOAT32_ACCURATE = 2e-5        # relative error below which a float64 miss is float32 rounding
-
 #: argument name -> capability it is governed by (conformance.contract.CAPABILITIES)
 OPTION_CAPABILITY = {"agg": "agg", "mode": "agg", "scale": "scale", "kind": "kl_kind",
                      "clip_high": "clip_high", "dual_clip": "dual_clip", "clip": "value_clip",
@@ -35,12 +33,14 @@ VOCABULARY = {"agg": AGG_MODES, "scale": SCALES, "kl_kind": KL_KINDS}
 
 
 class CheckFailed(Exception):
-    """The property the check is about is violated (status ``fail``)."""
+    """The property the check is about is violated (status ``fail``). ``cls``, where given, is
+    the failure's class (``conformance.registry.CLASSES``) and wins over the check's."""
 
     def __init__(self, message: str, *, sample: str | None = None, expected: Any = None,
-                 actual: Any = None, abs_err: float | None = None, rel_err: float | None = None):
+                 actual: Any = None, abs_err: float | None = None, rel_err: float | None = None,
+                 cls: str | None = None):
         super().__init__(message)
-        self.message, self.sample = message, sample
+        self.message, self.sample, self.cls = message, sample, cls
         self.expected, self.actual, self.abs_err, self.rel_err = expected, actual, abs_err, rel_err
 
 
@@ -69,6 +69,30 @@ def _clone(x):
     return x.detach().clone() if isinstance(x, torch.Tensor) else x
 
 
+def float32_representable(x: torch.Tensor) -> bool:
+    """Whether every finite entry of ``x`` is exactly a float32 number: the trace float32
+    arithmetic leaves on a result cast back to float64 (float64 arithmetic leaves it on almost
+    no entry but 0 and small integers)."""
+    x = x.detach().to(torch.float64).cpu()
+    finite = x[torch.isfinite(x)]
+    return bool((finite.to(torch.float32).to(torch.float64) == finite).all())
+
+
+def relative_errors(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """|actual - expected| / max(1, |expected|), float64, NaN (both NaN) counted as 0."""
+    a = actual.detach().to(torch.float64).cpu()
+    e = torch.as_tensor(expected).detach().to(torch.float64).cpu()
+    return ((a - e).abs() / e.abs().clamp(min=1.0)).nan_to_num(0.0)
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One call of the adapter's estimator, as made (after ``resolve``; inputs copied before)."""
+    sample: str | None
+    args: tuple
+    kwargs: dict
+
+
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return (a.shape == b.shape and a.dtype == b.dtype
@@ -91,6 +115,7 @@ class Context:
     ran: int = 0                                    # variants that ran to completion
     calls: int = 0                                  # adapter calls made
     unsupported: list[str] = field(default_factory=list)
+    recorded: list[RecordedCall] = field(default_factory=list)   # every ctx.call, in order
 
     def __post_init__(self):
         self.gen = torch.Generator().manual_seed(self.seed)
@@ -183,10 +208,13 @@ class Context:
                                   "unequal_groups = False)")
         return args, kwargs
 
-    def call(self, *args, check_mutation: bool = True, about=(), **kwargs):
+    def call(self, *args, check_mutation: bool = True, about=(), valid_edge: str = "",
+             **kwargs):
         """Call the adapter's estimator with the call fitted to its capabilities (``resolve``);
         an input it modifies is ``error`` (``fail`` for checks about mutation, which pass
-        ``check_mutation=False`` and test it themselves)."""
+        ``check_mutation=False`` and test it themselves). A check about a valid edge value of
+        the contract names it in ``valid_edge`` ("gamma = 0"): a call that raises on it is
+        ``fail`` (refusing a valid input is what that check is about), not ``error``."""
         fn = self.fn
         args, kwargs = self.resolve(args, kwargs, about)
         self.calls += 1
@@ -198,6 +226,8 @@ class Context:
             kwargs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                       for k, v in kwargs.items()}
         before = [_clone(a) for a in args], {k: _clone(v) for k, v in kwargs.items()}
+        self.recorded.append(RecordedCall(self.sample, tuple(_clone(a) for a in before[0]),
+                                          dict(before[1])))
         try:
             out = fn(*args, **kwargs)
         except Unsupported:
@@ -205,6 +235,9 @@ class Context:
         except (CheckFailed, AdapterMisbehaved, NotProvided):
             raise
         except Exception as exc:                                      # noqa: BLE001
+            if valid_edge:
+                raise CheckFailed(f"{self.check.estimator} raised {type(exc).__name__}: {exc} on "
+                                  f"the valid {valid_edge}", sample=self.sample) from exc
             raise AdapterMisbehaved(f"{self.check.estimator} raised {type(exc).__name__}: {exc}"
                                     f" [sample {self.sample}]") from exc
         if check_mutation:
@@ -245,13 +278,25 @@ class Context:
 
     def compare(self, actual: torch.Tensor, expected: torch.Tensor, what: str,
                 tol: float | None = None, nan_is_failure: bool = False, explain: str = "",
-                dtype: torch.dtype | None = None):
+                dtype: torch.dtype | None = None, expected32: torch.Tensor | None = None):
         """``actual`` must equal ``expected`` within the check's tolerance (absolute, scaled by
-        max(1, |expected|)). NaN/inf where the reference is finite is ``error`` unless
-        ``nan_is_failure`` (padding checks: NaN reaching the output is the failure)."""
+        max(1, |expected|)) at ``dtype``'s precision (the output's, unless given); an explicit
+        ``tol`` is used as given, whatever the dtype. NaN/inf where the reference is finite is
+        ``error`` unless ``nan_is_failure`` (padding checks: NaN reaching the output is the
+        failure).
+
+        ``expected32`` is the reference computed in float32 on the same inputs (cast to
+        float32). A float32 output (of float64 input) is compared with it where given. A
+        float64 output that misses the tolerance passes, with the note "float32-accurate (max
+        rel err ...)", only if it was computed in float32 (every entry a float32 number) and
+        equals ``expected32`` within the float32 tolerance: float32 rounding. Without
+        ``expected32`` there is no such escape: an eps of another size or in another place is a
+        difference, however small."""
+        dtype = dtype or actual.dtype                 # the adapter's precision sets the tolerance
+        if dtype != torch.float64 and expected32 is not None:
+            expected = expected32
         a = actual.detach().to(torch.float64).cpu()
         e = torch.as_tensor(expected).detach().to(torch.float64).cpu()
-        dtype = dtype or actual.dtype                 # the adapter's precision sets the tolerance
         tol = self.check.tol.of(dtype) if tol is None else tol
         if a.shape != e.shape:
             raise AdapterMisbehaved(f"{what}: shape {tuple(a.shape)}, but should be "
@@ -265,13 +310,12 @@ class Context:
                 raise CheckFailed(msg, sample=self.sample, expected=float(e[idx]),
                                   actual=str(float(a[idx])))
             raise AdapterMisbehaved(msg + f" [sample {self.sample}]")
-        scale = e.abs().clamp(min=1.0)
-        err = ((a - e).abs() / scale).nan_to_num(0.0)
+        err = relative_errors(a, e)
         worst = float(err.max()) if err.numel() else 0.0
         self.max_rel_err = max(self.max_rel_err, worst)
         if worst <= tol:
             return
-        if dtype == torch.float64 and worst <= FLOAT32_ACCURATE:
+        if dtype == torch.float64 and self.float32_accurate(a, expected32):
             note = f"float32-accurate (max rel err {worst:.1e})"
             if note not in self.notes:
                 self.notes.append(note)
@@ -283,6 +327,19 @@ class Context:
             + (f" ({explain})" if explain else ""),
             sample=self.sample, expected=float(e[idx]), actual=float(a[idx]),
             abs_err=float((a - e).abs()[idx]), rel_err=worst)
+
+    def float32_accurate(self, actual: torch.Tensor, expected32: torch.Tensor | None) -> bool:
+        """Whether float64 ``actual`` is refimpl computed in float32 (``expected32``), cast
+        back: every entry a float32 number, and equal to ``expected32`` within the check's
+        float32 tolerance. False without ``expected32``."""
+        if expected32 is None or not float32_representable(actual):
+            return False
+        e32 = torch.as_tensor(expected32)
+        if tuple(e32.shape) != tuple(actual.shape) or not torch.equal(
+                torch.isfinite(e32.detach().cpu()), torch.isfinite(actual.detach().cpu())):
+            return False
+        err = relative_errors(actual, e32)
+        return not err.numel() or float(err.max()) <= self.check.tol.float32
 
     def require(self, condition: bool, message: str, **fields):
         if not condition:

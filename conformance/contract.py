@@ -113,10 +113,28 @@ def honours(adapter, name: str, value, estimator: str | None = None, default=Non
     return allowed is True or value is None or (plain and value == default)
 
 
+#: declarations keyed by check-id globs whose values are sentences or URLs (str -> str):
+#: ``upstream`` (where the framework tracks a deviation) and ``qualified`` (a pass that holds
+#: only because the adapter shaped the input so that the framework's behaviour cannot show)
+STRING_DECLARATIONS = ("upstream", "qualified")
+
+
 def declaration_errors(adapter) -> list[str]:
     """Problems with an adapter's ``capabilities`` (unknown names, values outside the
-    vocabulary); the runner reports them as warnings."""
+    vocabulary) and with its ``upstream`` and ``qualified`` declarations (each a dict of
+    check-id glob -> str); the runner reports them as warnings."""
     out = []
+    for what in STRING_DECLARATIONS:
+        declared = getattr(adapter, what, None)
+        if declared is None:
+            continue
+        if not isinstance(declared, dict):
+            out.append(f"{what} should be a dict of check-id glob -> str, got "
+                       f"{type(declared).__name__}")
+            continue
+        out += [f"{what}[{k!r}] should be a non-empty str (glob -> str), got {v!r}"
+                for k, v in declared.items()
+                if not isinstance(k, str) or not isinstance(v, str) or not v.strip()]
     for key, value in (getattr(adapter, "capabilities", None) or {}).items():
         name = key.rsplit(".", 1)[-1]
         if name not in CAPABILITIES:
@@ -142,5 +160,5 @@ def defaults_errors(defaults: dict) -> list[str]:
 
 
 __all__ = ["AGG_MODES", "ALGORITHMS", "CAPABILITIES", "CONTRACT_VERSION", "DEFAULTS_KEYS",
-           "KL_KINDS", "SCALES", "TRAIN_CONFIG_KEYS", "Unsupported", "capability",
-           "declaration_errors", "defaults_errors", "honours"]
+           "KL_KINDS", "SCALES", "STRING_DECLARATIONS", "TRAIN_CONFIG_KEYS", "Unsupported",
+           "capability", "declaration_errors", "defaults_errors", "honours"]

@@ -19,6 +19,13 @@ import torch
 
 KINDS = ("reference", "property", "gradient", "input", "exact", "training")
 STATUSES = ("pass", "fail", "error", "skip", "xfail")
+#: what a non-pass does to a user, worst first (docs/contract.md, "Certification, statuses,
+#: reports")
+CLASSES = ("gradient", "value", "padding", "validation", "precision")
+#: the loss estimators: a failing value comparison of theirs is re-run with gradients, to tell
+#: a value-only difference (``value``) from one training sees (``gradient``)
+LOSS_ESTIMATORS = ("policy_gradient_loss", "ppo_clip_loss", "value_loss", "dpo_loss", "ipo_loss",
+                   "bradley_terry_loss", "aggregate")
 CONTRACT = "docs/contract.md"
 
 
@@ -53,10 +60,15 @@ class Check:
     consequence: str = ""                   # what a failure means for a user of the trainer
     file: str = ""                          # where the check is defined (repository-relative)
     line: int = 0
+    cls: str | None = ""                    # class of a failure (CLASSES); "": derived, None: none
 
     def __post_init__(self):
         if not self.consequence:
             object.__setattr__(self, "consequence", default_consequence(self))
+        if self.cls == "":
+            object.__setattr__(self, "cls", default_class(self))
+        if self.cls is not None and self.cls not in CLASSES:
+            raise ValueError(f"check {self.id}: unknown class {self.cls!r}; one of {CLASSES}")
         if self.kind not in KINDS:
             raise ValueError(f"check {self.id}: unknown kind {self.kind!r}")
         if not self.id.startswith(self.estimator + "/") and self.kind != "training":
@@ -92,6 +104,23 @@ def default_consequence(chk: "Check") -> str:
     return "values differ from the contract's definition: runs are not comparable across frameworks"
 
 
+def default_class(chk: "Check") -> str | None:
+    """The class of a failure of ``chk`` unless the check or the failure says otherwise: the
+    output dtype is ``precision``, invalid input accepted ``validation``, padding that leaks
+    ``padding``, a mutated input none (its status says it); any other wrong value or gradient
+    is what training sees, ``gradient`` (for a loss estimator the runner re-runs the failing
+    call with gradients, and a value-only difference becomes ``value``)."""
+    if chk.id.endswith("/dtype-kept"):
+        return "precision"
+    if chk.id.endswith("/no-input-mutation"):
+        return None
+    if chk.kind == "input":
+        return "validation"
+    if chk.section == "padding-invariance":
+        return "padding"
+    return "gradient"
+
+
 REGISTRY: dict[str, Check] = {}
 
 
@@ -115,10 +144,11 @@ def _relative(path: str, line: int) -> tuple[str, int]:
 def check(id: str, *, estimator: str | None = None, kind: str, section: str, equation: str,
           hint: str, source: str = "", tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
           thorough: bool = False, derivation: str = "", consequence: str = "",
-          defined_at: tuple[str, int] | None = None):
+          defined_at: tuple[str, int] | None = None, cls: str | None = ""):
     """Register the decorated function as a check (one entry of the registry). ``defined_at``
     (file, line) overrides where the check is said to be defined (a helper that registers a
-    check passes its caller's line)."""
+    check passes its caller's line). ``cls`` is the class of its failures (``CLASSES``;
+    default: ``default_class``; None: no class)."""
     def register(body):
         if id in REGISTRY:
             raise ValueError(f"duplicate check id {id}")
@@ -126,7 +156,8 @@ def check(id: str, *, estimator: str | None = None, kind: str, section: str, equ
         REGISTRY[id] = Check(id=id, estimator=estimator or id.split("/")[0], kind=kind,
                              section=section, source=source, equation=equation, hint=hint,
                              body=body, tol=tol, mutants=tuple(mutants), thorough=thorough,
-                             derivation=derivation, consequence=consequence, file=file, line=line)
+                             derivation=derivation, consequence=consequence, file=file, line=line,
+                             cls=cls)
         return body
     return register
 

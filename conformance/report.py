@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shlex
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -47,6 +49,53 @@ def declared_sentence(row: dict) -> str | None:
     if is_stale(row):
         return message[len(STALE):].lstrip(": ")
     return None
+
+
+#: the classes of a non-pass (docs/contract.md, "The JSON report"), the one that changes
+#: training first
+CLASSES = ("gradient", "value", "padding", "validation", "precision")
+UNCLASSIFIED = "unclassified"
+
+
+def row_class(row: dict) -> str:
+    """The row's ``class``; "unclassified" where the report has none (written before classes)."""
+    return row.get("class") or UNCLASSIFIED
+
+
+def row_deviation(row: dict) -> str | None:
+    """The declared sentence of a row: its ``deviation`` field, or for a report written before
+    that field, the part of the message after " | declared: " (or after a stale prefix)."""
+    return row.get("deviation") or declared_sentence(row)
+
+
+def is_qualified(row: dict) -> str | None:
+    """The sentence of a pass that holds only because the adapter shaped the input so that the
+    framework's behaviour cannot show (its ``qualified`` field, or a note "qualified: ...")."""
+    if row["status"] != "pass":
+        return None
+    if row.get("qualified"):
+        return row["qualified"]
+    note = row.get("note") or ""
+    return note[len("qualified: "):].split("; ")[0] if note.startswith("qualified: ") else None
+
+
+def reproduce_line(adapter: str, check_id: str, seed: int = 0) -> str:
+    """The command that runs one check again, as the command line prints it under a non-pass
+    (cli.reproduce_command): into a ``reproduce`` folder, so the full report is not
+    overwritten."""
+    chk = REGISTRY.get(check_id)
+    argv = ["rlconform", "certify", adapter, "--out", "reproduce", "-k", check_id]
+    if seed:
+        argv += ["--seed", str(seed)]
+    if chk is not None and chk.thorough:
+        argv.append("--thorough")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def repro_path(adapter: str, check_id: str) -> str:
+    """Where ``rlconform repro`` writes the standalone script of a check, relative to the
+    reports' directory."""
+    return f"repro/{adapter}/{check_id.replace('/', '__')}.py"
 
 
 def error_advice(row: dict) -> str:
@@ -149,9 +198,11 @@ class ReportWriter:
             "seed": seed, "rlconform_version": refimpl.__version__,
             "contract_version": CONTRACT_VERSION,
             "framework_defaults": dict(framework_defaults or {}),
-            "warnings": list(warnings or []), "summary": {s: 0 for s in STATUSES}, "checks": [],
+            "warnings": list(warnings or []),
+            "shims": dict(getattr(adapter, "shims", {}) or {}),
+            "summary": {s: 0 for s in STATUSES}, "checks": [],
         }
-        self.shims = dict(getattr(adapter, "shims", {}) or {})
+        self.shims = self.data["shims"]
         self._flush()
 
     @property
@@ -238,11 +289,150 @@ def _clause_cell(row: dict, chk, from_dir) -> str:
     return f"{text}; {_cell(paper, 100)}" if paper else text
 
 
+#: the order of the sections of non-passes: what needs action first
+NONPASS_ORDER = ("fail", "error", "xfail")
+
+
+def _text(text) -> str:
+    """``text`` as one Markdown table cell, whole (a message is never cut)."""
+    return "" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers, rows) -> str:
+    """A GitHub Markdown table without column padding (long cells stay one line each)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(x) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def what_happened(row: dict) -> str:
+    """A non-pass row's message (without its declared sentence, which has its own place), the
+    sample, the size of the difference and the note."""
+    message = row.get("message") or ""
+    if row["status"] == "xfail" and " | declared: " in message:
+        message = message.split(" | declared: ", 1)[0]
+    parts = [message]
+    if row.get("sample"):
+        parts.append(f"[sample {row['sample']}]")
+    if row.get("expected") is not None or row.get("actual") is not None:
+        size = f"expected {_number(row.get('expected'))}, actual {_number(row.get('actual'))}"
+        if row.get("abs_err") is not None:
+            size += f", abs err {row['abs_err']:.3g}"
+        if row.get("rel_err") is not None:
+            size += f", rel err {row['rel_err']:.3g}"
+        parts.append(f"({size})")
+    if row.get("note"):
+        parts.append(f"({row['note']})")
+    return " ".join(p for p in parts if p)
+
+
+def what_it_means(row: dict, chk=None) -> str:
+    """For a non-pass: the declared sentence or the hint, the consequence, the upstream issue."""
+    chk = chk if chk is not None else REGISTRY.get(row["id"])
+    said = [advice(row, chk), consequence(row, chk)]
+    sentence = row_deviation(row)
+    if row["status"] == "xfail" and sentence and not (said[0] or "").endswith(sentence):
+        said[0] = f"Declared: {sentence}"
+    if row.get("upstream"):
+        said.append(f"Upstream: <{row['upstream']}>")
+    return " ".join(f"{x.rstrip('.')}." for x in dict.fromkeys(x for x in said if x))
+
+
+def _nonpass_sections(data: dict, from_dir) -> list[str]:
+    """The non-passes, fail then error then xfail (xfail grouped by class, gradient first):
+    whole messages, what each means, and the command that reproduces it."""
+    rows = [r for r in data["checks"] if r["status"] in NONPASS_ORDER]
+    if not rows:
+        return ["", "## Not a pass", "", "Every check that ran passed or was skipped."]
+    groups = []
+    for status in NONPASS_ORDER:
+        mine = [r for r in rows if r["status"] == status]
+        if status != "xfail":
+            groups.append((f"{status} ({len(mine)})", mine))
+            continue
+        for cls in (*CLASSES, UNCLASSIFIED):
+            groups.append((f"xfail, class {cls} ({sum(row_class(r) == cls for r in mine)})",
+                           [r for r in mine if row_class(r) == cls]))
+    out = ["", f"## Not a pass ({len(rows)})", "",
+           "Failures first, then errors, then the declared deviations (xfail) by class: "
+           "gradient (training changes), value, padding, validation, precision."]
+    for title, mine in groups:
+        if not mine:
+            continue
+        table = []
+        for r in mine:
+            chk = REGISTRY.get(r["id"])
+            table.append([f"`{r['id']}`", _text(what_happened(r)), _text(what_it_means(r, chk)),
+                          f"`{reproduce_line(data['adapter'], r['id'], data.get('seed', 0))}`",
+                          _text(chk.equation) if chk else "", _clause_cell(r, chk, from_dir)])
+        out += ["", f"### {title}", "",
+                md_table(["check", "what happened", "what it means", "reproduce",
+                                 "equation", "clause"], table)]
+    return out
+
+
+def _qualified_section(data: dict, from_dir) -> list[str]:
+    rows = [(r, is_qualified(r)) for r in data["checks"] if is_qualified(r)]
+    if not rows:
+        return []
+    table = [[f"`{r['id']}`", _text(sentence), _clause_cell(r, REGISTRY.get(r["id"]), from_dir)]
+             for r, sentence in rows]
+    return ["", f"## Unverified passes ({len(rows)})", "",
+            "These pass only because the adapter had to shape the input so that the framework's "
+            "behaviour cannot show; the pass says nothing about that behaviour.", "",
+            md_table(["check", "why unverified", "clause"], table)]
+
+
+def _pass_section(data: dict, from_dir) -> list[str]:
+    rows = [r for r in data["checks"] if r["status"] == "pass" and not is_qualified(r)]
+    if not rows:
+        return []
+    table = [[f"`{r['id']}`", r["kind"], _text(r.get("note") or ""),
+              _clause_cell(r, REGISTRY.get(r["id"]), from_dir)] for r in rows]
+    return ["", f"## Passes ({len(rows)})", "",
+            md_table(["check", "kind", "note", "clause"], table)]
+
+
+def is_not_provided(row: dict) -> bool:
+    """A skip because the adapter does not offer the function at all."""
+    return row["status"] == "skip" and (row.get("message") or "").endswith("not provided")
+
+
+def skip_summary(rows: list[dict]) -> list[str]:
+    """Skips in a few lines: how many, which functions are not provided, and every other
+    reason (an option the framework cannot express) with its checks."""
+    skips = [r for r in rows if r["status"] == "skip"]
+    if not skips:
+        return []
+    absent = list(dict.fromkeys(r["estimator"] for r in skips if is_not_provided(r)))
+    n_absent = sum(is_not_provided(r) for r in skips)
+    out = [f"{len(skips)} skipped: {n_absent} because the function is not provided"
+           + (f" ({', '.join(f'`{e}`' for e in absent)})" if absent else "")
+           + f", {len(skips) - n_absent} for another reason"
+           + (":" if n_absent < len(skips) else ".")]
+    reasons: dict[str, list[str]] = {}
+    for r in skips:
+        if not is_not_provided(r):
+            reasons.setdefault(r.get("message") or "(no reason given)", []).append(r["id"])
+    out += [""] if reasons else []
+    out += [f"- {_text(reason)}: " + ", ".join(f"`{i}`" for i in ids)
+            for reason, ids in reasons.items()]
+    return out
+
+
 def render_markdown(data: dict, shims: dict | None = None, total: int | None = None,
                     from_dir: str | Path | None = None) -> str:
-    """The Markdown report of ``data``. ``total``: how many checks the run meant to try (an
-    incomplete report says how many of them ran); ``from_dir``: the directory the report is
-    written to, which the links to the contract are relative to (default: the current one)."""
+    """The Markdown report of ``data``: the non-passes first (whole messages, what each means,
+    the command that reproduces it), then the unverified passes, the passes, the skips in
+    summary. ``shims``: the adapter's (default: the report's own ``shims``); ``total``: how many
+    checks the run meant to try (an incomplete report says how many of them ran); ``from_dir``:
+    the directory the report is written to, which the links to the contract are relative to
+    (default: the current one)."""
+    shims = shims if shims is not None else data.get("shims")
     s = data["summary"]
     lines = [f"# rlconform certification: `{data['adapter']}`", ""]
     lines.append(f"{verdict(data)}: " + ", ".join(f"{s.get(k, 0)} {k}" for k in STATUSES)
@@ -251,37 +441,51 @@ def render_markdown(data: dict, shims: dict | None = None, total: int | None = N
     if not data.get("complete"):
         lines += [incomplete_line(data, total), ""]
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
+    lines += _nonpass_sections(data, from_dir)
+    lines += _qualified_section(data, from_dir)
+    if data.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in data["warnings"]]
+    if shims:
+        lines += ["", "## Shims (steps beyond calling conventions)", ""]
+        lines += [f"- `{k}`: {v}" for k, v in shims.items()]
     if data.get("framework_defaults"):
         lines += ["", "## Framework defaults", "",
                   tabulate(sorted(data["framework_defaults"].items()), ["setting", "value"],
                            tablefmt="github", missingval="None (no setting)")]
-    if shims:
-        lines += ["", "## Shims (steps beyond calling conventions)", ""]
-        lines += [f"- `{k}`: {v}" for k, v in shims.items()]
-    if data.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in data["warnings"]]
     by_est = {}
     for r in data["checks"]:
         by_est.setdefault(r["estimator"], Counter())[r["status"]] += 1
     lines += ["", "## Summary by estimator", "",
               tabulate([[e] + [c.get(k, 0) for k in STATUSES] for e, c in sorted(by_est.items())],
                        ["estimator", *STATUSES], tablefmt="github")]
-    rows = []
-    for r in data["checks"]:
-        chk = REGISTRY.get(r["id"])
-        detail = r["message"] or ""
-        if r.get("sample") and r["status"] in ("fail", "xfail", "error"):
-            detail = f"{detail} [sample {r['sample']}]"
-        if r.get("note"):
-            detail = f"{detail} ({r['note']})" if detail else r["note"]
-        detail = _cell(detail)
-        said = consequence(r, chk)
-        if said:                                    # never cut: it is what the row means
-            detail = f"{detail} {_cell(said, 10_000)}." if detail else f"{_cell(said, 10_000)}."
-        rows.append([r["status"], f"`{r['id']}`", r["estimator"], r["kind"], detail,
-                     _cell(chk.equation if chk else "", 120), _clause_cell(r, chk, from_dir)])
-    lines += ["", "## Checks", "",
-              tabulate(rows, ["status", "check", "estimator", "kind", "message", "equation",
-                              "clause"], tablefmt="github"), ""]
-    lines.append(f"{verdict(data)} · report `{data['adapter']}.json`")
+    lines += _pass_section(data, from_dir)
+    skipped = skip_summary(data["checks"])
+    if skipped:
+        lines += ["", "## Skips", "", *skipped]
+    lines += ["", f"{verdict(data)} · report `{data['adapter']}.json`"]
     return "\n".join(lines) + "\n"
+
+
+_SHIMS_HEADING = "## Shims (steps beyond calling conventions)"
+
+
+def _shims_from_markdown(text: str) -> dict:
+    """The shims listed in a Markdown report (for a JSON report written before it kept them)."""
+    if _SHIMS_HEADING not in text:
+        return {}
+    block = text.split(_SHIMS_HEADING, 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^- `([^`]+)`: (.*)$", block, flags=re.MULTILINE))
+
+
+def rerender(json_path: str | Path) -> Path:
+    """Write ``<adapter>.md`` beside ``json_path`` again from the JSON report (for instance
+    after the Markdown layout changed); the shims come from the JSON, or for an older report
+    from the Markdown it replaces. Returns the Markdown's path."""
+    json_path = Path(json_path)
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    md_path = json_path.with_suffix(".md")
+    shims = data.get("shims")
+    if shims is None and md_path.is_file():
+        shims = _shims_from_markdown(md_path.read_text(encoding="utf-8"))
+    md_path.write_text(render_markdown(data, shims, from_dir=json_path.parent))
+    return md_path

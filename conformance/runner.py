@@ -22,6 +22,7 @@ import torch
 
 from conformance import Unsupported
 from conformance.checks import all_checks
+from conformance.checks.templates import failure_class
 from conformance.context import AdapterMisbehaved, CheckFailed, Context, NotProvided
 from conformance.contract import declaration_errors, defaults_errors
 from conformance.loading import (  # noqa: F401
@@ -39,15 +40,23 @@ def check_seed(seed: int, check_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(check_id.encode())) % (2 ** 31)
 
 
-def _declared(adapter, check_id: str) -> str | None:
-    for pattern, reason in (getattr(adapter, "known_deviations", None) or {}).items():
-        if fnmatch.fnmatchcase(check_id, pattern):
-            return reason
+#: the adapter's declarations keyed by check-id globs (docs/contract.md, "Adapters")
+GLOB_DECLARATIONS = ("known_deviations", "upstream", "qualified")
+
+
+def _declared(adapter, check_id: str, what: str = "known_deviations") -> str | None:
+    """The value of the first glob of declaration ``what`` that matches ``check_id``."""
+    declared = getattr(adapter, what, None)
+    for pattern, value in (declared.items() if isinstance(declared, dict) else ()):
+        if isinstance(pattern, str) and fnmatch.fnmatchcase(check_id, pattern):
+            return value
     return None
 
 
 def _row(chk: Check, status: str, message: str, seconds: float, ctx: Context | None,
-         failure: CheckFailed | None = None) -> dict:
+         failure: CheckFailed | None = None, cls: str | None = None,
+         deviation: str | None = None, upstream: str | None = None,
+         qualified: str | None = None) -> dict:
     return {
         "id": chk.id, "estimator": chk.estimator, "kind": chk.kind, "status": status,
         "message": message, "seconds": round(seconds, 4), "clause": chk.clause,
@@ -58,6 +67,7 @@ def _row(chk: Check, status: str, message: str, seconds: float, ctx: Context | N
         "abs_err": failure.abs_err if failure else None,
         "rel_err": failure.rel_err if failure else (ctx.max_rel_err if ctx and ctx.max_rel_err else None),
         "note": "; ".join(ctx.notes) if ctx and ctx.notes else None,
+        "class": cls, "deviation": deviation, "upstream": upstream, "qualified": qualified,
     }
 
 
@@ -71,7 +81,7 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
     """Run one check in this process and return its report row (docs/contract.md, "The JSON report")."""
     ctx = Context(chk, adapter, seed=check_seed(seed, chk.id), device=device)
     start = time.perf_counter()
-    failure = None
+    failure, cls = None, None
     try:
         torch.manual_seed(ctx.seed)
         chk.body(ctx)
@@ -87,6 +97,10 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
         status, message = "skip", f"unsupported: {exc}"
     except CheckFailed as exc:
         status, message, failure = "fail", exc.message, exc
+        try:
+            cls = failure_class(ctx, exc)
+        except Exception:                                             # noqa: BLE001
+            cls = exc.cls or chk.cls            # the re-run is a diagnosis, never a new error
     except AdapterMisbehaved as exc:
         status, message = "error", str(exc)
     except Exception as exc:                                          # noqa: BLE001
@@ -98,12 +112,20 @@ def run_check(chk: Check, adapter, seed: int = 0, device: str = "cpu") -> dict:
     if chk.kind == "exact" and status == "pass" and not ctx.notes:
         ctx.note(f"exact to max rel err {ctx.max_rel_err:.1e}")
     declared = _declared(adapter, chk.id)
+    deviation = qualified = None
     if declared is not None:
         if status == "fail":
-            status, message = "xfail", f"{message} | declared: {declared}"
-        elif status == "pass":
-            status, message = "fail", f"declared deviation no longer occurs: {declared}"
-    return _row(chk, status, message, seconds, ctx, failure)
+            status, message, deviation = "xfail", f"{message} | declared: {declared}", declared
+        elif status == "pass":                 # a stale declaration: no failure, no class
+            status, deviation = "fail", declared
+            message = f"declared deviation no longer occurs: {declared}"
+    if status == "pass":
+        qualified = _declared(adapter, chk.id, "qualified")
+        if qualified is not None:               # a pass that cannot show the behaviour: first
+            ctx.notes.insert(0, f"qualified: {qualified}")
+    return _row(chk, status, message, seconds, ctx, failure,
+                cls=cls if status in ("fail", "xfail") else None, deviation=deviation,
+                upstream=_declared(adapter, chk.id, "upstream"), qualified=qualified)
 
 
 def error_row(chk: Check, message: str, seconds: float) -> dict:
@@ -116,8 +138,9 @@ def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
     ids = [c.id for c in REGISTRY.values()] or [c.id for c in checks]
-    out = [f"known_deviations key {pattern!r} matches no check id"
-           for pattern in (getattr(adapter, "known_deviations", None) or {})
+    out = [f"{what} key {pattern!r} matches no check id"
+           for what in GLOB_DECLARATIONS
+           for pattern in _keys(getattr(adapter, what, None))
            if not any(fnmatch.fnmatchcase(i, pattern) for i in ids)]
     out += declaration_errors(adapter)
     for pkg, spec in (getattr(adapter, "framework", None) or {}).items():
@@ -134,6 +157,10 @@ def unmatched_declarations(adapter, checks: list[Check]) -> list[str]:
         if wanted is not None and found not in wanted:
             out.append(f"{pkg} {found} installed; the adapter was written against {pkg}{spec}")
     return out
+
+
+def _keys(declaration) -> list[str]:
+    return [k for k in declaration if isinstance(k, str)] if isinstance(declaration, dict) else []
 
 
 def framework_defaults(adapter) -> tuple[dict, list[str]]:
@@ -310,6 +337,8 @@ def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 6
                            leave=False)
             for chk in checks:
                 row = pool.run(chk) if pool else run_check(chk, adapter, seed, device)
+                if row.get("upstream") is None:        # rows the worker could not write itself
+                    row["upstream"] = _declared(adapter, chk.id, "upstream")
                 writer.add(row)
                 if bar:
                     bar.update(1)

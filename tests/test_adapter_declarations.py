@@ -56,13 +56,59 @@ def test_every_declaration_carries_a_file_and_line(name, adapter):
     assert adapter.name == name
     assert getattr(adapter, "framework", None), f"{name} does not say which version it was written against"
     label = pins.label(_framework_of(name))
-    for kind in ("shims", "known_deviations"):
+    for kind in ("shims", "known_deviations", "qualified"):
         for key, sentence in (getattr(adapter, kind, None) or {}).items():
             assert FILE_LINE.search(sentence), f"{name}.{kind}[{key!r}] has no file.py:LINE: {sentence}"
             assert label in sentence, f"{name}.{kind}[{key!r}] is not pinned to {label}: {sentence}"
-    for pattern in getattr(adapter, "known_deviations", None) or {}:
-        assert any(fnmatch.fnmatchcase(i, pattern) for i in IDS), (
-            f"{name}: known_deviations key {pattern!r} matches no check id")
+    for kind in ("known_deviations", "qualified", "upstream"):
+        for pattern in getattr(adapter, kind, None) or {}:
+            assert any(fnmatch.fnmatchcase(i, pattern) for i in IDS), (
+                f"{name}: {kind} key {pattern!r} matches no check id")
+
+
+ISSUE_OR_PR = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+")
+
+
+@pytest.mark.parametrize("name,adapter", _adapters())
+def test_upstream_links_are_issues_or_pull_requests_of_a_declared_deviation(name, adapter):
+    """``upstream`` names the framework's issue or pull request that tracks a declared deviation:
+    each glob is also a known_deviations key, each value a GitHub issue or PR address."""
+    declared = getattr(adapter, "known_deviations", None) or {}
+    for pattern, url in (getattr(adapter, "upstream", None) or {}).items():
+        assert pattern in declared, f"{name}: upstream[{pattern!r}] tracks no declared deviation"
+        assert ISSUE_OR_PR.fullmatch(url), f"{name}: upstream[{pattern!r}] = {url!r} is no issue/PR"
+
+
+@pytest.mark.parametrize("name,adapter", _adapters())
+def test_a_qualified_pass_is_not_also_a_deviation(name, adapter):
+    """A qualified check is one that passes (only because the input hides the framework's
+    behaviour); a check declared to deviate does not pass, so no id is both."""
+    qualified = getattr(adapter, "qualified", None) or {}
+    declared = getattr(adapter, "known_deviations", None) or {}
+    both = [i for i in IDS if any(fnmatch.fnmatchcase(i, q) for q in qualified)
+            and any(fnmatch.fnmatchcase(i, d) for d in declared)]
+    assert not both, f"{name}: qualified and declared deviating at once: {both}"
+
+
+OUTPUT_CAST = re.compile(r"(\)|\])\.(to\(\w+\.dtype\)|double\(\)|type_as\()|\b_cast\(")
+
+
+@pytest.mark.parametrize("fw", FRAMEWORK_MODULES)
+def test_no_adapter_casts_a_result_back_to_the_input_dtype(fw):
+    """Outputs come back uncast (docs/contract.md, "What an adapter may and may not do"): no
+    call result is cast to another tensor's dtype (``f(...).to(x.dtype)``, ``[...].double()``,
+    ``type_as``, a ``_cast`` helper). Casting an input by name (``mask.to(like.dtype)``) stays."""
+    lines = MODULES[fw].read_text().splitlines()
+    bad = [f"{MODULES[fw].name}:{i}: {line.strip()}" for i, line in enumerate(lines, 1)
+           if OUTPUT_CAST.search(line) and not line.lstrip().startswith("#")]
+    assert not bad, "outputs cast back:\n" + "\n".join(bad)
+
+
+def test_the_output_cast_scan_sees_a_cast():
+    assert OUTPUT_CAST.search("    return support.restore(out, order).to(scores.dtype)")
+    assert OUTPUT_CAST.search("        return _cast(kl, logp)")
+    assert OUTPUT_CAST.search("    return out[:, 0].double()")
+    assert not OUTPUT_CAST.search("    return mask.to(like.dtype)")
 
 
 # --- capabilities ----------------------------------------------------------------------------------
@@ -86,7 +132,7 @@ def _check_id(value: str) -> bool:
 
 
 IDS_SET = set(IDS)
-DECLARATION_NAME = re.compile(r"deviations|upstream", re.I)
+DECLARATION_NAME = re.compile(r"deviations|upstream|qualified", re.I)
 
 
 def _target_names(node) -> list[str]:
@@ -106,8 +152,8 @@ def _target_names(node) -> list[str]:
 
 def _check_ids_outside_declarations(path: Path) -> list[str]:
     """String literals naming a check id (or a glob of check ids) that are not part of a
-    ``known_deviations``/``upstream`` declaration (an assignment to a name containing
-    "deviations" or "upstream")."""
+    ``known_deviations``/``upstream``/``qualified`` declaration (an assignment to a name
+    containing "deviations", "upstream" or "qualified")."""
     tree = ast.parse(path.read_text())
     parents = {}
     for node in ast.walk(tree):

@@ -106,3 +106,88 @@ def test_ppo_clip_loss_padding_reaches_the_loss(adapter):
     adv = torch.tensor([0.5, -0.7], dtype=torch.float64)
     assert torch.isnan(adapter.ppo_clip_loss(logp, old, adv, mask, agg=agg))
     assert torch.isfinite(refimpl.ppo_clip_loss(logp, old, adv, mask, agg=agg))
+
+
+def test_kl_estimate_is_k3_loss_fn_alone_without_a_mask_shim():
+    """Liger's trainer code does not mask the KL right after k3_loss_fn (ppo_loss_fn adds it to
+    the per-token loss and masks that sum in its aggregation), so the adapter applies no mask:
+    every entry, padded ones included, is k3_loss_fn's, in the dtype it returns."""
+    logp = torch.tensor([[-0.5, -1.5, 0.25]], dtype=torch.float64)
+    ref = torch.tensor([[-0.75, -1.0, -3.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, False, False]])
+    got = lg.liger.kl_estimate(logp, ref, mask)
+    want = lg._liger().k3(ref, logp)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    assert got[0, 1] != 0 and "kl_estimate" not in lg.liger.shims
+
+
+def _stated(pattern: str, sentence: str) -> tuple:
+    """The numbers a declaration states, parsed from the sentence (it must state them)."""
+    found = re.search(pattern, sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    return found.groups()
+
+
+def _one_token_loss(c, clip_high, r, A):
+    """Liger's clipped loss (through the adapter) and its gradient for one token of ratio r and
+    advantage A; the contract's (refimpl) beside it."""
+    import math
+    old = torch.tensor([[-3.0]], dtype=torch.float64)     # a float32 number: the cast is exact
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    adv = torch.tensor([A], dtype=torch.float64)
+    out = []
+    for fn in (lambda lp: lg.liger_grpo.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
+                                                      "seq-mean-token-mean"),
+               lambda lp: refimpl.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
+                                                "seq-mean-token-mean")):
+        lp = (old + math.log(r)).requires_grad_(True)
+        loss = fn(lp)
+        (g,) = torch.autograd.grad(loss, lp)
+        out.append((float(loss.detach()), float(g)))
+    return out
+
+
+def test_the_delta_example_is_what_liger_gives():
+    """The example in the dual-clip-inside-clip-range declaration is re-run: Liger's delta, the
+    contract's dual_clip, on one token with A = +1 and one with A = -1 (losses and gradients to
+    the digits the sentence gives), the contract's values beside them."""
+    sentence = lg.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"]
+    (c, eps_high, r_pos, loss_pos, want_pos, want_grad_pos, r_neg, loss_neg, grad_neg,
+     want_neg) = map(float, _stated(
+        r"with c = ([\d.]+) and epsilon_high = ([\d.]+) a token with r = ([\d.]+) and A = \+1 gets "
+        r"loss (-[\d.]+) and no gradient instead of (-[\d.]+) with gradient (-[\d.]+), and one "
+        r"with r = ([\d.]+) and A = -1 gets loss ([\d.]+) with gradient ([\d.]+) instead of "
+        r"([\d.]+) with none", sentence))
+    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_pos, +1.0)
+    assert (round(got, 6), g) == (loss_pos, 0.0), (got, g)
+    assert (round(ref, 6), round(ref_g, 6)) == (want_pos, want_grad_pos), (ref, ref_g)
+    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_neg, -1.0)
+    assert (round(got, 6), round(g, 6)) == (loss_neg, grad_neg), (got, g)
+    assert (round(ref, 6), ref_g) == (want_neg, 0.0), (ref, ref_g)
+    # above 1 + epsilon_high delta is the dual clip: the contract's value, gradient 0
+    (got, g), (ref, ref_g) = _one_token_loss(3.0, eps_high, 4.0, -1.0)
+    assert (got, g) == (ref, ref_g) == (3.0, 0.0)
+
+
+def test_the_float32_old_logp_example_is_what_liger_gives():
+    """The example in the float32 old log-prob declaration is re-run: the adapter's loss (old
+    log-probs cast as _compute_loss_from_logps casts them) differs from the contract's by the
+    relative error the sentence states, and Liger's ppo_loss_fn on the uncast float64 old
+    log-probs gives the contract's value exactly (the cast is the whole difference)."""
+    sentence = lg.GRPO_DEVIATIONS["ppo_clip_loss/matches-reference"]
+    lp, old, old32, A, stated = map(float, _stated(
+        r"with logp = (-[\d.]+), an old log-prob of (-[\d.]+) \(float32: (-[\d.]+)\) and A = "
+        r"([\d.]+) the loss differs from the contract's by ([\d.]+e-\d+) relative", sentence))
+    logp = torch.tensor([[lp]], dtype=torch.float64)
+    old_t = torch.tensor([[old]], dtype=torch.float64)
+    adv = torch.tensor([A], dtype=torch.float64)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    assert float(f"{float(old_t.float()):.9g}") == old32
+    want = float(refimpl.ppo_clip_loss(logp, old_t, adv, mask, 0.2, 0.28))
+    got = float(lg.liger_dapo.ppo_clip_loss(logp, old_t, adv, mask, 0.2, 0.28))
+    assert float(f"{abs(got / want - 1):.2g}") == stated, (got, want)
+    uncast, _ = lg._liger().GRPO.ppo_loss_fn(
+        per_token_logps=logp, attention_mask=mask, advantages=adv, full_attention_mask=mask,
+        old_per_token_logps=old_t, epsilon_low=0.2, epsilon_high=0.28, beta=0.0,
+        loss_type="dapo", max_completion_length=1)
+    assert float(uncast) == want

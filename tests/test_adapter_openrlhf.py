@@ -64,3 +64,131 @@ def test_stand_ins_do_not_outlive_loading():
     for name in ("deepspeed", "ray", "openrlhf.models.utils", "openrlhf.trainer.ray.launcher"):
         module = sys.modules.get(name)
         assert module is None or getattr(module, "__file__", None), name
+
+
+def test_the_large_log_ratio_example_is_what_openrlhf_gives():
+    """The example in the kl_estimate/large-log-ratios declaration is re-run: at the stated
+    log-ratio the stated estimator gives, through compute_approx_kl, the stated clamped value,
+    where the contract (refimpl) gives the stated one."""
+    import torch
+
+    import refimpl
+    sentence = adapters.openrlhf.known_deviations["kl_estimate/large-log-ratios"]
+    found = re.search(r"at l = (-?[\d.]+), (k\d) gives (-?[\d.]+) instead of (-?[\d.]+)", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    l, kind, got_stated, want_stated = found.groups()
+    logp = torch.tensor([[float(l)]], dtype=torch.float64)
+    ref = torch.zeros_like(logp)
+    got = float(adapters.openrlhf.kl_estimate(logp, ref, kind=kind))
+    want = float(refimpl.kl_estimate(logp, ref, None, kind))
+    assert got == float(got_stated), (got, sentence)
+    assert want == float(want_stated), (want, sentence)
+
+
+def test_outputs_come_back_uncast():
+    """compute_approx_kl works in float32: the adapter returns its float32 output as it is, for
+    float64 input (docs/contract.md: outputs are not cast back to the input's dtype)."""
+    import torch
+    logp = torch.tensor([[0.5, -0.25]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert adapters.openrlhf.kl_estimate(logp, torch.zeros_like(logp)).dtype == torch.float32
+    out = adapters.openrlhf.kl_penalized_rewards(torch.ones(1, dtype=torch.float64), logp,
+                                                 torch.zeros_like(logp), mask, 0.1)
+    assert out.dtype == torch.float32
+
+
+def _stated(pattern: str, sentence: str) -> tuple:
+    """The numbers a declaration states, parsed from the sentence (it must state them)."""
+    found = re.search(pattern, sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    return found.groups()
+
+
+def test_the_ppo_log_ratio_clamp_example_is_what_openrlhf_gives():
+    """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
+    the stated log-ratio and advantage gets, through PolicyLoss, the stated loss and gradient,
+    where the contract (refimpl) gives the stated ones (to the 6 digits the sentence gives)."""
+    import torch
+
+    import refimpl
+    sentence = adapters.openrlhf.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
+    l, a, got_loss, want_loss, got_grad, want_grad = map(float, _stated(
+        r"log-ratio of ([\d.]+) with advantage (-?[\d.]+) the token's loss is ([\d.e+]+) instead "
+        r"of ([\d.e+]+), with gradient (-?[\d.e+]+) instead of ([\d.e+]+)", sentence))
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    old, adv = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), a, dtype=torch.float64)
+    for fn, stated_loss, stated_grad in ((adapters.openrlhf.ppo_clip_loss, got_loss, got_grad),
+                                         (refimpl.ppo_clip_loss, want_loss, want_grad)):
+        logp = torch.full((1, 1), l, dtype=torch.float64, requires_grad=True)
+        loss = fn(logp, old, adv, mask)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert float(f"{loss.item():.6g}") == stated_loss, (fn, loss.item(), sentence)
+        assert float(f"{float(grad):.6g}") == stated_grad, (fn, float(grad), sentence)
+
+
+def test_the_group_norm_all_equal_example_is_what_openrlhf_gives():
+    """The example in the group_norm eps declaration is re-run: a group of n equal float32
+    rewards v (beside a group of other rewards) gets, through compute_advantages_and_returns,
+    the stated advantage on every member (to the 6 digits the sentence gives)."""
+    import torch
+    sentence = adapters.openrlhf_group_norm.known_deviations[
+        "group_normalized_advantages/all-equal-group-gives-zero"]
+    n, v, stated = _stated(r"(\d+) float32 rewards of ([\d.]+) get (-?[\d.]+) each instead of 0",
+                           sentence)
+    n = int(n)
+    scores = torch.tensor([float(v)] * n + [0.1 * i for i in range(n)], dtype=torch.float32)
+    out = adapters.openrlhf_group_norm.group_normalized_advantages(
+        scores, torch.tensor([1] * n + [2] * n))
+    assert [float(f"{x:.6g}") for x in out[:n].tolist()] == [float(stated)] * n, (out, sentence)
+
+
+def test_the_logexp_overflow_example_is_what_openrlhf_gives():
+    """The example in openrlhf-logexp's large-gap declaration is re-run: at the stated gap in
+    float32 LogExpLoss gives an infinite loss and a NaN gradient; softplus gives the stated
+    finite loss and gradient."""
+    import torch
+    sentence = adapters.openrlhf_logexp.known_deviations["bradley_terry_loss/large-gap-float32"]
+    gap, soft_loss, soft_grad = map(float, _stated(
+        r"at r_r - r_c = ([\d.]+) in float32 the loss is inf and its gradient NaN, where softplus "
+        r"gives ([\d.]+) and (-?[\d.]+)", sentence))
+    chosen = torch.zeros(1, dtype=torch.float32, requires_grad=True)
+    rejected = torch.full((1,), gap, dtype=torch.float32)
+    loss = adapters._fw().loss.LogExpLoss()(chosen, rejected)
+    (grad,) = torch.autograd.grad(loss, chosen)
+    assert loss.isinf() and grad.isnan(), (loss, grad)
+    chosen = torch.zeros(1, dtype=torch.float32, requires_grad=True)
+    soft = torch.nn.functional.softplus(rejected - chosen).mean()
+    (grad,) = torch.autograd.grad(soft, chosen)
+    assert (soft.item(), grad.item()) == (soft_loss, soft_grad)
+
+
+def test_a_negative_kl_coefficient_is_run_as_zero():
+    """The kl_penalized_rewards/rejects-negative-beta declaration: compute_reward turns a
+    negative kl_coef into 0, so the rewards are those of beta = 0 (no KL penalty)."""
+    import torch
+    logp = torch.tensor([[0.5, -0.25, 1.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    scores = torch.ones(1, dtype=torch.float64)
+    rewards = {beta: adapters.openrlhf.kl_penalized_rewards(scores, logp, torch.zeros_like(logp),
+                                                            mask, beta) for beta in (-0.1, 0.0, 0.1)}
+    assert torch.equal(rewards[-0.1], rewards[0.0])
+    assert not torch.equal(rewards[0.1], rewards[0.0])
+
+
+def test_the_advantage_clip_example_is_what_openrlhf_gives():
+    """The example in the advantage-clip declaration is re-run: the stated scores of one group
+    (beside a second group) through the rloo path, OpenRLHF's advantage of the stated score and
+    the contract's."""
+    import torch
+
+    import refimpl
+    sentence = adapters.openrlhf_rloo.known_deviations["leave_one_out_advantages/scores-of-any-size"]
+    scores, which, stated, want = _stated(
+        r"with the scores \(([-\d., ]+)\) of one group the rloo advantage of (-?[\d.]+) is "
+        r"(-?[\d.]+) instead of (-?[\d.]+)", sentence)
+    group = [float(x) for x in scores.split(",")]
+    s = torch.tensor(group + [1.0, 2.0, 3.0], dtype=torch.float64)
+    ids = torch.tensor([0] * len(group) + [1] * 3)
+    i = group.index(float(which))
+    assert float(adapters.openrlhf_rloo.leave_one_out_advantages(s, ids)[i]) == float(stated)
+    assert float(refimpl.leave_one_out_advantages(s, ids)[i]) == float(want)

@@ -124,3 +124,60 @@ def test_grpo_and_rloo_match_refimpl(ids, scale):
                                refimpl.group_normalized_advantages(scores, ids, scale))
     torch.testing.assert_close(sk.skyrl.leave_one_out_advantages(scores, ids),
                                refimpl.leave_one_out_advantages(scores, ids))
+
+
+def _stated(pattern: str, sentence: str) -> tuple:
+    """The numbers a declaration states, parsed from the sentence (it must state them)."""
+    found = re.search(pattern, sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    return found.groups()
+
+
+def test_the_ppo_log_ratio_clamp_example_is_what_skyrl_gives():
+    """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
+    the stated log-ratio and advantage gets, through skyrl's policy loss, the stated loss and
+    gradient, where the contract (refimpl) gives the stated ones (to the 6 digits stated)."""
+    sentence = sk.skyrl.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
+    l, a, got_loss, want_loss, got_grad, want_grad = map(float, _stated(
+        r"log-ratio of ([\d.]+) with advantage (-?[\d.]+) the token's loss is ([\d.e+]+) instead "
+        r"of ([\d.e+]+), with gradient (-?[\d.e+]+) instead of ([\d.e+]+)", sentence))
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    old, adv = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), a, dtype=torch.float64)
+    for fn, stated_loss, stated_grad in ((sk.skyrl.ppo_clip_loss, got_loss, got_grad),
+                                         (refimpl.ppo_clip_loss, want_loss, want_grad)):
+        logp = torch.full((1, 1), l, dtype=torch.float64, requires_grad=True)
+        loss = fn(logp, old, adv, mask)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert float(f"{loss.item():.6g}") == stated_loss, (fn, loss.item(), sentence)
+        assert float(f"{grad.item():.6g}") == stated_grad, (fn, grad.item(), sentence)
+
+
+def test_the_ppo_ratio_is_exponentiated_in_float32():
+    """The float32 declaration of the PPO loss: skyrl's float64 loss is exactly the clipped
+    surrogate with the ratio exp(logp - old_logp) rounded to float32, and differs from the
+    float64 one (refimpl)."""
+    g = torch.Generator().manual_seed(5)
+    logp = 0.3 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    old, A = torch.zeros_like(logp), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    got = sk.skyrl.ppo_clip_loss(logp, old, A, mask)
+    ratio = logp.to(torch.float32).exp().to(torch.float64)
+    assert got == (-torch.min(ratio * A, ratio.clamp(0.8, 1.2) * A)).mean()
+    assert got != refimpl.ppo_clip_loss(logp, old, A, mask)
+
+
+def test_gae_returns_agree_and_advantages_are_whitened():
+    """The GAE whitening declaration (exact-advantage and the lam/gamma edge checks): on zero
+    padding skyrl's returns are the contract's, and its advantages are the contract's whitened
+    by masked_whiten, at lam = 0, lam = 1 and gamma = 0 alike."""
+    g = torch.Generator().manual_seed(6)
+    mask = torch.arange(5).unsqueeze(0) < torch.tensor([4, 1, 3]).unsqueeze(1)
+    r, V = (torch.where(mask, torch.randn(3, 5, generator=g, dtype=torch.float64), 0.0)
+            for _ in range(2))
+    for gamma, lam in ((0.9, 0.0), (0.9, 1.0), (0.0, 0.95)):
+        adv, ret = sk.skyrl.gae(r, V, mask, gamma, lam)
+        want_adv, want_ret = refimpl.gae(r, V, mask, gamma, lam)
+        torch.testing.assert_close(ret[mask], want_ret[mask])
+        whitened = sk._skyrl().pu.masked_whiten(want_adv, mask.to(r.dtype))
+        torch.testing.assert_close(adv[mask], whitened[mask])
+        assert not torch.allclose(adv[mask], want_adv[mask])

@@ -108,3 +108,111 @@ def test_ppo_clip_loss_and_aggregate_match_refimpl(adapter, clip_high):
     torch.testing.assert_close(g_got, g_want, rtol=1e-7, atol=1e-7)
     x = torch.randn(5, 6, generator=g, dtype=torch.float64)
     torch.testing.assert_close(adapter.aggregate(x, MASK, agg), refimpl.aggregate(x, MASK, agg))
+
+
+@pytest.mark.parametrize("adapter", VARIANTS, ids=IDS)
+def test_ppo_clip_loss_drops_non_finite_old_logp_as_grpo_loss_does(adapter):
+    """The declared shim does exactly what GRPOLoss._log_weight does (grpo.py:961-967): a token
+    whose behaviour log-prob is not finite leaves the mask, so the loss equals the loss with
+    that token masked out by the caller."""
+    g = torch.Generator().manual_seed(3)
+    old = 0.3 * torch.randn(2, 4, generator=g, dtype=torch.float64) - 1.5
+    logp = old + 0.2 * torch.randn(2, 4, generator=g, dtype=torch.float64)
+    A = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    agg = adapter._canonical_agg()
+    holed = old.clone()
+    holed[0, 1] = float("-inf")
+    narrowed = mask.clone()
+    narrowed[0, 1] = False
+    got = adapter.ppo_clip_loss(logp, holed, A, mask, agg=agg)
+    want = adapter.ppo_clip_loss(logp, old, A, narrowed, agg=agg)
+    assert torch.isfinite(got) and torch.equal(got, want)
+
+
+# Every example number in a declaration is re-run here on torchrl's own code.
+
+def test_the_float32_discount_example_is_what_torchrl_gives():
+    """gae/lam-*: one step of generalized_advantage_estimate whose advantage is gamma times a
+    next value of 1 (float64 in, lam = 0) gives the float32 gamma the sentence states."""
+    sentence = tr.torchrl.known_deviations["gae/lam-zero-gives-td-error"]
+    found = re.search(r"gamma = ([\d.]+) enters as ([\d.]+)", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    gamma, stated = (float(x) for x in found.groups())
+    from torchrl.objectives.value.functional import generalized_advantage_estimate
+    done = torch.tensor([[False, True]]).unsqueeze(-1)
+    zero = torch.zeros(1, 2, 1, dtype=torch.float64)
+    next_value = torch.tensor([[1.0, 0.0]], dtype=torch.float64).unsqueeze(-1)
+    adv, _ = generalized_advantage_estimate(gamma, 0.0, zero, next_value, zero, done, done.clone())
+    assert adv.dtype == torch.float64 and float(adv[0, 0, 0]) == stated != gamma, (adv, sentence)
+    assert float(torch.tensor(gamma, dtype=torch.float32)) == stated
+
+
+def test_the_gamma_zero_example_is_what_torchrl_gives():
+    """discounted_returns/gamma-zero-gives-rewards: reward2go raises IndexError at gamma = 0 and
+    at the stated gamma below its threshold, and not at a gamma well above it."""
+    sentence = tr.torchrl.known_deviations["discounted_returns/gamma-zero-gives-rewards"]
+    found = re.search(r"e\.g\. gamma = ([\de.+-]+)", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    r = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    for gamma in (0.0, float(found.group(1))):
+        with pytest.raises(IndexError):
+            tr.torchrl.discounted_returns(r, mask, gamma)
+    torch.testing.assert_close(tr.torchrl.discounted_returns(r, mask, 0.5),
+                               refimpl.discounted_returns(r, mask, 0.5))
+
+
+def test_the_truncated_series_example_is_what_torchrl_gives():
+    """discounted_returns/small-gamma-keeps-every-term: the stated gamma, rewards, torchrl's
+    return and the contract's, re-run."""
+    sentence = tr.torchrl.known_deviations["discounted_returns/small-gamma-keeps-every-term"]
+    found = re.search(r"at gamma = ([\de.+-]+) the rewards \(([-\d., ]+)\) return ([\d.]+) where "
+                      r"the contract's return is ([\d.]+)", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    gamma, stated, want = float(found.group(1)), float(found.group(3)), float(found.group(4))
+    r = torch.tensor([[float(x) for x in found.group(2).split(",")]], dtype=torch.float64)
+    mask = torch.ones_like(r, dtype=torch.bool)
+    assert float(tr.torchrl.discounted_returns(r, mask, gamma)[0, 0]) == pytest.approx(stated, abs=1e-12)
+    assert float(refimpl.discounted_returns(r, mask, gamma)[0, 0]) == pytest.approx(want, abs=1e-12)
+
+
+def test_the_float32_clip_bound_example_is_what_torchrl_gives():
+    """ppo_clip_loss/*: the ratio GRPOLoss clips to at the stated clip_high, and the one-token
+    loss (log-ratio 25, so clipped) of the stated advantage, torchrl's and the contract's."""
+    sentence = tr.torchrl.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
+    found = re.search(r"with clip_high = ([\d.]+) a ratio clipped above is ([\d.]+) and the loss of "
+                      r"one token with A = ([\d.]+) is (-?[\d.]+) where the contract's is (-?[\d.]+)",
+                      sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    high, ratio, A, loss_stated, want_stated = (float(x) for x in found.groups())
+    for adapter in VARIANTS:
+        module = adapter._loss_module(0.2, high)
+        assert float(module._clip_bounds[1].double().exp()) == ratio
+        logp = torch.tensor([[-0.5]], dtype=torch.float64)
+        args = (logp, logp - 25.0, torch.tensor([A], dtype=torch.float64),
+                torch.ones(1, 1, dtype=torch.bool), 0.2, high, None, adapter._canonical_agg())
+        assert float(adapter.ppo_clip_loss(*args)) == loss_stated
+        assert float(refimpl.ppo_clip_loss(*args)) == want_stated
+
+
+def test_one_cause_one_sentence():
+    """Checks failing for one cause share one declared sentence (reports group by sentence)."""
+    d = tr.torchrl.known_deviations
+    for ids in (("group_normalized_advantages/matches-reference",
+                 "group_normalized_advantages/std-is-per-group",
+                 "group_normalized_advantages/exact-std-normalisation-bias"),
+                ("gae/lam-zero-gives-td-error", "gae/lam-one-gives-return-minus-value",
+                 "gae/exact-advantage-with-true-values"),
+                ("ppo_clip_loss/matches-reference", "ppo_clip_loss/log-ratios-beyond-20")):
+        assert len({d[i] for i in ids}) == 1, ids
+
+
+def test_std_clamp_is_the_only_group_difference():
+    """The declared std guard must not hide another difference: with a std above 1e-6,
+    MCAdvantage's advantages equal refimpl's with eps = 0 (std not shifted) exactly."""
+    scores = torch.randn(7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.tensor([3, 1, 3, 1, 2, 2, 3])
+    got = tr.torchrl.group_normalized_advantages(scores, ids)
+    torch.testing.assert_close(got, refimpl.group_normalized_advantages(scores, ids, "group", 0.0),
+                               rtol=1e-15, atol=1e-15)

@@ -70,11 +70,99 @@ def test_plain_variant_is_trls_default_loss_type():
 
 def test_group_advantages_match_refimpl_with_trls_eps():
     """On equal groups in any order TRL's advantages are refimpl's with eps = 1e-4 (TRL's
-    constant), to float32 precision (TRL's reward tensor is float32)."""
+    constant), to float32 precision (TRL's reward tensor is float32), and they come back as TRL
+    produces them: float32 for float64 scores (outputs are not cast back)."""
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(12, generator=g, dtype=torch.float64)
     ids = torch.tensor([5, 2, 9, 5, 2, 9, 5, 2, 9, 5, 2, 9])
     for scale in ("group", "batch", "none"):
         got = tr.trl.group_normalized_advantages(scores, ids, scale)
+        assert got.dtype == torch.float32
         want = refimpl.group_normalized_advantages(scores, ids, scale, 1e-4)
-        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
+
+
+def _stated(pattern: str, sentence: str) -> tuple:
+    """The numbers a declaration states, parsed from the sentence (it must state them)."""
+    found = re.search(pattern, sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    return found.groups()
+
+
+def test_the_all_equal_group_example_is_what_trl_gives():
+    """The example in the exact-std-normalisation-bias declaration is re-run: an all-equal group
+    of G float64 rewards r gets, from TRL's code path, the advantage the sentence states (to the
+    three significant digits it gives)."""
+    sentence = tr.GRPO_DEVIATIONS["group_normalized_advantages/exact-std-normalisation-bias"]
+    G, r, stated = _stated(r"all-equal group of (\d+) rewards of ([\d.]+) gets advantages of "
+                           r"([\d.]+e-\d+) instead of 0", sentence)
+    scores = torch.full((int(G),), float(r), dtype=torch.float64)
+    got = tr.trl_grpo.group_normalized_advantages(scores, torch.zeros(int(G), dtype=torch.long))
+    assert float(f"{float(got.abs().max()):.3g}") == float(stated), (got, sentence)
+    assert bool((got == got[0]).all())                 # every member gets the same advantage
+
+
+def _one_token_loss(c, clip_high, r, A):
+    """TRL's clipped loss (through the adapter) and its gradient for one token of ratio r and
+    advantage A; the contract's (refimpl) beside it."""
+    import math
+    old = torch.tensor([[-3.0]], dtype=torch.float64)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    adv = torch.tensor([A], dtype=torch.float64)
+    out = []
+    for fn in (lambda lp: tr.trl_grpo.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
+                                                    "seq-mean-token-mean"),
+               lambda lp: refimpl.ppo_clip_loss(lp, old, adv.unsqueeze(-1), mask, 0.2, clip_high, c,
+                                                "seq-mean-token-mean")):
+        lp = (old + math.log(r)).requires_grad_(True)
+        loss = fn(lp)
+        (g,) = torch.autograd.grad(loss, lp)
+        out.append((float(loss.detach()), float(g)))
+    return out
+
+
+def test_the_delta_example_is_what_trl_gives():
+    """The example in the dual-clip-inside-clip-range declaration is re-run: TRL's delta, the
+    contract's dual_clip, on one token with A = +1 and one with A = -1 (losses and gradients to
+    the digits the sentence gives), the contract's values beside them."""
+    sentence = tr.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"]
+    (c, eps_high, r_pos, loss_pos, want_pos, want_grad_pos, r_neg, loss_neg, grad_neg,
+     want_neg) = map(float, _stated(
+        r"with c = ([\d.]+) and epsilon_high = ([\d.]+) a token with r = ([\d.]+) and A = \+1 gets "
+        r"loss (-[\d.]+) and no gradient instead of (-[\d.]+) with gradient (-[\d.]+), and one "
+        r"with r = ([\d.]+) and A = -1 gets loss ([\d.]+) with gradient ([\d.]+) instead of "
+        r"([\d.]+) with none", sentence))
+    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_pos, +1.0)
+    assert (round(got, 6), g) == (loss_pos, 0.0), (got, g)
+    assert (round(ref, 6), round(ref_g, 6)) == (want_pos, want_grad_pos), (ref, ref_g)
+    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_neg, -1.0)
+    assert (round(got, 6), round(g, 6)) == (loss_neg, grad_neg), (got, g)
+    assert (round(ref, 6), ref_g) == (want_neg, 0.0), (ref, ref_g)
+    # above 1 + epsilon_high delta is the dual clip: the contract's value, gradient 0
+    (got, g), (ref, ref_g) = _one_token_loss(3.0, eps_high, 4.0, -1.0)
+    assert (got, g) == (ref, ref_g) == (3.0, 0.0)
+
+
+def test_the_margin_example_is_what_trl_gives():
+    """The example in the reward margin declaration is re-run: with float64 rewards TRL
+    subtracts a margin of 0.7 as the float32 value the sentence states."""
+    sentence = tr.REWARD_DEVIATIONS["bradley_terry_loss/gradient-is-sigmoid-minus-one"]
+    margin, stated = map(float, _stated(r"a margin of ([\d.]+) is subtracted as ([\d.]+) \(float32",
+                                        sentence))
+    zero = torch.zeros(1, dtype=torch.float64)
+    got = tr.trl_reward.bradley_terry_loss(zero, zero, margin)
+    assert got.dtype == torch.float64
+    used = float(torch.tensor(margin, dtype=torch.float32))
+    assert float(f"{used:.9f}") == stated
+    assert float(got[0]) == float(torch.nn.functional.softplus(torch.tensor(used, dtype=torch.float64)))
+    assert float(got[0]) != float(torch.nn.functional.softplus(torch.tensor(margin, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("adapter", [tr.trl_grpo, tr.trl_rloo], ids=["grpo", "rloo"])
+def test_advantages_are_float32_for_float64_scores(adapter):
+    """The dtype-kept declarations: both trainers' advantages come back float32 for float64
+    scores, as their float32 reward tensor makes them."""
+    scores = torch.tensor([0.1, 0.7, 0.3, 0.9], dtype=torch.float64)
+    ids = torch.tensor([0, 0, 1, 1])
+    fn = getattr(adapter, "group_normalized_advantages", None) or adapter.leave_one_out_advantages
+    assert fn(scores, ids).dtype == torch.float32

@@ -122,7 +122,7 @@ def test_grpo_matches_refimpl_for_the_scales_verl_has(ids, scale, dtype):
                                                                    scale), got[perm])
 
 
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.0), (0.99, 1.0)])
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.0), (0.99, 1.0), (0.0, 0.95)])
 def test_gae_differs_from_refimpl_only_by_whitening(gamma, lam):
     """The declared gae deviations must not hide a wrong recurrence: verl's returns equal refimpl's
     on real tokens, and its advantages are refimpl's whitened over the real tokens."""
@@ -134,3 +134,67 @@ def test_gae_differs_from_refimpl_only_by_whitening(gamma, lam):
     whitened = refimpl.batch_normalized_advantages(want_adv, MASK)
     # masked_mean divides by (count + 1e-8) (verl/utils/torch_functional.py:308): ~1e-9 relative
     torch.testing.assert_close(adv[MASK], whitened[MASK], rtol=1e-7, atol=1e-7)
+
+
+def test_the_large_log_ratio_example_is_what_verl_gives():
+    """The example in the kl_estimate/large-log-ratios declaration is re-run: at the stated
+    log-ratio verl's low_var_kl gives the stated clamped value, where the contract's k3 (refimpl)
+    gives the stated one (to the two decimals the sentence gives)."""
+    sentence = vl.verl.known_deviations["kl_estimate/large-log-ratios"]
+    found = re.search(r"at l = (-?[\d.]+) it gives (-?[\d.]+) where [^=]+= (-?[\d.]+)", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    l, got_stated, want_stated = found.groups()
+    logp = torch.tensor([[float(l)]], dtype=torch.float64)
+    ref = torch.zeros_like(logp)
+    got = float(vl.verl.kl_estimate(logp, ref, kind="k3"))
+    want = float(refimpl.kl_estimate(logp, ref, None, "k3"))
+    assert got == float(got_stated), (got, sentence)
+    assert round(want, 2) == float(want_stated), (want, sentence)
+
+
+def test_the_ratio_clamp_example_is_what_verl_gives():
+    """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
+    the stated log-ratio and advantage, dual clip off; verl's loss and gradient and the contract's
+    (refimpl) are the stated ones, to the three digits the sentence gives."""
+    sentence = vl.verl.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
+    number = r"(-?[\d.]+(?:e[+-]\d+)?)"
+    found = re.search(rf"at logp - old_logp = {number}, A = {number} the loss is {number} with "
+                      rf"gradient {number} where the contract's is {number} with gradient {number}",
+                      sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    l, A, *stated = (float(x) for x in found.groups())
+    old = torch.tensor([[-30.0]], dtype=torch.float64)
+    adv, mask = torch.tensor([A], dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool)
+    results = []
+    for loss_fn in (vl.verl.ppo_clip_loss, refimpl.ppo_clip_loss):
+        logp = (old + l).requires_grad_(True)
+        loss = loss_fn(logp, old, adv, mask, 0.2, None, None)
+        (grad,) = torch.autograd.grad(loss, logp)
+        results += [float(loss.detach()), float(grad)]
+    assert [float(f"{x:.3g}") for x in results] == stated, (results, sentence)
+
+
+def test_the_whitening_divisor_example_is_what_verl_gives():
+    """The example in the batch_normalized_advantages/exact-bias-shrinks-with-batch-size
+    declaration is re-run: masked_whiten of the stated equal advantages gives the stated value for
+    each (the contract: 0, variance 0); and the sentence is the divisor's (torch_functional.py:308)."""
+    sentence = vl.verl.known_deviations["batch_normalized_advantages/exact-bias-shrinks-with-batch-size"]
+    found = re.search(r"at advantages \(([^)]*)\) it gives ([\d.e+-]+) for both", sentence)
+    assert found, f"the declaration no longer states its example: {sentence!r}"
+    x = torch.tensor([float(v) for v in found.group(1).split(",")], dtype=torch.float64)
+    got = vl.verl.batch_normalized_advantages(x)
+    assert [f"{v:.3g}" for v in got.tolist()] == [found.group(2)] * len(x), (got, sentence)
+    assert refimpl.batch_normalized_advantages(x).abs().max() == 0
+    assert "mask.sum() + 1e-8" in sentence and "torch_functional.py:308" in sentence
+
+
+def test_one_cause_one_sentence():
+    """Checks failing for one cause share one declared sentence (reports group by sentence)."""
+    d = vl.verl.known_deviations
+    gae = {d[k] for k in ("gae/matches-reference", "gae/exact-advantage-with-true-values",
+                          "gae/lam-zero-gives-td-error", "gae/lam-one-gives-return-minus-value",
+                          "gae/gamma-zero-gives-reward-minus-value")}
+    assert len(gae) == 1 and "masked_whiten" in gae.pop()
+    assert d["kl_estimate/large-log-ratios"] is d["kl_estimate/log-ratios-beyond-20"]
+    assert vl.verl.upstream["kl_estimate/large-log-ratios"] == vl.verl.upstream[
+        "kl_estimate/log-ratios-beyond-20"]

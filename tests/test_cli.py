@@ -580,3 +580,66 @@ def test_every_committed_report_matches_the_schema():
         validate_report(data, str(path))
         assert data["contract_version"] == conformance.contract.CONTRACT_VERSION, path
         assert data["complete"] is True, f"{path} is an incomplete run"
+
+
+# --- repro: a standalone script for one deviation (conformance/repro.py) --------------------------
+
+MUTANT_FILE = ("from conformance.checks.templates import mutant_adapter\n"
+               "broken = mutant_adapter('group_normalized_advantages~scaled')\n")
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["repro", "no_such_adapter", "gae/matches-reference"], "no adapter named 'no_such_adapter'"),
+    (["repro", "refimpl", "gae/matches-referenc"], "close: gae/matches-reference"),
+    (["repro", "refimpl", "no_such_check"], "no check 'no_such_check'"),
+])
+def test_repro_usage_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
+    rc = main(argv + ["--out", str(tmp_path / "r.py")])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and says in line, line
+    assert not (tmp_path / "r.py").exists()
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file", "read_only"])
+def test_repro_out_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys, where):
+    if where == "directory":
+        out = tmp_path
+    elif where == "under_a_file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "r.py"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "r.py"
+    rc = main(["repro", "refimpl", "gae/matches-reference", "--out", str(out)])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "--out" in line, line
+
+
+def test_repro_of_an_adapter_that_agrees_says_so_and_exits_1(tmp_path, capsys):
+    out = tmp_path / "r.py"
+    rc = main(["repro", "refimpl", "gae/matches-reference", "--out", str(out)])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 1 and "agrees with refimpl" in line and "nothing to reproduce" in line
+    assert not out.exists()
+
+
+def test_repro_writes_a_script_that_reproduces(tmp_path, capsys):
+    adapter = tmp_path / "broken.py"
+    adapter.write_text(MUTANT_FILE)
+    out = tmp_path / "scripts" / "r.py"
+    rc = main(["repro", f"{adapter}:broken", "group_normalized_advantages/matches-reference",
+               "--out", str(out), "--seed", "3"])
+    said = capsys.readouterr().out
+    assert rc == 0 and str(out) in said and "value differs" in said
+    assert "(seed 3)" in out.read_text()
+    done = subprocess.run([sys.executable, "-I", str(out)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "REPRODUCED" in done.stdout, done.stdout + done.stderr
+
+
+def test_repro_is_listed_with_its_options():
+    sub = _subparsers(parser())["repro"]
+    text = sub.format_help()
+    assert all(word in text for word in ("ADAPTER", "CHECK_ID", "--out", "--seed")), text

@@ -134,3 +134,20 @@ def test_all_equal_group_gets_zero_advantage(rf, value, sizes):
               f"all-equal group, scale={scale!r}")
     assert_close(rf.leave_one_out_advantages(scores, ids), torch.zeros(len(ids)), 0.0,
           "all-equal group, leave-one-out")
+
+
+
+@against("group_eps_1e8_plain_mean")
+def test_all_equal_group_gets_exactly_zero_in_float32_where_the_plain_mean_misses(rf):
+    """0.1, 0.3 and 0.7 are not binary floats, and at these sizes the float32 sum / n of the
+    group is not the value itself; refimpl centres on scores shifted by the group minimum, so
+    the advantages are exactly 0 (not the rounding residue divided by eps)."""
+    for value, n in ((0.1, 7), (0.3, 6), (0.7, 7)):
+        x = torch.full((n,), value, dtype=torch.float32)
+        assert float(x[0] - x.sum() / n) != 0.0, "the sample no longer shows a rounding residue"
+        scores = torch.cat([x, torch.tensor([0.0, 1.0, 0.5, 0.2, 0.9, 0.4, 0.6][:n])])
+        ids = torch.tensor([1] * n + [2] * n)
+        for scale in ("group", "batch", "none"):
+            out = rf.group_normalized_advantages(scores, ids, scale)
+            assert_close(out[:n], torch.zeros(n), 0.0,
+                         f"float32 all-equal group {value} x {n}, scale={scale!r}")

@@ -90,3 +90,18 @@ def test_no_source_file_reads_the_shared_folder_at_run_time():
     offenders = [str(p.relative_to(ROOT)) for d in ("refimpl", "conformance")
                  for p in (ROOT / d).rglob("*.py") if "../shared" in p.read_text()]
     assert not offenders, offenders
+
+
+def test_readme_table_of_what_the_frameworks_do_differently_is_generated_from_the_reports():
+    """The README's table "What the frameworks do differently" is what the committed
+    reports/*.json give (conformance.findings.readme_table), not written by hand; regenerate it
+    with ``python -m conformance.findings --readme README.md reports/*.json``."""
+    from conformance.findings import README_END, README_START, load_reports, readme_table
+
+    text = (ROOT / "README.md").read_text()
+    assert README_START in text and README_END in text, "the README lost the table's markers"
+    table = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    reports = load_reports(sorted((ROOT / "reports").glob("*.json")))
+    assert table == readme_table(reports), (
+        "README.md's findings table differs from the committed reports: run "
+        "python -m conformance.findings --readme README.md reports/*.json")

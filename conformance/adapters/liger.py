@@ -17,19 +17,23 @@ Calling conventions (translations only, no values changed):
   ``full_attention_mask``, fused_linear_ppo.py:263), ``num_items_in_batch`` is None (the DAPO
   normaliser is then the mask's token count, fused_linear_ppo.py:462-496).
 - ``clip_low``/``clip_high`` are ``epsilon_low``/``epsilon_high`` (``clip_high`` None: ``clip_low``);
-  ``dual_clip`` is Liger's ``delta`` (INTELLECT-2 two-sided clipping: for A < 0 the ratio is clamped
-  at delta, which equals the dual-clip floor -c A whenever c > 1 + clip_high); ``norm_len`` is
+  ``dual_clip`` is Liger's ``delta`` (INTELLECT-2 two-sided clipping: the ratio of every token is
+  clamped at delta, which equals the dual-clip floor -c A whenever c > 1 + clip_high; for
+  1 < c <= 1 + clip_high it does not, a declared deviation); ``norm_len`` is
   ``max_completion_length`` (``dr_grpo``; the padded width T when None).
 - ``advantages`` must be ``(B,)``: ``ppo_loss_fn`` broadcasts ``advantages.unsqueeze(1)`` over tokens
   (grpo_loss.py:199-200) and has no per-token advantages; ``(B, T)`` is ``Unsupported``.
 - ``dpo_loss``: the function returns the batch mean (``sum / n_pairs`` with ``n_pairs =
   full_target.shape[0] // 2``, dpo_loss.py:58-61): one call per pair, with a stub ``full_target`` of
   two rows (only its first dimension is read).
-- Outputs are cast back to the input's dtype.
+- Outputs come back uncast, in the dtype Liger produces.
+- ``kl_estimate`` is ``k3_loss_fn`` alone: it takes no mask, and ``ppo_loss_fn`` does not mask the
+  KL right after the call (it adds ``beta * kl`` to the per-token loss and masks the sum inside its
+  aggregation, grpo_loss.py:218-241), so ``mask`` is unused and padded entries hold the estimate of
+  whatever stands there.
 
-Shims (steps Liger's own trainer code does right before the call): ``old_per_token_logps`` is cast
-to float32 (``.float()``), as ``_compute_loss_from_logps`` does (fused_linear_ppo.py:531); and the
-per-token KL is multiplied by the mask, as ``ppo_loss_fn`` does with the whole per-token loss.
+Shim (a step Liger's own code does right before the call): ``old_per_token_logps`` is cast to
+float32 (``.float()``), as ``_compute_loss_from_logps`` does (fused_linear_ppo.py:531).
 
 Variants: GRPO's ``loss_type`` selects the aggregation. ``liger`` is Liger's defaults
 (``LigerFusedLinearGRPOLoss(loss_type=...)`` read at run time, "dapo" in 0.8.5, plus DPO);
@@ -120,10 +124,6 @@ def framework_defaults(loss_type=None) -> dict:
     }
 
 
-def _cast(x, like):
-    return x.to(like.dtype) if x.dtype != like.dtype else x
-
-
 class _GRPO:
     """What ``LigerFusedLinearGRPOFunction.ppo_loss_fn`` computes with ``loss_type``."""
     loss_type: str | None = None                 # None: Liger's default, read at run time
@@ -158,15 +158,14 @@ class _GRPO:
             max_completion_length=logp.shape[1] if norm_len is None else norm_len,
             delta=dual_clip,
         )
-        return _cast(loss, logp)
+        return loss
 
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
         support.translate(self, "kl_kind", kind, {"k3": None}, "kl_estimate",
                           why=f"the GRPO loss has one KL estimator, k3 ({_at(GL, '10-13, :210')})")
-        kl = _liger().k3(ref_logp, logp)           # argument order as ppo_loss_fn calls it
-        if mask is not None:
-            kl = kl * mask                         # as ppo_loss_fn masks the per-token loss (shim)
-        return _cast(kl, logp)
+        # argument order as ppo_loss_fn calls it; no mask: ppo_loss_fn masks only the sum it
+        # adds the KL into, inside its aggregation (grpo_loss.py:218-241), not right after the call
+        return _liger().k3(ref_logp, logp)
 
 
 class _DPO:
@@ -181,26 +180,46 @@ class _DPO:
             raise Unsupported("Liger's DPO loss takes whole pairs, (N,) each; these shapes have none")
         fn = _liger().DPO.preference_loss_fn
         full_target = torch.empty(2, 1)           # one pair: only full_target.shape[0] is read
-        out = support.per_pair(
+        return support.per_pair(
             lambda i: fn(pc[i:i + 1], pr[i:i + 1], full_target, ref_chosen_logps=rc[i:i + 1],
                          ref_rejected_logps=rr[i:i + 1], beta=beta, loss_type="sigmoid")[0], n)
-        return _cast(out, pc)
 
 
 # --- declarations ---------------------------------------------------------------------------------
 
 _MASK = support.masks_by_multiplication(_at(GL, "227, :231, :236, :241"),
                                         code="(per_token_loss * attention_mask).sum()")
-_KL_MASK = support.masks_by_multiplication(_at(GL, "218, :241, :252"),
-                                           "the per-token KL after computing it", reaches="the output")
+_KL_NO_MASK = ("k3_loss_fn takes no mask and computes every entry, so padded entries hold the "
+               "estimate of whatever stands there, not 0, and NaN/inf padding reaches the output "
+               f"({_at(GL + ':10-13')})")
+
+#: the example in _DELTA, re-run by tests/test_adapter_liger.py
+_DELTA = ("delta (the contract's dual_clip c) clamps the ratio at c on every token, whatever the sign "
+          "of A, before the min with the clipped term, which is the dual-clip floor -c A only when "
+          "c > 1 + epsilon_high: with c = 1.1 and epsilon_high = 0.28 a token with r = 1.26 and "
+          "A = +1 gets loss -1.1 and no gradient instead of -1.26 with gradient -1.26, and one with "
+          "r = 1.26 and A = -1 gets loss 1.26 with gradient 1.26 instead of 1.1 with none "
+          f"({_at(GL + ':196-201')})")
+#: the example in _OLD_FLOAT32, re-run by tests/test_adapter_liger.py
+_OLD_FLOAT32 = ("casts old_per_token_logps to float32 (.float()) before ppo_loss_fn, so with float64 "
+                "inputs the ratio is taken against old log-probs rounded to float32: with logp = -1.0, "
+                "an old log-prob of -1.1 (float32: -1.10000002) and A = 1 the loss differs from the "
+                f"contract's by 2.4e-8 relative ({_at(PPO + ':531')})")
 
 GRPO_DEVIATIONS = {
+    "ppo_clip_loss/matches-reference": _OLD_FLOAT32,
+    "ppo_clip_loss/gradient-matches-reference": _OLD_FLOAT32,
+    "ppo_clip_loss/gradient-equals-policy-gradient-at-old-policy": _OLD_FLOAT32,
+    "ppo_clip_loss/dual-clip-inside-clip-range": _DELTA,
     "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
         "delta (the dual clip)", _at(GL, "197-198"), "the ratio is clamped at any value given"),
     "ppo_clip_loss/padding-nan": _MASK,
     "ppo_clip_loss/padding-inf": _MASK,
-    "kl_estimate/padding-nan": _KL_MASK,
-    "kl_estimate/padding-inf": _KL_MASK,
+    "kl_estimate/padding-*": _KL_NO_MASK,
+    "kl_estimate/matches-reference": _KL_NO_MASK,
+    "kl_estimate/gradient-matches-reference": (
+        "k3_loss_fn takes no mask: the gradient at padded entries is not 0 "
+        f"({_at(GL + ':10-13')})"),
     "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(GL, "10-13")),
 }
 
@@ -208,14 +227,19 @@ GRPO_SHIMS = {
     "ppo_clip_loss": (
         "old_per_token_logps is cast to float32 (.float()) before ppo_loss_fn, as "
         f"_compute_loss_from_logps does ({_at(PPO + ':531')})"),
-    "kl_estimate": (
-        "the k3 term is multiplied by the mask, as ppo_loss_fn multiplies the per-token loss that "
-        f"contains it by attention_mask ({_at(GL + ':218, :231, :252')})"),
 }
 
 DPO_DEVIATIONS = {
     "dpo_loss/rejects-nonpositive-beta": support.no_validation(
         "beta", _at(DL, "54-61"), "beta <= 0 is used as given"),
+}
+_ONE_PAIR = ("one pair per call with a two-row stub full_target: Liger divides the chunk's summed loss "
+             "by n_pairs = full_target.shape[0] // 2 (1 here), so whether that divisor is the batch's "
+             f"pair count in the fused forward cannot show, only each pair's own loss ({_at(DL + ':58-61')})")
+#: passes that hold only because the adapter shapes the input so that Liger's behaviour cannot show
+DPO_QUALIFIED = {
+    "dpo_loss/matches-reference": _ONE_PAIR,
+    "dpo_loss/gradient-matches-reference": _ONE_PAIR,
 }
 DPO_SHIMS = {
     "dpo_loss": ("one call per pair (the loss is sum / n_pairs, a batch mean), with a two-row stub "
@@ -255,6 +279,7 @@ class LigerDefault(_GRPO, _DPO):
     capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **DPO_CAPABILITIES}
     shims = {**GRPO_SHIMS, **DPO_SHIMS}
     known_deviations = {**GRPO_DEVIATIONS, **DPO_DEVIATIONS}
+    qualified = DPO_QUALIFIED
     framework_defaults = staticmethod(framework_defaults)
 
 
@@ -264,6 +289,7 @@ class LigerDPO(_DPO):
     capabilities = DPO_CAPABILITIES
     shims = DPO_SHIMS
     known_deviations = DPO_DEVIATIONS
+    qualified = DPO_QUALIFIED
     framework_defaults = staticmethod(framework_defaults)
 
 

@@ -35,6 +35,11 @@ OpenRLHF has no setting for is declared in ``capabilities``: the critic's ``Valu
 token-mean (``"value_loss.agg"``), gspo's loss always sequence-level (``"ppo_clip_loss.agg"``),
 the whitening eps a literal, and the group estimators take groups of one size and one scale.
 
+Outputs come back uncast, as OpenRLHF produces them (``compute_approx_kl`` and the experience
+maker work in float32). No adapter step changes values: no shim (docs/contract.md, "What an adapter
+may and may not do"); ``compute_approx_kl`` takes no mask and nothing masks its output right after
+the call in OpenRLHF's trainer, so the adapter does not either.
+
 Framework defaults are read at run time from the argparse definitions of OpenRLHF's own entry
 points (``openrlhf/cli/train_ppo_ray.py``, ``train_dpo.py``, ``train_rm.py``: the parsers are built
 under ``if __name__ == "__main__"``, so their ``add_argument`` calls are read with ``ast``).
@@ -212,14 +217,14 @@ def _group_slots(group_ids: torch.Tensor):
 def _group_advantages(estimator: str, scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Scores through ``compute_advantages_and_returns`` with one-token responses and no KL (the KL
     tensor is float32, as ``compute_approx_kl`` returns it, experience_maker.py:206); the advantage
-    of the one token is the sample's advantage. Cast back to the scores' dtype (a convention)."""
+    of the one token is the sample's advantage, in the dtype OpenRLHF produces (uncast)."""
     fw = _fw()
     slots, n = _group_slots(group_ids)
     B = scores.shape[0]
     experience = fw.Experience(index=slots, rewards=scores, action_mask=torch.ones(B, 1, dtype=torch.bool),
                                kl=torch.zeros(B, 1, dtype=torch.float32), info={})
     out = _maker(estimator, n).compute_advantages_and_returns([experience])[0].advantages
-    return out[:, 0].to(scores.dtype)
+    return out[:, 0]
 
 
 # --- the adapters ----------------------------------------------------------------------------------
@@ -259,6 +264,57 @@ def _cite(where: str, what: str) -> str:
     return f"{what} ({_at(where)})"
 
 
+def _one_pair(module: str, line: str) -> str:
+    return _cite(f"openrlhf/models/loss.py:{line}",
+                 f"one pair per call: {module} returns the batch mean (loss.mean()), so how it weighs "
+                 "the pairs of a batch cannot show, only each pair's own loss")
+
+
+#: compute_approx_kl's float32 cast: its result is float32 for float64 input (kl_estimate/dtype-kept)
+#: and mixed float dtypes are accepted (one cause, one sentence)
+KL_FLOAT32 = _cite(
+    "openrlhf/models/utils.py:93",
+    "casts both log-prob tensors to float32 (log_probs.float() - log_probs_base.float()), so it "
+    "computes and returns float32 for float64 input and accepts mixed float dtypes")
+#: compute_reward's cast of the scores to the KL's dtype, float32 (kl_penalized_rewards and the
+#: group estimators, whose advantages pass through compute_reward)
+REWARD_FLOAT32 = _cite(
+    "openrlhf/models/utils.py:155",
+    "compute_reward writes the scores into zeros_like(kl) with r.to(kl.dtype), and kl is "
+    "compute_approx_kl's float32 (utils.py:93), so float64 scores come back as float32 rewards "
+    "and advantages, rounded to float32")
+#: the clamp of every compute_approx_kl estimate (kl_estimate/large-log-ratios, and beyond +-20)
+KL_CLAMP = support.clamps(
+    "every estimate of compute_approx_kl (and k3's log-ratio below at -10)", "[-10, 10]",
+    _at("openrlhf/models/utils.py", "108-113"), "at l = 8, k2 gives 10 instead of 32")
+#: PolicyLoss's clamp of the log-ratio (policy_loss_type ppo only; gspo does not clamp)
+PPO_LOG_RATIO_CLAMP = support.clamps(
+    "the log-ratio of PolicyLoss (policy_loss_type ppo) before exp", "[-20, 20]",
+    _at("openrlhf/models/loss.py", "187-188"),
+    "where the policies drifted apart the ratio stops at e^20 and the token's gradient is 0: at "
+    "a log-ratio of 25 with advantage -0.5 the token's loss is 2.42583e+08 instead of "
+    "3.60024e+10, with gradient 0 instead of 3.60024e+10")
+#: group_norm's literal eps
+GROUP_NORM_EPS = _cite(
+    f"{_EM}:274",
+    "divides by the group std + 1e-9, a literal 1000 times smaller than the contract's eps "
+    "(1e-6), so the advantages of a group with a small std come out larger, and in an all-equal "
+    "float32 group (std 0) the rounding residue of the mean, divided by 1e-9, becomes a large "
+    "advantage: 7 float32 rewards of 0.1 get -7.45058 each instead of 0 (larger residues reach "
+    "the reward clip at +-10, utils.py:142, --reward.clip_range)")
+
+
+#: passes that hold only because the adapter shapes the input so OpenRLHF's behaviour cannot show
+QUALIFIED = {
+    "dpo_loss/matches-reference": _one_pair("DPOLoss", "360"),
+    "dpo_loss/gradient-matches-reference": _one_pair("DPOLoss", "360"),
+    "ipo_loss/matches-reference": _one_pair("DPOLoss(ipo=True)", "360"),
+    "ipo_loss/gradient-matches-reference": _one_pair("DPOLoss(ipo=True)", "360"),
+    "bradley_terry_loss/matches-reference": _one_pair("PairWiseLoss", "313"),
+    "bradley_terry_loss/gradient-matches-reference": _one_pair("PairWiseLoss", "313"),
+}
+
+
 class OpenRLHF:
     """OpenRLHF's defaults: ``--algo.advantage.estimator gae`` (with batch whitening),
     ``--actor.policy_loss_type ppo``, ``--model.loss_type sigmoid`` for the reward model."""
@@ -272,17 +328,20 @@ class OpenRLHF:
     estimator = "gae"
     policy_loss_type = "ppo"
     shims: dict = {}
+    qualified = QUALIFIED
+    #: where OpenRLHF tracks a declared deviation (the pull request about the clamp of k3's
+    #: log-ratio inside compute_approx_kl)
+    upstream = {"kl_estimate/large-log-ratios": "https://github.com/OpenRLHF/OpenRLHF/pull/1160"}
     known_deviations = {
         # KL
         "kl_estimate/padding-*": _cite(
             "openrlhf/models/utils.py:69-113",
             "compute_approx_kl takes no mask and computes every entry, so padded entries are not 0 "
             "and NaN/inf padding reaches the output"),
-        "kl_estimate/large-log-ratios": support.clamps(
-            "every estimate of compute_approx_kl (and k3's log-ratio below at -10)", "[-10, 10]",
-            _at("openrlhf/models/utils.py", "108-113"), "at l = 8, k2 gives 10 instead of 32"),
-        "kl_estimate/rejects-mixed-float-dtypes": _cite(
-            "openrlhf/models/utils.py:93", "casts both log-prob tensors to float32 and accepts mixed dtypes"),
+        "kl_estimate/large-log-ratios": KL_CLAMP,
+        "kl_estimate/log-ratios-beyond-20": KL_CLAMP,
+        "kl_estimate/rejects-mixed-float-dtypes": KL_FLOAT32,
+        "kl_estimate/dtype-kept": KL_FLOAT32,
         "kl_estimate/matches-reference": _cite(
             "openrlhf/models/utils.py:69-113",
             "compute_approx_kl takes no mask: padded entries hold the estimate of whatever stands "
@@ -301,6 +360,11 @@ class OpenRLHF:
         "kl_penalized_rewards/gradient-matches-reference": _cite(
             "openrlhf/models/utils.py:144",
             "compute_reward adds -kl_coef * kl at padded positions too: the gradient there is not 0"),
+        "kl_penalized_rewards/dtype-kept": REWARD_FLOAT32,
+        "kl_penalized_rewards/rejects-negative-beta": _cite(
+            "openrlhf/models/utils.py:138-139",
+            "compute_reward replaces a negative kl_coef by 0 (if kl_coef <= 0.0: kl_coef = 0.0): a "
+            "negative beta is run as beta = 0, without the KL penalty and without an error"),
         "kl_penalized_rewards/rejects-row-without-real-token": _cite(
             "openrlhf/models/utils.py:154",
             "a row without real tokens gets its score at the last padded position (argmax of an "
@@ -316,6 +380,7 @@ class OpenRLHF:
             "openrlhf/models/loss.py:200-212,32",
             "the per-token loss is computed at padded positions and masked by multiplication, so "
             "NaN/inf padding (and 1e30 advantages overflowing in float32) give NaN"),
+        "ppo_clip_loss/log-ratios-beyond-20": PPO_LOG_RATIO_CLAMP,
         "value_loss/padding-nan": _cite(
             "openrlhf/models/loss.py:282-297,32",
             "the squared error is computed at padded positions and masked by multiplication, so NaN "
@@ -385,22 +450,21 @@ class OpenRLHF:
     # --- KL ---------------------------------------------------------------------------------------
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
         """``compute_approx_kl`` as experience_maker.py:206-210 calls it (no ``log_probs_old``,
-        ``unbiased_gradient`` off: the CLI default). It takes no mask; ``mask`` is unused. Its
-        float32 result is cast back to the input's dtype (a convention)."""
-        out = _fw().utils.compute_approx_kl(logp, ref_logp, kl_estimator=kind)
-        return out.to(logp.dtype)
+        ``unbiased_gradient`` off: the CLI default). It takes no mask and neither the experience
+        maker nor the actor masks its output right after the call (the actor's aggregate_loss
+        does, as part of the loss), so ``mask`` is unused. Its float32 result comes back uncast."""
+        return _fw().utils.compute_approx_kl(logp, ref_logp, kl_estimator=kind)
 
     def kl_penalized_rewards(self, scores, logp, ref_logp, mask, beta, kind="k1"):
         """``compute_approx_kl`` (experience_maker.py:206-210) then ``compute_reward`` with the KL
         controller's value ``beta`` and the CLI's default reward clip range
         (experience_maker.py:284-290; --reward.clip_range, train_ppo_ray.py:474). The scores are
-        promoted to at least float32 first (experience_maker.py:244). Cast back to the input dtype."""
+        promoted to at least float32 first (experience_maker.py:244). The result comes back uncast."""
         fw = _fw()
         kl = fw.utils.compute_approx_kl(logp, ref_logp, kl_estimator=kind)
         r = scores.to(torch.promote_types(scores.dtype, torch.float32))
-        out = fw.utils.compute_reward(r, beta, kl, action_mask=_as_mask(mask),
+        return fw.utils.compute_reward(r, beta, kl, action_mask=_as_mask(mask),
                                       reward_clip_range=tuple(_ppo_default("--reward.clip_range")))
-        return out.to(logp.dtype)
 
     # --- losses -----------------------------------------------------------------------------------
     def aggregate(self, values, mask, mode="token-mean", norm_len=None):
@@ -529,12 +593,24 @@ class _GroupVariant(OpenRLHF):
             "own scatter and reshape to (-1, n_samples_per_prompt) puts every group in one row"),
     }
 
+#: the reward clip of compute_reward, applied to the group estimators' advantages
+ADVANTAGE_CLIP = _cite(
+    f"{_EM}:284-290",
+    "passes the group advantages (already baseline-subtracted) to compute_reward as its "
+    "rewards, which clamps them to --reward.clip_range, (-10, 10) by default (utils.py:141-142, "
+    "train_ppo_ray.py:474): the clip meant for raw rewards cuts the advantages instead, so with "
+    "the scores (0, 30, -20) of one group the rloo advantage of 30 is 10 instead of 40")
+
 
 class OpenRLHFGroupNorm(_GroupVariant):
     """``--algo.advantage.estimator group_norm`` (GRPO): ``scale="group"``."""
     name = "openrlhf-group_norm"
     capabilities = {**_GroupVariant.capabilities, "scale": ["group"]}
     estimator = "group_norm"
+    known_deviations = {**_GroupVariant.known_deviations,
+                        "group_normalized_advantages/matches-reference": GROUP_NORM_EPS,
+                        "group_normalized_advantages/all-equal-group-gives-zero": GROUP_NORM_EPS,
+                        "group_normalized_advantages/dtype-kept": REWARD_FLOAT32}
     framework_defaults = staticmethod(lambda: _defaults("group_norm"))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
@@ -551,6 +627,9 @@ class OpenRLHFDrGrpo(_GroupVariant):
     name = "openrlhf-dr_grpo"
     capabilities = {**_GroupVariant.capabilities, "scale": ["none"]}
     estimator = "dr_grpo"
+    known_deviations = {**_GroupVariant.known_deviations,
+                        "group_normalized_advantages/dtype-kept": REWARD_FLOAT32,
+                        "group_normalized_advantages/scores-of-any-size": ADVANTAGE_CLIP}
     framework_defaults = staticmethod(lambda: _defaults("dr_grpo"))
 
     def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):
@@ -565,6 +644,9 @@ class OpenRLHFRloo(_GroupVariant):
     """``--algo.advantage.estimator rloo``: the leave-one-out baseline."""
     name = "openrlhf-rloo"
     estimator = "rloo"
+    known_deviations = {**_GroupVariant.known_deviations,
+                        "leave_one_out_advantages/dtype-kept": REWARD_FLOAT32,
+                        "leave_one_out_advantages/scores-of-any-size": ADVANTAGE_CLIP}
     framework_defaults = staticmethod(lambda: _defaults("rloo"))
     shims = {"leave_one_out_advantages": _GroupVariant.shims["group_normalized_advantages"]}
 
@@ -582,7 +664,9 @@ class OpenRLHFGspo(OpenRLHF):
     _gspo = _cite("openrlhf/models/loss.py:189-196",
                   "policy_loss_type gspo clips the sequence-level ratio exp(mean_t log r_t), the "
                   "same for every token of a row, not each token's ratio r_t")
-    known_deviations = {**OpenRLHF.known_deviations,
+    # gspo exponentiates the sequence-level log-ratio without a clamp (loss.py:189-196)
+    known_deviations = {**{k: v for k, v in OpenRLHF.known_deviations.items()
+                           if k != "ppo_clip_loss/log-ratios-beyond-20"},
                         "ppo_clip_loss/matches-reference": _gspo,
                         "ppo_clip_loss/gradient-matches-reference": _gspo,
                         "ppo_clip_loss/gradient-zero-when-clipped": _gspo}
@@ -594,10 +678,19 @@ class OpenRLHFLogExp(OpenRLHF):
     name = "openrlhf-logexp"
     _margin = _cite("openrlhf/models/loss.py:322-326",
                     "LogExpLoss takes a margin argument and ignores it: log(1 + exp(r_r - r_c))")
+    _overflow = _cite("openrlhf/models/loss.py:325",
+                      "LogExpLoss computes log(1 + exp(r_r - r_c)) as written, and exp overflows: "
+                      "at r_r - r_c = 100 in float32 the loss is inf and its gradient NaN, where "
+                      "softplus gives 100 and -1")
     known_deviations = {**OpenRLHF.known_deviations,
                         "bradley_terry_loss/matches-reference": _margin,
                         "bradley_terry_loss/gradient-matches-reference": _margin,
-                        "bradley_terry_loss/gradient-is-sigmoid-minus-one": _margin}
+                        "bradley_terry_loss/gradient-is-sigmoid-minus-one": _margin,
+                        "bradley_terry_loss/large-gap-float32": _overflow}
+    #: the pull request that replaces LogExpLoss's log(1 + exp(.)) by softplus
+    upstream = {**OpenRLHF.upstream,
+                "bradley_terry_loss/large-gap-float32": "https://github.com/OpenRLHF/OpenRLHF/pull/1278"}
+    qualified = {k: v for k, v in QUALIFIED.items() if not k.startswith("bradley_terry_loss/")}
     framework_defaults = staticmethod(lambda: _defaults("gae", rm_loss="logexp"))
 
     def _rm_loss(self):

@@ -39,6 +39,8 @@ Calling conventions (translations only, no values changed):
   max_input_length + max_generate_length, skyrl_train/utils/utils.py:278).
 - ``dual_clip=None`` selects ``policy_loss_type='regular'``; ``dual_clip=c`` selects
   ``'dual_clip'`` with ``clip_ratio_c=c``. (B,) advantages are broadcast over tokens.
+- ``kl_estimate`` hands the mask to ``compute_approx_kl``'s own ``loss_mask`` argument (no shim).
+  Outputs come back uncast.
 
 Variants: skyrl's ``trainer.algorithm.loss_reduction`` selects the policy-loss aggregation.
 ``skyrl`` is the default (read at run time from ppo_base_config.yaml: token_mean);
@@ -161,6 +163,14 @@ class Skyrl:
     framework = pins.framework("skyrl")
     framework_defaults = staticmethod(framework_defaults)
     shims: dict = {}
+    #: where skyrl tracks a declared deviation: compute_approx_kl's @torch.no_grad() used as a KL
+    #: loss (issue 1340), normalize_advantages_dict's mean over padded entries (issue 1305)
+    upstream = {
+        "kl_estimate/gradient-matches-reference": "https://github.com/NovaSky-AI/SkyRL/issues/1340",
+        "kl_estimate/exact-loss-gradients": "https://github.com/NovaSky-AI/SkyRL/issues/1340",
+        "batch_normalized_advantages/matches-reference": "https://github.com/NovaSky-AI/SkyRL/issues/1305",
+        "batch_normalized_advantages/padding-*": "https://github.com/NovaSky-AI/SkyRL/issues/1305",
+    }
 
     def __init__(self, reduction: str | None = None):
         self.reduction = reduction
@@ -288,13 +298,33 @@ def _padding(estimator: str, line: int) -> dict:
     return {f"{estimator}/padding-{fill}": why for fill in ("inf", "nan")}
 
 
+#: compute_gae_advantage_return whitens its advantages (exact-advantage and the GAE edge checks)
+GAE_WHITENS = ("whitens the advantages over the batch (masked_whiten) before returning them, so "
+               "they are not the GAE advantages: the returns agree (" + _at(PU + ":1025") + ")")
+#: compute_approx_kl's clamps (kl_estimate/large-log-ratios, and beyond +-20)
+KL_CLAMP = support.clamps("k3's log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(PU, "118-121"))
+#: _safe_exp_delta's clamp of the PPO log-ratio
+PPO_LOG_RATIO_CLAMP = support.clamps(
+    "the log-ratio of the policy loss before exp (_safe_exp_delta(..., clip=20.0))", "[-20, 20]",
+    _at(PU, "551, :573"),
+    "where the policies drifted apart the ratio stops at e^20 and the token's gradient is 0: at "
+    "a log-ratio of 25 with advantage -0.5 the token's loss is 2.42583e+08 instead of "
+    "3.60024e+10, with gradient 0 instead of 3.60024e+10")
+#: _safe_exp_delta's float32 exp: a float64 loss carries float32 rounding
+PPO_RATIO_FLOAT32 = ("_safe_exp_delta exponentiates the log-ratio in float32 "
+                     "(delta.to(torch.float32)) and casts the ratio back to the input's dtype, so a "
+                     "float64 loss and its gradient carry float32 rounding (" + _at(PU, "551, :573")
+                     + ")")
+
 DEVIATIONS = {
     # GAE
     "gae/matches-reference": "ignores the mask in the recursion (the value after the last real "
         "token is the padded entry values[:, t + 1], not 0) and whitens the advantages over the "
         "batch, padded entries not zeroed (" + _at(PU + ":1018") + "; " + _at(PU + ":1025") + ")",
-    "gae/exact-advantage-with-true-values": "whitens the advantages over the batch "
-        "(masked_whiten) before returning them (" + _at(PU + ":1025") + ")",
+    "gae/exact-advantage-with-true-values": GAE_WHITENS,
+    "gae/lam-zero-gives-td-error": GAE_WHITENS,
+    "gae/lam-one-gives-return-minus-value": GAE_WHITENS,
+    "gae/gamma-zero-gives-reward-minus-value": GAE_WHITENS,
     "gae/gradient-matches-reference": support.no_grad("rewards or values", _at(PU, 1012)),
     "gae/padding-1e30": "reads padded values and rewards: the recursion runs over the whole "
         "padded width, nextvalues = values[:, t + 1] (" + _at(PU + ":1018") + ")",
@@ -342,8 +372,8 @@ DEVIATIONS = {
     "kl_estimate/exact-loss-gradients": "compute_approx_kl runs under @torch.no_grad(): used as "
         "the actor's KL loss term, its expected gradient is 0 instead of the per-state KL "
         "gradient (" + _at(PU + ":91") + "; workers/worker.py:680)",
-    "kl_estimate/large-log-ratios": support.clamps(
-        "k3's log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(PU, "118-121")),
+    "kl_estimate/large-log-ratios": KL_CLAMP,
+    "kl_estimate/log-ratios-beyond-20": KL_CLAMP,
     "kl_estimate/padding-inf": "masks by multiplying, kld * loss_mask, which keeps the NaN of "
         "inf - inf at padded positions (" + _at(PU + ":126") + ")",
     "kl_estimate/padding-nan": "masks by multiplying, kld * loss_mask, which keeps NaN at padded "
@@ -355,6 +385,11 @@ DEVIATIONS = {
     "aggregate/rejects-mask-with-hole": support.no_validation(
         "the mask in reduce_loss", _at(PU, 881),
         "a mask whose real tokens are not a prefix is reduced as given"),
+    "ppo_clip_loss/log-ratios-beyond-20": PPO_LOG_RATIO_CLAMP,
+    "ppo_clip_loss/matches-reference": PPO_RATIO_FLOAT32,
+    "ppo_clip_loss/gradient-equals-policy-gradient-at-old-policy": PPO_RATIO_FLOAT32,
+    "ppo_clip_loss/gradient-zero-when-clipped": PPO_RATIO_FLOAT32,
+    "ppo_clip_loss/dual-clip-inside-clip-range": PPO_RATIO_FLOAT32,
     "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
         "clip_ratio_c", _at(PU, 580), "a value <= 1 is applied as given"),
     "value_loss/rejects-shape-mismatch": "without a value clip ppo_critic_loss never reads "

@@ -15,6 +15,12 @@ What is mapped, and to which torchrl code:
   without an actor network (``actor_network=None`` is the constructor's default); the per-token
   log-weight is formed as ``GRPOLoss._log_weight`` forms it.
 
+Shims (steps torchrl's own losses do right before the call, declared in ``shims``): ``kl_estimate``
+fills padded log-probs with 0 before ``k3_kl_token_estimate``, as ``DistillationLoss.forward`` does
+(distillation.py:495-496); ``ppo_clip_loss`` narrows the mask to finite ``old_logp`` entries and
+zeroes the log-probs outside it, as ``GRPOLoss._log_weight`` does (grpo.py:961-967). Outputs come
+back uncast.
+
 Variants (docs/contract.md, "Variants"): ``GRPOLoss(aggregation=...)`` is the switch.
 ``torchrl`` is ``GRPOLoss()`` with its defaults (``aggregation="token_mean"``);
 ``torchrl_prompt_mean`` is ``GRPOLoss(aggregation="prompt_mean")``; ``torchrl_dapo`` is the
@@ -226,9 +232,10 @@ class _TorchRLBase:
         self._agg(agg, "ppo_clip_loss")
         high = clip_low if clip_high is None else clip_high
         loss = self._loss_module(float(clip_low), float(high))
-        m = mask.bool()
-        # shim (declared): GRPOLoss._log_weight sets the current and behaviour log-probs to 0
-        # outside the attention mask before forming the log-weight.
+        # shim (declared): GRPOLoss._log_weight narrows the attention mask to the entries whose
+        # behaviour log-prob is finite and sets the current and behaviour log-probs to 0 outside
+        # it before forming the log-weight; the loss aggregates over that narrowed mask.
+        m = mask.bool() & torch.isfinite(old_logp)
         cur = torch.where(m, logp, torch.zeros((), dtype=logp.dtype))
         prev = torch.where(m, old_logp, torch.zeros((), dtype=old_logp.dtype))
         log_weight = (cur - prev).unsqueeze(-1)                       # [B, T, 1]
@@ -243,9 +250,10 @@ _COMMON_SHIMS = {
     "kl_estimate": "fills padded positions of both log-prob tensors with 0 (masked_fill) before "
                    f"k3_kl_token_estimate, as DistillationLoss.forward does right before its call "
                    f"({_DIST}:495, {PKG})",
-    "ppo_clip_loss": "sets logp and old_logp to 0 at padded positions (torch.where on the "
-                     "attention mask) before forming the log-weight, as GRPOLoss._log_weight does "
-                     f"right before the policy objective ({_GRPO}:962, {PKG})",
+    "ppo_clip_loss": "narrows the mask to the entries whose old_logp is finite and sets logp and "
+                     "old_logp to 0 outside it (torch.where) before forming the log-weight, the "
+                     "narrowed mask also aggregating the loss, as GRPOLoss._log_weight does right "
+                     f"before the policy objective ({_GRPO}:961-967, :982, {PKG})",
 }
 
 _R2G = (f"reward2go has no mask: the padded tail of a row after its done flag is summed as an "
@@ -254,6 +262,35 @@ _R2G = (f"reward2go has no mask: the padded tail of a row after its done flag is
 _GAE_PAD = (f"generalized_advantage_estimate has no mask: padded positions get advantages from the "
             f"padding values instead of 0 ({_FUNC}:171-178, {PKG})")
 
+#: MCAdvantage's std guard (every group value check on float64 samples with a finite std)
+_STD_CLAMP = ("MCAdvantage divides by the group std clamped below at 1e-6 (std.clamp_min(1e-6)), not "
+              f"by std + eps: advantages differ by a relative 1e-6 / std ({_GRPO}:1511, {PKG})")
+#: the discounts of the loop GAE are float32 in a float64 call (lower precision, not another value)
+_GAE_FLOAT32 = ("generalized_advantage_estimate multiplies gamma and lmbda * gamma by the int32 flags "
+                "(~terminated).int() and (~done).int(), which makes both discounts float32 tensors "
+                "inside a float64 computation: gamma = 0.9 enters as 0.8999999761581421, so float64 "
+                "advantages and value targets carry the float32 rounding of the discounts "
+                f"({_FUNC}:163-164, :170-172, {PKG})")
+#: reward2go's geometric series at a discount of 0 (and below its 1e-7 threshold)
+_R2G_GAMMA_ZERO = ("reward2go raises IndexError at the valid gamma = 0: _geom_series_like returns a "
+                   f"1-D zeros_like for a ratio of 0 ({_FUNC}:197-198) where _custom_conv1d reads the "
+                   "filter's shape[-2] (torchrl/objectives/value/utils.py:77), and below its 1e-7 "
+                   "threshold, e.g. gamma = 1e-9, the series is empty and rs[0] = 1.0 raises "
+                   f"IndexError too ({_FUNC}:202-205); a run with gamma = 0 stops "
+                   f"({_FUNC}:1449-1450, {PKG})")
+#: reward2go's geometric series is cut one term early
+_R2G_TRUNCATED = ("reward2go builds its discounts with _geom_series_like, which keeps "
+                  "int(log(1e-7) / log(gamma)) terms, so the series is cut where gamma^k is still "
+                  "above its 1e-7 threshold: at gamma = 1e-3 the rewards (1, 2, 3) return 1.002 where "
+                  f"the contract's return is 1.002003 ({_FUNC}:200-205, {PKG})")
+#: GRPOLoss's clip bounds are float32 buffers (DAPO inherits them)
+_CLIP_FLOAT32 = ("GRPOLoss keeps clip_epsilon as float32 buffers (torch.tensor(eps)) and clamps the "
+                 "float64 log-weight to their float32 log1p (_clip_bounds), so a clipped float64 "
+                 "ratio is 1 + eps only to float32 rounding: with clip_high = 0.28 a ratio clipped "
+                 "above is 1.2799999924290435 and the loss of one token with A = 0.5 is "
+                 "-0.6399999962145217 where the contract's is -0.64 "
+                 f"({_GRPO}:536-537, :554-555, :777, {PKG})")
+
 _COMMON_DEVIATIONS = {
     # discounted_returns -> reward2go
     "discounted_returns/matches-reference": _R2G,
@@ -261,6 +298,8 @@ _COMMON_DEVIATIONS = {
         "reward2go has no mask: the returns at padded positions depend on the padding rewards, "
         f"so the gradient there is not 0 ({_FUNC}:1447-1450, {PKG})",
     "discounted_returns/padding-*": _R2G,
+    "discounted_returns/gamma-zero-gives-rewards": _R2G_GAMMA_ZERO,
+    "discounted_returns/small-gamma-keeps-every-term": _R2G_TRUNCATED,
     "discounted_returns/rejects-integer-rewards":
         "reward2go accepts integer rewards and returns integer returns; it checks only that "
         f"reward and done share a shape ({_FUNC}:1428, {PKG})",
@@ -273,19 +312,24 @@ _COMMON_DEVIATIONS = {
         "generalized_advantage_estimate has no mask: padded positions get advantages from the "
         "padding values, and NaN/inf there reach the real tokens through prev_advantage * "
         f"discount with discount = 0 at the done token (NaN * 0) ({_FUNC}:174, {PKG})",
+    **dict.fromkeys(("gae/lam-zero-gives-td-error", "gae/lam-one-gives-return-minus-value",
+                     "gae/exact-advantage-with-true-values"), _GAE_FLOAT32),
     "gae/rejects-lam-outside-unit-interval":
         f"generalized_advantage_estimate does not check lmbda ({_FUNC}:120-178, {PKG})",
     "gae/rejects-row-without-real-token":
         "generalized_advantage_estimate takes done flags, not a mask: a row of padding has no "
         f"done flag and is estimated as an unfinished trajectory ({_FUNC}:163-176, {PKG})",
     # group_normalized_advantages -> MCAdvantage
-    "group_normalized_advantages/matches-reference":
-        "MCAdvantage divides by the group std clamped below at 1e-6 (std.clamp_min(1e-6)), not by "
-        f"std + eps: advantages differ by a relative 1e-6 / std ({_GRPO}:1511, {PKG})",
+    **dict.fromkeys(("group_normalized_advantages/matches-reference",
+                     "group_normalized_advantages/std-is-per-group",
+                     "group_normalized_advantages/exact-std-normalisation-bias"), _STD_CLAMP),
     "group_normalized_advantages/rejects-group-of-one":
         "MCAdvantage takes a group of one (it checks grpo_size >= 2 only with trajectory_return, "
         f"{_GRPO}:1165): the std of one reward is NaN and clamp_min(1e-6) keeps it, so the "
         f"advantage is NaN, not an error ({_GRPO}:1510-1511, {PKG})",
+    # ppo_clip_loss -> GRPOLoss._compute_policy_objective
+    **dict.fromkeys(("ppo_clip_loss/matches-reference", "ppo_clip_loss/log-ratios-beyond-20"),
+                    _CLIP_FLOAT32),
     # kl_estimate -> k3_kl_token_estimate
     "kl_estimate/rejects-mixed-float-dtypes":
         "k3_kl_token_estimate checks only that the shapes agree and lets torch promote mixed "
@@ -317,6 +361,10 @@ DEVIATIONS_BY_AGGREGATION = (
 
 class _Declared(_TorchRLBase):
     shims = dict(_COMMON_SHIMS)
+    #: where torchrl tracks a declared deviation (the pull request that lets GAE take a validity
+    #: mask for right-padded batches)
+    upstream = {"gae/matches-reference": "https://github.com/pytorch/rl/pull/4404",
+                "gae/padding-*": "https://github.com/pytorch/rl/pull/4404"}
 
     @property
     def known_deviations(self) -> dict:

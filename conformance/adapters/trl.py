@@ -41,8 +41,9 @@ Calling conventions (translations only, no values changed):
   ``num_items_in_batch`` is the real-token count, as ``_generate_and_score_completions`` computes
   it (grpo_trainer.py:2498). The ``loss_type`` of the variant selects the aggregation;
   ``norm_len`` is ``max_completion_length`` (``dr_grpo``), the padded width when None.
-- ``dual_clip`` is TRL's ``delta`` (two-sided clipping, INTELLECT-2): for A < 0 TRL clamps the
-  ratio at delta, which is the dual-clip floor -c A whenever c > 1 + clip_high.
+- ``dual_clip`` is TRL's ``delta`` (two-sided clipping, INTELLECT-2): TRL clamps the ratio at
+  delta on every token, which is the dual-clip floor -c A whenever c > 1 + clip_high; for
+  1 < c <= 1 + clip_high it is not (a declared deviation).
 - ``aggregate(values)`` is the GRPO loss at ratio 1 (the on-policy step: ``old_per_token_logps``
   is ``per_token_logps.detach()``, grpo_trainer.py:3066) with advantages ``-values``: TRL's
   per-token loss there is ``-min(1 * A, clip(1) * A) = -A``, i.e. exactly ``values``.
@@ -51,7 +52,8 @@ Calling conventions (translations only, no values changed):
   stacked back into (B, T). TRL has only k3 in the loss: k1/k2 are ``Unsupported``.
 - DPO, IPO and the reward loss return a batch mean: one call per pair. A reward ``margin`` goes
   in as TRL's collator makes it, a float32 tensor (reward_trainer.py:208).
-- Outputs are cast back to the input's dtype (TRL's advantage path computes in float32).
+- Outputs come back uncast, in the dtype TRL produces (its advantage paths compute on float32
+  rewards, grpo_trainer.py:1637, and return float32 for float64 scores).
 
 Options TRL has no slot for: the KL ``kind`` (GRPO always uses k3), DPO ``label_smoothing`` (the
 "sigmoid" loss has none, ``DPOConfig.label_smoothing`` serves the robust and EXO losses only) and
@@ -263,7 +265,7 @@ def _grpo_advantages(scores, group_ids, scale):
     tr = _grpo_trainer(args)
     inputs = _scored_batch(tr, scores[order], "grpo")
     out = _trl().GRPOTrainer._generate_and_score_completions(tr, inputs)["advantages"]
-    return support.restore(out.to(scores.dtype), order)
+    return support.restore(out, order)                 # uncast: TRL's float32
 
 
 def _rloo_advantages(scores, group_ids, beta=0.0, logp=None, ref_logp=None):
@@ -300,7 +302,7 @@ def _rloo_advantages(scores, group_ids, beta=0.0, logp=None, ref_logp=None):
         return x, torch.zeros_like(x), None
     tr._get_per_token_logps_and_entropies = forward
     out = t.RLOOTrainer._generate_and_score_completions(tr, inputs)["advantages"]
-    return support.restore(out.to(scores.dtype), order)
+    return support.restore(out, order)                 # uncast: TRL's float32
 
 
 def _grpo_loss(loss_type, logp, mask, advantages, old_logp=None, ref_logp=None, beta=0.0,
@@ -520,8 +522,7 @@ class _DPO:
         n = pc.shape[0]
         if any(x.shape != (n,) for x in (pc, pr, rc, rr)):
             raise Unsupported("DPOTrainer's collator hands over whole pairs; these shapes have none")
-        return support.per_pair(lambda i: _dpo_pair(loss_type, pc[i], pr[i], rc[i], rr[i], beta),
-                                n).to(pc.dtype)
+        return support.per_pair(lambda i: _dpo_pair(loss_type, pc[i], pr[i], rc[i], rr[i], beta), n)
 
 
 class _Reward:
@@ -535,7 +536,7 @@ class _Reward:
             margin = torch.as_tensor(margin, dtype=torch.float32).expand(n)
         return support.per_pair(lambda i: _reward_pair(chosen_rewards[i], rejected_rewards[i],
                                                        None if margin is None else margin[i]),
-                                n).to(chosen_rewards.dtype)
+                                n)
 
 
 class _Logprobs:
@@ -547,19 +548,36 @@ class _Logprobs:
 
 _EPS_ONLY = ("divides by std + 1e-4, a constant in code (there is no eps setting), where the contract's "
              f"eps is 1e-6 ({_at(GT + ':2787')})")
+#: the example in _EPS, re-run by tests/test_adapter_trl.py (the sentence states what a run gives)
 _EPS = ("divides by std + 1e-4, a constant in code where the contract's eps is 1e-6, and works on "
-        "float32 rewards, so an all-equal group of 6 gets advantages of 1.2e-3 instead of 0 (its "
-        f"float32 mean differs from its members by rounding) ({_at(GT + ':1637, :2765-2787')})")
+        "float32 rewards, so an all-equal group of 6 rewards of 0.3 gets advantages of 2.98e-4 "
+        "instead of 0 (its float32 mean differs from its members by rounding) "
+        f"({_at(GT + ':1637, :2765-2787')})")
 _KL_GRAD = ("with use_bias_correction_kl=True (the default) the KL term is k3 * exp(logp - old_logp), so "
             "on policy its gradient is (1 - exp(-l)) + k3 (DeepSeek-V3.2's unbiased reverse-KL "
             f"gradient), not the derivative of k3 ({_at(GT + ':3104-3105')})")
 _MASK = support.masks_by_multiplication(_at(GT, "3153-3173"), code="(per_token_loss * mask).sum()")
+#: the example in _DELTA, re-run by tests/test_adapter_trl.py
+_DELTA = ("delta (the contract's dual_clip c) clamps the ratio at c on every token, whatever the sign "
+          "of A, before the min with the clipped term, which is the dual-clip floor -c A only when "
+          "c > 1 + epsilon_high (the help text recommends delta > 1 + epsilon): with c = 1.1 and "
+          "epsilon_high = 0.28 a token with r = 1.26 and A = +1 gets loss -1.1 and no gradient "
+          "instead of -1.26 with gradient -1.26, and one with r = 1.26 and A = -1 gets loss 1.26 "
+          f"with gradient 1.26 instead of 1.1 with none ({_at(GT + ':3113-3120')}; "
+          f"{_at(GC + ':697-703')})")
+#: why float64 scores come back as float32 advantages (GRPOTrainer and RLOOTrainer alike)
+_FLOAT32_REWARDS = ("stores the reward functions' scores in a float32 tensor (rewards_per_func: "
+                    "torch.zeros of the default dtype, filled with torch.tensor(..., "
+                    "dtype=torch.float32)), so float64 scores are rounded to float32 and the "
+                    "advantages are computed and returned in float32 ({where})")
 
 GRPO_DEVIATIONS = {
     "group_normalized_advantages/matches-reference": _EPS_ONLY,
     "group_normalized_advantages/exact-std-normalisation-bias": _EPS,
     "ppo_clip_loss/padding-nan": _MASK,
     "ppo_clip_loss/padding-inf": _MASK,
+    "group_normalized_advantages/dtype-kept": _FLOAT32_REWARDS.format(where=_at(GT + ":1581, :1637")),
+    "ppo_clip_loss/dual-clip-inside-clip-range": _DELTA,
     "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(
         "delta (the dual clip)", _at(GT, 3116), "the ratio is clamped at any value given"),
     "policy_gradient_loss/matches-reference*": (
@@ -579,6 +597,16 @@ GRPO_DEVIATIONS = {
     "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(GT, "3100-3102")),
 }
 
+#: where TRL tracks a declared deviation: the pull request that made use_bias_correction_kl the
+#: default, whose review measured the changed KL gradient
+GRPO_UPSTREAM = {
+    "kl_estimate/gradient-matches-reference": "https://github.com/huggingface/trl/pull/6503",
+    "kl_estimate/exact-loss-gradients": "https://github.com/huggingface/trl/pull/6503",
+    # the pull request that added delta: it says delta caps the ratio of negative-advantage
+    # tokens and recommends delta > 1 + epsilon; the code caps every token's ratio
+    "ppo_clip_loss/dual-clip-inside-clip-range": "https://github.com/huggingface/trl/pull/3434",
+}
+
 GRPO_SHIMS = {
     "group_normalized_advantages": (
         "sorts samples stably into contiguous groups of equal size and restores the caller's order "
@@ -591,7 +619,31 @@ GRPO_SHIMS = {
         f"the per-token loss -min(A, clip(1) A) is -A = values ({_at(GT + ':3066, :3120')})"),
 }
 
-RLOO_DEVIATIONS: dict = {}
+#: passes that hold only because the adapter shapes the input so that TRL's behaviour cannot show
+_IPO_LENGTH = ("one-token completions: TRL divides each IPO log-ratio by its completion's token count "
+               "(chosen_scores / chosen_mask.sum(dim=1)), which is 1 here, so whether that length "
+               f"normalisation is right cannot show ({_at(DT + ':1399-1402')})")
+_BATCH_MEAN_DPO = ("one pair per call: DPOTrainer returns the batch mean (per_sequence_loss.mean()), so "
+                   "how it weighs the pairs of a batch cannot show, only each pair's own loss "
+                   f"({_at(DT + ':1528')})")
+_BATCH_MEAN_REWARD = ("one pair per call: RewardTrainer returns the batch mean (logsigmoid(...).mean()), "
+                      "so how it weighs the pairs of a batch cannot show, only each pair's own loss "
+                      f"({_at(RWT + ':790-792')})")
+DPO_QUALIFIED = {
+    "dpo_loss/matches-reference": _BATCH_MEAN_DPO,
+    "dpo_loss/gradient-matches-reference": _BATCH_MEAN_DPO,
+    "ipo_loss/matches-reference": f"{_IPO_LENGTH}; {_BATCH_MEAN_DPO}",
+    "ipo_loss/gradient-matches-reference": f"{_IPO_LENGTH}; {_BATCH_MEAN_DPO}",
+    "ipo_loss/exact-minimiser": _IPO_LENGTH,
+}
+REWARD_QUALIFIED = {
+    "bradley_terry_loss/matches-reference": _BATCH_MEAN_REWARD,
+    "bradley_terry_loss/gradient-matches-reference": _BATCH_MEAN_REWARD,
+}
+
+RLOO_DEVIATIONS = {
+    "leave_one_out_advantages/dtype-kept": _FLOAT32_REWARDS.format(where=_at(RT + ":1150, :1202")),
+}
 RLOO_SHIMS = {
     "leave_one_out_advantages": (
         "sorts samples stably into contiguous groups of equal size and restores the caller's order "
@@ -609,6 +661,13 @@ DPO_SHIMS = {
                  f"({_at(DT + ':1318-1319, :1528')})"),
     "ipo_loss": ("one call per pair with one-token completions, so TRL's division of each log-ratio by "
                  f"the completion length is by 1 ({_at(DT + ':1398-1404')})"),
+}
+#: the example in the margin declaration, re-run by tests/test_adapter_trl.py
+REWARD_DEVIATIONS = {
+    "bradley_terry_loss/gradient-is-sigmoid-minus-one": (
+        "the collator makes the margins a float32 tensor (DataCollatorForPreference, "
+        "dtype=torch.float), so with float64 rewards a margin of 0.7 is subtracted as "
+        f"0.699999988 (float32's nearest value) ({_at(RWT + ':208')})"),
 }
 REWARD_SHIMS = {
     "bradley_terry_loss": ("one call per pair (the loss is the batch mean), margin as the collator's "
@@ -632,6 +691,7 @@ class TRLGRPO(_GRPO):
     framework = FRAMEWORK
     shims = GRPO_SHIMS
     known_deviations = GRPO_DEVIATIONS
+    upstream = GRPO_UPSTREAM
 
     def __init__(self, loss_type: str):
         self.loss_type = loss_type
@@ -648,7 +708,9 @@ class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs):
     framework = FRAMEWORK
     capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **RLOO_CAPABILITIES, **DPO_CAPABILITIES}
     shims = {**GRPO_SHIMS, **RLOO_SHIMS, **DPO_SHIMS, **REWARD_SHIMS}
-    known_deviations = {**GRPO_DEVIATIONS, **RLOO_DEVIATIONS, **DPO_DEVIATIONS}
+    known_deviations = {**GRPO_DEVIATIONS, **RLOO_DEVIATIONS, **DPO_DEVIATIONS, **REWARD_DEVIATIONS}
+    qualified = {**DPO_QUALIFIED, **REWARD_QUALIFIED}
+    upstream = GRPO_UPSTREAM
     framework_defaults = staticmethod(framework_defaults)
 
 
@@ -669,6 +731,7 @@ class TRLDPO(_DPO):
     capabilities = DPO_CAPABILITIES
     shims = DPO_SHIMS
     known_deviations = DPO_DEVIATIONS
+    qualified = DPO_QUALIFIED
     framework_defaults = staticmethod(framework_defaults)
 
 
@@ -677,7 +740,8 @@ class TRLReward(_Reward):
     framework = FRAMEWORK
     capabilities: dict = {}                 # every option of bradley_terry_loss (margin included)
     shims = REWARD_SHIMS
-    known_deviations: dict = {}
+    known_deviations = REWARD_DEVIATIONS
+    qualified = REWARD_QUALIFIED
     framework_defaults = staticmethod(framework_defaults)
 
 

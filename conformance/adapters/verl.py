@@ -31,6 +31,13 @@ Calling conventions (translations only, no values changed):
 - (B,) advantages are broadcast over tokens (verl takes (B, T)).
 - ``dual_clip=None`` is ``clip_ratio_c=inf`` and value ``clip=None`` is ``cliprange_value=inf``:
   verl always applies both clips, an infinite bound is its setting for "no clip".
+- Outputs come back uncast, in the dtype verl produces.
+
+Shim (a step verl's trainer does right after the call, so the adapter does it too, declared in
+``shims``): with a mask, ``kl_estimate`` multiplies ``kl_penalty``'s output by it, as
+``apply_kl_penalty`` does on the next line (ray_trainer.py:103). The actor's KL-loss path
+(losses.py:135-138) hands the unmasked estimate to ``agg_loss`` instead; that path is what
+``aggregate`` certifies.
 
 Variants: verl's ``loss_agg_mode`` (``actor.loss_agg_mode``; the critic follows it) selects the
 aggregation. ``verl`` is the default (``ActorConfig.loss_agg_mode``, read at run time:
@@ -161,6 +168,9 @@ class Verl:
 
     # the declarations are filled in below the class (they cite lines of the installed verl)
     shims: dict = {}
+    #: where verl tracks a declared deviation (the issue asking why kl_penalty clamps its estimate)
+    upstream = dict.fromkeys(("kl_estimate/large-log-ratios", "kl_estimate/log-ratios-beyond-20"),
+                             "https://github.com/verl-project/verl/issues/2928")
 
     def _mode(self) -> str:
         return self.agg_mode or _field_default(_verl().ActorConfig, "loss_agg_mode")
@@ -287,15 +297,40 @@ SHIMS = {
         "clips the value prediction (" + _at(CA + ":2171") + ")",
 }
 
+#: masked_whiten ends compute_gae_advantage_return: every exact GAE advantage differs
+_GAE_WHITENS = ("whitens the advantages over the batch (masked_whiten) before returning them "
+                "(" + _at(CA + ":262") + ")")
+#: kl_penalty's 'low_var_kl' clamps twice (its log-ratio, then its estimate)
+_K3_CLAMPS = support.clamps(
+    "k3's ('low_var_kl') log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(CA, "2242-2245"),
+    "at l = -3 it gives 10 where exp(3) - 1 - 3 = 16.09")
+#: compute_policy_loss_vanilla clamps logp - old_logp before exp (the other registered losses
+#: have the same line, e.g. core_algos.py:1256, :1420; only 'vanilla' is certified)
+_RATIO_CLAMPS = support.clamps(
+    "the log-ratio logp - old_logp of the 'vanilla' policy loss", "[-20, 20] before exp",
+    _at(CA, 1338),
+    "a token with A < 0 whose ratio passed exp(20) (only reachable with the dual clip off, "
+    "clip_ratio_c = inf) keeps the loss of r = exp(20) and gets no gradient; at logp - old_logp "
+    "= 25, A = -0.5 the loss is 2.43e+08 with gradient 0 where the contract's is 3.60e+10 with "
+    "gradient 3.60e+10")
+#: masked_mean's divisor, which masked_whiten uses for its mean and variance
+_MEAN_DIVISOR = (
+    "masked_mean divides by the count plus 1e-8, mask.sum() + 1e-8, so the whitening mean is off "
+    "by a relative 1e-8 / n and a batch of equal values (variance 0) is not whitened to 0 but to "
+    "(x - mean) * rsqrt(1e-8): at advantages (1, 1) it gives 5e-05 for both, which biases the "
+    "expected gradient of small batches (" + _at(TF, "308, :343") + ")")
+
 DEVIATIONS = {
     # aggregation, in every mode
+    # the 'vanilla' policy loss
+    "ppo_clip_loss/log-ratios-beyond-20": _RATIO_CLAMPS,
     "aggregate/rejects-mask-with-hole": "agg_loss does not validate the mask; a mask whose real "
         "tokens are not a prefix is aggregated as given (" + _at(CA, "1140-1206") + ")",
     # GAE
-    "gae/matches-reference": "whitens the advantages over the batch (masked_whiten) before "
-        "returning them (" + _at(CA + ":262") + ")",
-    "gae/exact-advantage-with-true-values": "whitens the advantages over the batch (masked_whiten) "
-        "before returning them (" + _at(CA + ":262") + ")",
+    # one cause, five checks: every exact GAE value (the edge values of gamma and lam included)
+    **dict.fromkeys(("gae/matches-reference", "gae/exact-advantage-with-true-values",
+                     "gae/lam-zero-gives-td-error", "gae/lam-one-gives-return-minus-value",
+                     "gae/gamma-zero-gives-reward-minus-value"), _GAE_WHITENS),
     "gae/gradient-matches-reference": support.no_grad("rewards or values", _at(CA, 244)),
     "gae/padding-1e30": "padded positions are not 0: advantages there are whitened values and "
         "returns there are the padded values (" + _at(CA + ":261") + ")",
@@ -324,6 +359,7 @@ DEVIATIONS = {
     # whitening
     "batch_normalized_advantages/matches-reference": "masked_whiten whitens every entry, padded ones "
         "included, so padded outputs are (x - mean) * rsqrt(var + 1e-8), not 0 (" + _at(TF + ":343") + ")",
+    "batch_normalized_advantages/exact-bias-shrinks-with-batch-size": _MEAN_DIVISOR,
     "batch_normalized_advantages/padding-*": "masked_whiten whitens every entry, padded ones "
         "included, so padded outputs carry the padding (x - mean) * rsqrt(var + 1e-8) instead of "
         "0 (" + _at(TF + ":343") + ")",
@@ -334,9 +370,8 @@ DEVIATIONS = {
     "kl_estimate/padding-nan": "kl_penalty computes every entry and the trainer masks by "
         "multiplying, kld * response_mask, which keeps NaN at padded positions "
         "(" + _at("verl/trainer/ppo/ray_trainer.py:103") + ")",
-    "kl_estimate/large-log-ratios": support.clamps(
-        "k3's ('low_var_kl') log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(CA, "2242-2245"),
-        "at l = -3 it gives 10 where exp(3) - 1 - 3 = 16.09"),
+    **dict.fromkeys(("kl_estimate/large-log-ratios", "kl_estimate/log-ratios-beyond-20"),
+                    _K3_CLAMPS),
     "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(CA, 2228)),
 }
 

@@ -106,6 +106,19 @@ def group_accepts_singleton(scores, group_ids, scale="group", eps=1e-6):
     return refimpl.group_normalized_advantages(scores, group_ids, scale, eps)
 
 
+@mutant("group_normalized_advantages", "eps 1e-8 (far below float32 resolution) and a plain "
+        "mean sum / n, computed in the input dtype: the mean's rounding residue on an "
+        "all-equal group becomes d / 1e-8")
+def group_eps_1e8_plain_mean(scores, group_ids, scale="group", eps=1e-6):
+    refimpl.group_normalized_advantages(scores, group_ids, scale, eps)      # its validation
+    inv, n, _, c, ss = _group_stats(scores, group_ids)
+    if scale == "none":
+        return c
+    if scale == "batch":
+        return c / (scores.std() + 1e-8)
+    return c / ((ss / (n - 1)).sqrt()[inv] + 1e-8)
+
+
 @mutant("leave_one_out_advantages", "the baseline includes the sample itself (a group mean)")
 def loo_includes_self(scores, group_ids):
     return refimpl.group_normalized_advantages(scores, group_ids, scale="none")
@@ -144,6 +157,18 @@ input_check("leave_one_out_advantages/rejects-group-of-one", "group_ids",
              lambda c: ((c.randn(3), torch.tensor([3, 3, 1])), {}),
              "the leave-one-out baseline of a group of one is a mean over nothing")
 
+
+
+@mutant("leave_one_out_advantages", "advantages clipped to [-10, 10] (a reward clip applied "
+        "after the baseline is subtracted)")
+def loo_clipped_at_10(scores, group_ids):
+    return refimpl.leave_one_out_advantages(scores, group_ids).clamp(-10.0, 10.0)
+
+
+@mutant("group_normalized_advantages", "advantages clipped to [-10, 10] (a reward clip applied "
+        "after the baseline is subtracted)")
+def group_clipped_at_10(scores, group_ids, scale="group", eps=1e-6):
+    return refimpl.group_normalized_advantages(scores, group_ids, scale, eps).clamp(-10.0, 10.0)
 
 # --- analytic checks ------------------------------------------------------------------------------
 GRPO = ("Shao et al. 2024, arXiv:2402.03300, Sec. 4.1.2; "
@@ -211,23 +236,74 @@ def group_permutation(ctx: Context):
             ctx.compare(moved, base[perm], "advantages after permuting samples and relabelling ids")
 
 
+# Reward values that no binary float holds exactly, at group sizes where the plain mean (sum / n)
+# of n copies is not the value itself: n = 7 for 0.1 and 0.7 and n = 6 for 0.3 in float32, n = 3
+# for 0.1 and 0.7 and n = 6 for -1.3683 in float64. A trainer that centres on such a mean leaves
+# the same residue d != 0 on every member, so the group std is 0 and A = d / eps.
+ALL_EQUAL = ((0.1, 7), (0.3, 6), (0.7, 7), (0.1, 3), (0.7, 3), (-1.3683, 6))
+OTHER_GROUP = (0.0, 1.0, 0.5, 0.2, 0.9, 0.4, 0.6)
+UNIT_ROUNDOFF = {F64: 2.0 ** -53, F32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8,
+                 torch.float16: 2.0 ** -11}
+
+
+def _all_equal_batch(value, n, dtype):
+    """A group of n equal rewards, then a group of n varied ones (equal sizes, so that
+    trainers that reshape to (-1, G) take it too)."""
+    scores = torch.tensor([value] * n + list(OTHER_GROUP[:n]), dtype=dtype)
+    return scores, torch.tensor([1] * n + [2] * n)
+
+
+def _all_equal_tol(value, n, dtype, eps):
+    """What rounding can leave: the mean of n copies of v computed by summation is off by at
+    most n u |v| (recursive summation, gamma_{n-1} bound, plus the division; Higham, 'Accuracy
+    and Stability of Numerical Algorithms', 2nd ed. 2002, Sec. 4.2), u the unit roundoff of
+    ``dtype``; divided by std + eps >= eps that is at most n u |v| / eps."""
+    return n * UNIT_ROUNDOFF[dtype] * abs(value) / eps
+
+
 @check("group_normalized_advantages/all-equal-group-gives-zero", kind="property",
        section="returns-and-advantages", source=GRPO,
-       equation="s_i = c for all i in g  =>  A_i = 0",
-       hint="an all-equal group has std 0: the eps guard must give 0, not NaN or inf",
-       mutants=("group_mean_not_subtracted",))
+       equation="s_i = c for all i in g  =>  A_i = 0, within n u |c| / eps (u the unit roundoff "
+                "of the input dtype, eps = 1e-6)",
+       hint="an all-equal group has std 0: the eps guard must give 0, not NaN or inf; and the "
+            "rounding residue of the group mean is divided by that eps, so an eps far below the "
+            "dtype's resolution (1e-8, 1e-9 in float32) makes it a large advantage: centre on "
+            "scores shifted by the group minimum, or use an eps the residue cannot reach",
+       mutants=("group_mean_not_subtracted", "group_eps_1e8_plain_mean"))
 def all_equal_zero(ctx: Context):
-    for scale in ("group", "none"):                     # equal sizes: reshape-based trainers too
-        # -1.3683 six times: its float32 mean is not -1.3683, so a trainer that computes in
-        # float32 leaves a rounding residue, which a small eps then blows up
-        for value, n in ((0.3, 3), (-1.3683, 6)):
-            ctx.on(f"all_rewards_equal value={value} size={n} scale={scale}")
-            scores = torch.tensor([value] * n + [0.7, 1.0, 0.0] * (n // 3), dtype=F64)
-            group = torch.tensor([1] * n + [2] * (3 * (n // 3)))
+    for dtype in (F64, F32):
+        for scale in ("group", "batch", "none"):
+            for value, n in ALL_EQUAL:
+                ctx.on(f"all_rewards_equal/{str(dtype)[6:]} value={value} size={n} scale={scale}")
+                scores, group = _all_equal_batch(value, n, dtype)
+                with ctx.variant():
+                    out = ctx.expect_tensor(ctx.call(scores, group, scale, 1e-6, about=("scale",)),
+                                            (2 * n,), dtype)
+                    # a float32 output (of float64 input) at float32's rounding (docs/contract.md, "What an adapter may and may not do")
+                    tol = _all_equal_tol(value, n, out.dtype, 1e-6)
+                    ctx.compare(out[:n], torch.zeros(n), "advantages of the all-equal group",
+                                tol=tol, nan_is_failure=True,
+                                explain=f"tolerance n u |v| / eps = {tol:.2g}")
+
+
+@check("leave_one_out_advantages/all-equal-group-gives-zero", kind="property",
+       section="returns-and-advantages", source="Ahmadian et al. 2024, arXiv:2402.14740",
+       equation="s_i = c for all i in g  =>  A_i = c - c = 0, within 2 n u |c| (u the unit "
+                "roundoff of the input dtype)",
+       hint="the baseline is the mean of the other n - 1 scores: (sum - s_i) / (n - 1), not the "
+            "sum divided by n",
+       mutants=("loo_divides_by_group_size",))
+def loo_all_equal_zero(ctx: Context):
+    for dtype in (F64, F32):
+        for value, n in ALL_EQUAL:
+            ctx.on(f"all_rewards_equal/{str(dtype)[6:]} value={value} size={n}")
+            scores, group = _all_equal_batch(value, n, dtype)
             with ctx.variant():
-                out = ctx.expect_tensor(ctx.call(scores, group, scale, about=("scale",)), (len(scores),), F64)
+                out = ctx.expect_tensor(ctx.call(scores, group), (2 * n,), dtype)
+                # no eps here: the residue of a plain sum stays a few ulps of |c|
+                tol = 2 * n * UNIT_ROUNDOFF[out.dtype] * abs(value)
                 ctx.compare(out[:n], torch.zeros(n), "advantages of the all-equal group",
-                            tol=1e-9, nan_is_failure=True)
+                            tol=tol, nan_is_failure=True, explain=f"tolerance 2 n u |v| = {tol:.2g}")
 
 
 @check("leave_one_out_advantages/baseline-excludes-self", kind="reference",
@@ -337,3 +413,43 @@ def exact_group_std(ctx: Context):
                         explain=f"ratio {ratio:.6f}, cosine {cos:.6f}; refimpl's ratio "
                                 f"{float(g_ref.norm() / ideal.norm()):.6f}")
     ctx.note("; ".join(notes))
+
+
+# --- scores of any size ---------------------------------------------------------------------------
+#: rewards of a verifier with a large range (a score of 30 for a solved task, -20 for a crash)
+WIDE_SCORES = (0.0, 30.0, -20.0, 5.0, 6.0, 5.5)
+WIDE_IDS = (0, 0, 0, 1, 1, 1)
+
+
+@check("group_normalized_advantages/scores-of-any-size", kind="reference",
+       section="returns-and-advantages", source=GRPO,
+       equation="A_i = s_i - mean_g (scale='none', Dr. GRPO) for scores of any size: no clip "
+                "on the advantages (with 'group' a small group's |A_i| stays below sqrt(n), so a "
+                "clip could not show there)",
+       hint="the advantage is the centred (and scaled) score, whatever its size: a clip of the "
+            "rewards belongs before the baseline, not on the advantages",
+       mutants=("group_clipped_at_10",))
+def group_scores_of_any_size(ctx: Context):
+    ids = torch.tensor(WIDE_IDS)
+    for dtype in (F64, F32):
+        ctx.on(f"wide_scores/{str(dtype)[6:]} scale=none")
+        scores = torch.tensor(WIDE_SCORES, dtype=dtype)
+        out = ctx.expect_tensor(ctx.call(scores, ids, "none", about=("scale",)), (6,), dtype)
+        ctx.compare(out, _per_group(scores, ids, "none", 1e-6), "advantages")
+
+
+@check("leave_one_out_advantages/scores-of-any-size", kind="reference",
+       section="returns-and-advantages", source="Ahmadian et al. 2024, arXiv:2402.14740",
+       equation="A_i = s_i - (1/(n_g - 1)) sum_{j in g, j != i} s_j, for scores of any size",
+       hint="the advantage is the score minus the others' mean, whatever its size: a clip of the "
+            "rewards belongs before the baseline, not on the advantages",
+       mutants=("loo_clipped_at_10",))
+def loo_scores_of_any_size(ctx: Context):
+    ids = torch.tensor(WIDE_IDS)
+    for dtype in (F64, F32):
+        ctx.on(f"wide_scores/{str(dtype)[6:]}")
+        s = torch.tensor(WIDE_SCORES, dtype=dtype)
+        expected = [float(s[i]) - sum(float(s[j]) for j in range(6) if ids[j] == ids[i] and j != i)
+                    / (int((ids == ids[i]).sum()) - 1) for i in range(6)]
+        out = ctx.expect_tensor(ctx.call(s, ids), (6,), dtype)
+        ctx.compare(out, torch.tensor(expected, dtype=F64), "advantages")

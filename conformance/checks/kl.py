@@ -19,6 +19,7 @@ from conformance.checks.templates import (
     Op,
     all_rows,
     input_check,
+    lengths_mask,
     mutant,
     rand_bt,
     register_op,
@@ -92,6 +93,27 @@ def kl_reward_sign_flipped(scores, logp, ref_logp, mask, beta, kind="k1"):
     return shaped + beta * refimpl.kl_estimate(logp, ref_logp, mask, kind)
 
 
+@mutant("kl_estimate", "log-ratio clamped to [-20, 20] before the estimator")
+def kl_log_ratio_clamped(logp, ref_logp, mask=None, kind="k3"):
+    l = torch.clamp(logp - ref_logp, -20.0, 20.0)
+    return refimpl.kl_estimate(ref_logp + l, ref_logp, mask, kind)
+
+
+@mutant("kl_penalized_rewards", "a negative beta silently taken as |beta|")
+def kl_reward_abs_beta(scores, logp, ref_logp, mask, beta, kind="k1"):
+    return refimpl.kl_penalized_rewards(scores, logp, ref_logp, mask, abs(beta), kind)
+
+
+@mutant("kl_penalized_rewards", "a negative beta silently taken as 0 (no penalty)")
+def kl_reward_negative_beta_as_zero(scores, logp, ref_logp, mask, beta, kind="k1"):
+    return refimpl.kl_penalized_rewards(scores, logp, ref_logp, mask, max(beta, 0.0), kind)
+
+
+@mutant("kl_penalized_rewards", "beta = 0 taken as unset (`beta or 0.1`)")
+def kl_reward_beta_zero_as_default(scores, logp, ref_logp, mask, beta, kind="k1"):
+    return refimpl.kl_penalized_rewards(scores, logp, ref_logp, mask, beta or 0.1, kind)
+
+
 # --- table entries (the generic checks: values, gradients, padding, mutation, dtype) --------------
 register_op(Op("kl_penalized_rewards",
        lambda c, s: ((c.randn(s.B, dtype=s.dtype), sample_bt(c, s, 0.5, -1.0), sample_bt(c, s, 0.5, -1.0),
@@ -120,6 +142,12 @@ input_check("kl_penalized_rewards/rejects-row-without-real-token", "mask",
              lambda c: ((c.randn(3), rand_bt(c), rand_bt(c), M), {"beta": 0.1}),
              lambda c: ((c.randn(3), rand_bt(c), rand_bt(c), EMPTY), {"beta": 0.1}),
              "a row with no real token has no last token to carry its score")
+input_check("kl_penalized_rewards/rejects-negative-beta", "beta",
+             lambda c: ((c.randn(3), rand_bt(c), rand_bt(c), M), {"beta": 0.0}),
+             lambda c: ((c.randn(3), rand_bt(c), rand_bt(c), M), {"beta": -0.1}),
+             "beta >= 0: a negative KL coefficient rewards drifting away from the reference; "
+             "raise ValueError, do not replace it by |beta| or 0",
+             ("kl_reward_abs_beta", "kl_reward_negative_beta_as_zero"))
 
 
 # --- analytic checks ------------------------------------------------------------------------------
@@ -170,6 +198,52 @@ def kl_large_log_ratios(ctx: Context):
         with ctx.variant():
             out = ctx.expect_tensor(ctx.call(ref + l, ref, None, kind, about=("kind",)), (2, 4), F64)
             ctx.compare(out, refimpl.kl_estimate(ref + l, ref, None, kind), f"{kind}")
+
+
+@check("kl_estimate/log-ratios-beyond-20", kind="reference",
+       section="kl", source="Schulman 2020, 'Approximating KL Divergence'",
+       equation="k1 = l, k2 = l^2 / 2, k3 = exp(-l) - 1 + l for |l| up to 80 (finite in "
+                "float64: exp(80) = 5.5e34); nothing is clamped",
+       hint="do not clamp the log-ratio (a clamp at +-20 changes every estimator where the "
+            "policy and the reference drifted apart, and zeroes its gradient there)",
+       mutants=("kl_log_ratio_clamped",))
+def kl_log_ratios_beyond_20(ctx: Context):
+    l = torch.tensor([[-80.0, -50.0, -25.0, -20.5], [20.5, 25.0, 50.0, 80.0]], dtype=F64)
+    # log-probabilities <= 0 as a model gives them; logp - ref_logp is l exactly
+    logp = torch.where(l < 0, l - 0.5, torch.full_like(l, -0.5))
+    ref = logp - l
+    for kind in ("k1", "k2", "k3"):
+        ctx.on(f"log_ratios_beyond_20/float64 kind={kind}")
+        with ctx.variant():
+            out = ctx.expect_tensor(ctx.call(logp, ref, None, kind, about=("kind",)), (2, 4), F64)
+            ctx.compare(out, refimpl.kl_estimate(logp, ref, None, kind), kind,
+                        explain="l = " + ", ".join(f"{x:g}" for x in l.flatten().tolist()))
+
+
+@check("kl_penalized_rewards/beta-zero-leaves-scores", kind="reference",
+       section="returns-and-advantages", source="Ziegler et al. 2019, arXiv:1909.08593, Sec. 2; "
+              "docs/contract.md, 'Invalid arguments' (beta = 0 is valid)",
+       equation="beta = 0: r_t = 0 on real tokens before the last, r_T = score at each row's last "
+                "real token, 0 at padding",
+       hint="beta = 0 is a valid coefficient (no penalty): do not treat it as unset and replace "
+            "it by a default",
+       mutants=("kl_reward_beta_zero_as_default",))
+def kl_reward_beta_zero(ctx: Context):
+    mask = lengths_mask([3, 1, 4], 4)
+    for kind in ("k1", "k3"):
+        ctx.on(f"unequal_lengths/float64 beta=0 kind={kind}")
+        with ctx.variant():
+            scores = ctx.randn(3)
+            logp = zero_pad(ctx.randn(3, 4, shift=-1.0), mask)
+            ref = zero_pad(ctx.randn(3, 4, shift=-1.0), mask)
+            out = ctx.expect_tensor(ctx.call(scores, logp, ref, mask, 0.0, kind, about=("kind",), valid_edge="beta = 0"),
+                                    (3, 4), F64)
+            last = mask.sum(1, keepdim=True) - 1
+            expected = torch.where(torch.arange(4).unsqueeze(0) == last, scores.unsqueeze(1),
+                                   torch.zeros(3, 4, dtype=F64))
+            ctx.compare(torch.where(mask, out.to(F64), torch.zeros((), dtype=F64)),
+                        torch.where(mask, expected, torch.zeros((), dtype=F64)),
+                        "shaped rewards at beta = 0 (real tokens)", dtype=out.dtype)
 
 
 # --- exact checks (every outcome of refimpl.tabular enumerated) ------------------------------------

@@ -49,17 +49,21 @@ def pg_ignores_agg(logp, advantages, mask, agg="token-mean", norm_len=None):
 def _ppo_variant(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None, dual_clip=None,
                  agg="token-mean", norm_len=None, *, swap=False, ignore_high=False,
                  dual_everywhere=False, dual_max=False, inverted_ratio=False,
-                 check_dual=True):
+                 check_dual=True, ratio_cap=False, log_ratio_clamp=None):
     m, x = _token_inputs(mask, logp=logp, old_logp=old_logp, advantages=advantages)
     if check_dual and dual_clip is not None and dual_clip <= 1:
         raise ValueError("dual_clip must be > 1")
     ch = clip_low if (clip_high is None or ignore_high) else clip_high
     A = x["advantages"]
     d = x["old_logp"] - x["logp"] if inverted_ratio else x["logp"] - x["old_logp"]
+    if log_ratio_clamp is not None:
+        d = torch.clamp(d, -log_ratio_clamp, log_ratio_clamp)
     r = torch.exp(d)
+    if ratio_cap and dual_clip is not None:
+        r = torch.clamp(r, max=dual_clip)
     u, c = -A * r, -A * torch.clamp(r, 1 - clip_low, 1 + ch)
     loss = torch.minimum(u, c) if swap else torch.maximum(u, c)
-    if dual_clip is not None:
+    if dual_clip is not None and not ratio_cap:
         floor = -dual_clip * A
         capped = torch.maximum(loss, floor) if dual_max else torch.minimum(loss, floor)
         loss = capped if dual_everywhere else torch.where(A < 0, capped, loss)
@@ -94,6 +98,18 @@ def ppo_ratio_inverted(*args, **kw):
 @mutant("ppo_clip_loss", "accepts dual_clip <= 1 without complaint")
 def ppo_accepts_dual_clip_le_one(*args, **kw):
     return _ppo_variant(*args, **kw, check_dual=False)
+
+
+@mutant("ppo_clip_loss", "dual clip as a ratio cap: r clamped at c on every token before the "
+        "clipped surrogate, no floor -c A (TRL's and Liger's delta, INTELLECT-2's two-sided "
+        "clipping); the same as the dual clip only for c > 1 + clip_high")
+def ppo_dual_clip_as_ratio_cap(*args, **kw):
+    return _ppo_variant(*args, **kw, ratio_cap=True)
+
+
+@mutant("ppo_clip_loss", "log-ratio clamped to [-20, 20] before exp")
+def ppo_log_ratio_clamped(*args, **kw):
+    return _ppo_variant(*args, **kw, log_ratio_clamp=20.0)
 
 
 # --- table entries (the generic checks: values, gradients, padding, mutation, dtype) --------------
@@ -273,3 +289,83 @@ def exact_ppo(ctx: Context):
     g, dtype = _per_response(ctx, pol, scores, call, sampler=old)
     g_ref, _ = _per_response(ctx, pol, scores, ref_call, sampler=old)
     ctx.compare(g, g_ref, "E_old[grad loss] vs refimpl's", dtype=dtype)
+
+
+# --- edge cases of the definition -----------------------------------------------------------------
+def _token_rows(ctx, ratios, advantages, dtype):
+    """One token per row: ``(logp, old_logp, advantages, mask)`` with ``logp`` a leaf,
+    ``exp(logp - old_logp)`` the given ratios, (B,) advantages and an all-real (B, 1) mask, so
+    that every aggregation mode is the mean over rows and the gradient of row b is -A_b r_b / B
+    or 0."""
+    old = ctx.randn(len(ratios), 1, dtype=F64, scale=0.3, shift=-1.5)
+    logp = (old + torch.tensor(ratios, dtype=F64).log().unsqueeze(1)).to(dtype)
+    return (logp.requires_grad_(True), old.to(dtype), torch.tensor(advantages, dtype=dtype),
+            torch.ones(len(ratios), 1, dtype=torch.bool))
+
+
+def _loss_and_grad(ctx, args, kw, dtype, about=(), reference=False):
+    """The loss (float64), its gradient with respect to ``logp`` and the loss's dtype, from the
+    adapter, or from refimpl in float64 on the very call the adapter was given
+    (``reference=True``)."""
+    args, kw = ctx.resolve(args, kw, about=about)
+    args = [args[0].detach().clone().requires_grad_(True)] + list(args[1:])
+    if reference:
+        args = [a.detach().to(F64).requires_grad_(i == 0) if isinstance(a, torch.Tensor)
+                and a.is_floating_point() else a for i, a in enumerate(args)]
+        loss = refimpl.ppo_clip_loss(*args, **kw)
+    else:
+        loss = ctx.expect_tensor(ctx.call(*args, **kw), (), dtype, "loss")
+    (grad,) = torch.autograd.grad(loss, args[0])
+    return loss.detach().to(F64), grad, loss.dtype
+
+
+@check("ppo_clip_loss/dual-clip-inside-clip-range", kind="gradient",
+       section="losses-on-tokens", source=PPO,
+       equation="per token max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), then min(that, -c A) "
+                "where A < 0, for every c > 1, also 1 < c <= 1 + eps_high",
+       hint="the dual clip is a floor -c A on the objective of tokens with A < 0; clamping the "
+            "ratio at c on every token (a two-sided 'delta' clip) agrees with it only when "
+            "c > 1 + clip_high",
+       mutants=("ppo_dual_clip_as_ratio_cap", "ppo_dual_clip_on_positive_advantages"))
+def ppo_dual_clip_inside_clip_range(ctx: Context):
+    # c = 1.1 and 1.25 inside (1, 1 + clip_high], 1.28 on its edge, 3.0 above it; the ratios
+    # fall on both sides of each c and of the clip range [0.8, 1.28], for A > 0 and A < 0
+    ratios = [0.5, 0.9, 1.05, 1.15, 1.26, 1.5, 4.0] * 2
+    adv = [1.0] * 7 + [-1.0] * 7
+    rows = "rows: ratios " + ", ".join(map(str, ratios[:7])) + " with A = +1, then with A = -1"
+    for dtype in (F64, F32):
+        for c in (1.1, 1.25, 1.28, 3.0):
+            with ctx.variant():
+                ctx.on(f"one_token_rows/{str(dtype)[6:]} clip_high=0.28 dual_clip={c}")
+                call = (_token_rows(ctx, ratios, adv, dtype) + (0.2, 0.28, c, "token-mean"), {})
+                about = ("clip_high", "dual_clip")
+                loss, grad, out = _loss_and_grad(ctx, *call, dtype, about)
+                ref_loss, ref_grad, _ = _loss_and_grad(ctx, *call, dtype, about, reference=True)
+                ctx.compare(grad, ref_grad, "d loss / d logp", dtype=out, explain=rows)
+                ctx.compare(loss, ref_loss, "loss", dtype=out)
+
+
+@check("ppo_clip_loss/log-ratios-beyond-20", kind="gradient",
+       section="losses-on-tokens", source=PPO,
+       equation="r = exp(logp - old_logp) for every |logp - old_logp| <= 80 (finite in float64): "
+                "no clamp of the log-ratio",
+       hint="compute the ratio as exp(logp - old_logp) without clamping the log-ratio: a clamp "
+            "at +-20 changes the loss and zeroes the gradient of tokens whose policies drifted "
+            "apart, exactly where the unclipped branch is taken (A < 0, r large)",
+       mutants=("ppo_log_ratio_clamped",))
+def ppo_log_ratios_beyond_20(ctx: Context):
+    # one token per call, so that the loss is that token's loss; log-probabilities <= 0 and
+    # logp - old_logp = l exactly (integers and halves)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    for l in (25.0, 50.0, 80.0, -25.0, -50.0, -80.0):
+        for A in (0.5, -0.5):
+            with ctx.variant():
+                ctx.on(f"one_token/float64 log_ratio={l:g} A={A:g} dual_clip=None")
+                logp = torch.tensor([[min(l, 0.0) - 0.5]], dtype=F64)
+                old = logp - l
+                call = ((logp, old, torch.tensor([A], dtype=F64), mask, 0.2, 0.28, None,
+                         "token-mean"), {})
+                loss, grad, out = _loss_and_grad(ctx, *call, F64)
+                ref_loss, ref_grad, _ = _loss_and_grad(ctx, *call, F64, reference=True)
+                ctx.compare(grad, ref_grad, "d loss / d logp", dtype=out)
+                ctx.compare(loss, ref_loss, "loss", dtype=out)

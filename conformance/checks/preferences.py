@@ -6,6 +6,7 @@ exact checks, and the mutants those checks reject (``conformance/checks/__init__
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -78,6 +79,29 @@ def bt_margin_sign(chosen_rewards, rejected_rewards, margin=None):
 @mutant("bradley_terry_loss", "chosen and rejected swapped")
 def bt_sign_flipped(chosen_rewards, rejected_rewards, margin=None):
     return refimpl.bradley_terry_loss(rejected_rewards, chosen_rewards, margin)
+
+
+def _naive_nll(x):
+    """-log(sigmoid(x)) as written: sigmoid(-100) is 0 in float32, and its log -inf."""
+    return -torch.log(torch.sigmoid(x))
+
+
+@mutant("dpo_loss", "-log(sigmoid(z)) computed naively (inf and NaN gradients at large |z| in "
+        "float32)")
+def dpo_naive_log_sigmoid(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                          ref_rejected_logps, beta=0.1, label_smoothing=0.0):
+    refimpl.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                     ref_rejected_logps, beta, label_smoothing)              # its validation
+    z = beta * ((policy_chosen_logps - ref_chosen_logps)
+                - (policy_rejected_logps - ref_rejected_logps))
+    return (1.0 - label_smoothing) * _naive_nll(z) + label_smoothing * _naive_nll(-z)
+
+
+@mutant("bradley_terry_loss", "-log(sigmoid(r_c - r_r - m)) computed naively (inf at large gaps "
+        "in float32)")
+def bt_naive_log_sigmoid(chosen_rewards, rejected_rewards, margin=None):
+    refimpl.bradley_terry_loss(chosen_rewards, rejected_rewards, margin)      # its validation
+    return _naive_nll(chosen_rewards - rejected_rewards - (0.0 if margin is None else margin))
 
 
 # --- table entries (the generic checks: values, gradients, padding, mutation, dtype) --------------
@@ -158,6 +182,81 @@ def bt_gradient(ctx: Context):
                 (g,) = torch.autograd.grad(out.sum(), c)
                 mm = 0.0 if m is None else m
                 ctx.compare(g, torch.sigmoid(c.detach() - r - mm) - 1, "d loss / d chosen_rewards")
+
+
+# --- large reward gaps in float32 ----------------------------------------------------------------
+GAPS = (100.0, -100.0, 20.0, -20.0)     # the reward gap (z for DPO, r_c - r_r for BT, h for IPO)
+GAP_HINT = ("compute -log sigmoid(x) as softplus(-x) (F.logsigmoid): sigmoid(-100) underflows to 0 "
+            "in float32, and -log(0) is inf with a NaN gradient")
+
+
+def _pair_logps_with_margin(h, dtype):
+    """pc, pr, rc, rr (log-probabilities <= 0, as sums over a sequence) with
+    (pc - rc) - (pr - rr) = h exactly: |h| <= 1000 is exact in float32."""
+    h = torch.tensor(h, dtype=F64)
+    pc = torch.where(h >= 0, torch.full_like(h, -5.0), h - 5.0)
+    rc = pc - h
+    pr, rr = torch.full_like(h, -20.0), torch.full_like(h, -20.0)
+    return [x.to(dtype) for x in (pc, pr, rc, rr)]
+
+
+def _against_reference(ctx, reference, args, kw, diff, what):
+    """The adapter's loss and its gradients with respect to the inputs ``diff`` equal refimpl's
+    (computed in float64 from the same float32 values); non-finite ones are a failure."""
+    args, kw = ctx.resolve(args, kw)
+    args = [a.detach().clone().requires_grad_(i in diff) if isinstance(a, torch.Tensor) else a
+            for i, a in enumerate(args)]
+    out = ctx.expect_tensor(ctx.call(*args, **kw), (len(args[0]),), F32, what)
+    grads = torch.autograd.grad(out.sum(), [args[i] for i in diff])
+    ref_args = [a.detach().to(F64).requires_grad_(i in diff) if isinstance(a, torch.Tensor) else a
+                for i, a in enumerate(args)]
+    ref = reference(*ref_args, **kw)
+    ref_grads = torch.autograd.grad(ref.sum(), [ref_args[i] for i in diff])
+    names = list(inspect.signature(reference).parameters)
+    for i, g, rg in zip(diff, grads, ref_grads):
+        ctx.compare(g, rg, f"d {what} / d {names[i]}", nan_is_failure=True, dtype=out.dtype)
+    ctx.compare(out, ref, what, nan_is_failure=True)
+
+
+@check("dpo_loss/large-gap-float32", kind="gradient",
+       section="preferences", source="Rafailov et al. 2023, arXiv:2305.18290, Eq. 7; "
+              "Mitchell 2023, cDPO note, Eq. 3",
+       equation="z = beta ((pc - rc) - (pr - rr)) = +-100, +-20 in float32: loss = "
+                "(1 - ls) softplus(-z) + ls softplus(z), finite, and its gradient finite",
+       hint=GAP_HINT, mutants=("dpo_naive_log_sigmoid",))
+def dpo_large_gap(ctx: Context):
+    h = [10.0 * z for z in GAPS]                                  # beta = 0.1
+    for ls in (0.0, 0.1):
+        with ctx.variant():
+            ctx.on(f"large_gaps/float32 beta=0.1 label_smoothing={ls} z={list(GAPS)}")
+            args = (*_pair_logps_with_margin(h, F32), 0.1, ls)
+            if ls:
+                ctx.resolve(args, {}, about=("label_smoothing",))    # skip if not honoured
+            _against_reference(ctx, refimpl.dpo_loss, args, {}, (0, 1), "loss")
+
+
+@check("ipo_loss/large-gap-float32", kind="gradient",
+       section="preferences", source="Azar et al. 2024, arXiv:2310.12036v2, Eq. 17",
+       equation="h = (pc - rc) - (pr - rr) = +-100, +-20 in float32: loss = (h - 1/(2 tau))^2 "
+                "and its gradient, finite",
+       hint="(h - 1/(2 tau))^2 with h the margin of the log-ratios; nothing overflows at |h| = 100",
+       mutants=("ipo_tau_not_halved",))
+def ipo_large_gap(ctx: Context):
+    ctx.on(f"large_gaps/float32 tau=0.1 h={list(GAPS)}")
+    args = (*_pair_logps_with_margin(list(GAPS), F32), 0.1)
+    _against_reference(ctx, refimpl.ipo_loss, args, {}, (0, 1), "loss")
+
+
+@check("bradley_terry_loss/large-gap-float32", kind="gradient",
+       section="preferences", source="Ouyang et al. 2022, arXiv:2203.02155, Eq. 1",
+       equation="r_c - r_r = +-100, +-20 in float32: loss = softplus(-(r_c - r_r)), finite, and "
+                "its gradient sigmoid(r_c - r_r) - 1, finite",
+       hint=GAP_HINT, mutants=("bt_naive_log_sigmoid",))
+def bt_large_gap(ctx: Context):
+    ctx.on(f"large_gaps/float32 r_c - r_r={list(GAPS)}")
+    gap = torch.tensor(GAPS, dtype=F64)
+    chosen, rejected = (gap / 2).to(F32), (-gap / 2).to(F32)
+    _against_reference(ctx, refimpl.bradley_terry_loss, (chosen, rejected), {}, (0, 1), "loss")
 
 
 # --- exact checks (every outcome of refimpl.tabular enumerated) ------------------------------------

@@ -17,6 +17,7 @@ machinery of the concept modules beside this one.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from dataclasses import dataclass, field
@@ -28,8 +29,14 @@ from hypothesis import strategies as st
 
 import refimpl
 from conformance import Unsupported
-from conformance.context import AdapterMisbehaved, CheckFailed, Context
-from conformance.registry import Tolerance, check
+from conformance.context import (
+    AdapterMisbehaved,
+    CheckFailed,
+    Context,
+    RecordedCall,
+    relative_errors,
+)
+from conformance.registry import LOSS_ESTIMATORS, Tolerance, check
 from refimpl import tabular as tab
 
 F32, F64 = torch.float32, torch.float64
@@ -84,7 +91,12 @@ GROUPS = (_both("groups_unsorted_ids", group_sizes=(3, 2, 2), options={"ids": (7
                                                                       "constant_group": 5})
           # equal sizes, ids interleaved: what a trainer that reshapes to (-1, G) can take
           + _both("equal_groups_interleaved", group_sizes=(3, 3, 3),
-                  options={"ids": (4, 9, 2, 9, 4, 2, 2, 4, 9)}))
+                  options={"ids": (4, 9, 2, 9, 4, 2, 2, 4, 9)})
+          # group stds near 1e-3 and 1e-4: eps (1e-6) is a visible part of std + eps here, so an
+          # eps of another size (1e-8) or in another place (inside a square root) shows in
+          # float64 and float32 alike; scores near 0 keep float32 cancellation out of the way
+          + _both("small_group_std", group_sizes=(4, 4),
+                  options={"ids": (3, 6, 3, 6, 6, 3, 3, 6), "spread": {3: 1e-3, 6: 1e-4}}))
 PAIRS = _both("pairs", lengths=(1,) * 6, T=1)
 
 
@@ -111,6 +123,9 @@ def sample_bt(ctx, s, scale=1.0, shift=0.0):
 def group_scores(ctx, s):
     ids = torch.tensor(s.options["ids"], dtype=torch.int64)
     scores = ctx.randn(s.B, dtype=s.dtype)
+    if "spread" in s.options:                       # group id -> std of its scores
+        spread = torch.tensor([s.options["spread"][int(i)] for i in ids], dtype=torch.float64)
+        scores = (scores.to(torch.float64) * spread).to(s.dtype)
     if "constant_group" in s.options:
         scores = torch.where(ids == s.options["constant_group"], torch.full_like(scores, 0.7), scores)
     return scores, ids
@@ -155,6 +170,50 @@ def _weights(outs, seed=0):
     return [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
 
 
+def float32_inputs(args, kwargs) -> tuple[list, dict]:
+    """The call with every float64 tensor cast to float32 (detached: a fresh leaf)."""
+    def cast(x):
+        return x.detach().to(F32) if isinstance(x, torch.Tensor) and x.dtype == F64 else x
+    return [cast(a) for a in args], {k: cast(v) for k, v in kwargs.items()}
+
+
+def reference32(op: Op, args, kwargs) -> list | None:
+    """refimpl computed in float32 on the same inputs (``Context.compare``'s ``expected32``):
+    what a float64 output computed in float32 may equal. None where the inputs hold no float64
+    tensor, or refimpl rejects the float32 call."""
+    if not any(isinstance(a, torch.Tensor) and a.dtype == F64
+               for a in list(args) + list(kwargs.values())):
+        return None
+    args32, kwargs32 = float32_inputs(args, kwargs)
+    try:
+        with torch.no_grad():
+            ref = op.reference(*args32, **kwargs32)
+    except Exception:                                                 # noqa: BLE001
+        return None
+    return list(ref) if isinstance(ref, tuple) else [ref]
+
+
+def reference_grads32(op: Op, args, kwargs, weights) -> list | None:
+    """refimpl's gradients (of ``sum(out * weights)``) computed in float32 on the same inputs,
+    the weights rounded to float32 as autograd rounds them into a float32 computation."""
+    if any(i >= len(args) for i in op.diff) or not any(args[i].dtype == F64 for i in op.diff):
+        return None
+    args32, kwargs32 = float32_inputs(args, kwargs)
+    for i in op.diff:
+        args32[i] = args32[i].requires_grad_(True)
+    try:
+        ref = op.reference(*args32, **kwargs32)
+    except Exception:                                                 # noqa: BLE001
+        return None
+    refs = list(ref) if isinstance(ref, tuple) else [ref]
+    weights32 = [w.to(r.dtype) for w, r in zip(weights, refs)]
+    return _grads(refs, [args32[i] for i in op.diff], weights32)
+
+
+def _nth(xs, i):
+    return None if xs is None else xs[i]
+
+
 def _grads(outs, inputs, weights):
     total = sum((o * w).sum() for o, w in zip(outs, weights))
     if not total.requires_grad:
@@ -179,8 +238,10 @@ def _register_generic(op: Op):
                 out = ctx.call(*args, **kwargs)
                 ref = op.reference(*args, **kwargs)
                 refs = list(ref) if isinstance(ref, tuple) else [ref]
+                refs32 = reference32(op, args, kwargs)
                 for i, (o, r) in enumerate(zip(_outputs(ctx, op, sample, out, sample.dtype), refs)):
-                    ctx.compare(o, r, f"{name} output {i}" if len(refs) > 1 else name)
+                    ctx.compare(o, r, f"{name} output {i}" if len(refs) > 1 else name,
+                                expected32=_nth(refs32, i))
 
     if op.diff:
         @check(f"{name}/gradient-matches-reference", kind="gradient", section=section,
@@ -201,8 +262,9 @@ def _register_generic(op: Op):
                     inputs = [args[i] for i in op.diff]
                     got = _grads(outs, inputs, w)
                     want = _grads(refs, inputs, w)
-                    for i, g, r in zip(op.diff, got, want):
-                        ctx.compare(g, r, f"d {name} / d argument {i}")
+                    want32 = reference_grads32(op, args, kwargs, w)
+                    for k, (i, g, r) in enumerate(zip(op.diff, got, want)):
+                        ctx.compare(g, r, f"d {name} / d argument {i}", expected32=_nth(want32, k))
 
     for fill_name, fills in (("nan", (float("nan"),)), ("inf", (float("inf"), float("-inf"))),
                              ("1e30", (1e30,))):
@@ -289,6 +351,162 @@ def _register_generic(op: Op):
                                           sample=ctx.sample)
 
 
+# --- the class of a failure ----------------------------------------------------------------------
+
+def failure_class(ctx: Context, failure: CheckFailed) -> str | None:
+    """The class of a failed check's row (``conformance.registry.CLASSES``; docs/contract.md,
+    "Certification and statuses"): the failure's own (``CheckFailed(cls=...)``), else the
+    check's, except for a check whose derived class is ``gradient`` on a function of the table.
+    There every call of the failing sample is re-run on the adapter and on refimpl (values and,
+    for differentiable inputs, gradients), split into real and padded entries:
+
+    - real entries agree, padded ones do not: ``padding``;
+    - real entries off by no more than float32 rounding of refimpl (in float64 and float32), on
+      the failing calls and on every float64 sample without padding: ``precision``;
+    - a loss whose gradients agree at the check's tolerance: ``value`` (a value convention);
+    - otherwise ``gradient``."""
+    chk = ctx.check
+    if failure.cls is not None:
+        return failure.cls
+    if chk.cls != "gradient" or chk.estimator not in OPS:
+        return chk.cls
+    op = OPS[chk.estimator]
+    calls = [c for c in ctx.recorded if c.sample == failure.sample] or ctx.recorded[-1:]
+    levels = [lv for lv in (_levels(ctx, op, c) for c in calls) if lv is not None]
+    if levels:
+        real, padded = max(r for r, _ in levels), any(p for _, p in levels)
+        if real <= 1 and padded:
+            return "padding"
+        probes = (_levels(ctx, op, c) for c in _probe_calls(ctx, op))
+        if real == 1 and all(lv[0] <= 1 for lv in probes if lv is not None):
+            return "precision"
+    if (chk.estimator in LOSS_ESTIMATORS and chk.kind in ("reference", "property") and calls
+            and all(_same_gradient(ctx, op, c) for c in calls)):
+        return "value"
+    return "gradient"
+
+
+def _probe_calls(ctx: Context, op: Op) -> list[RecordedCall]:
+    """Calls on every float64 sample without padding of the function's table entry (the small
+    group std among them): a difference that is lower precision everywhere is ``precision``; an
+    eps of another size shows beyond float32 level on the samples made for it."""
+    out = []
+    for sample in op.samples:
+        if sample.dtype != F64 or (sample.lengths and min(sample.lengths) < sample.T):
+            continue                        # padded samples: what padding does is another finding
+        for variant in op.variants:
+            args, kwargs = op.build(ctx, sample)
+            try:
+                args, kwargs = ctx.resolve(args, {**kwargs, **variant}, tuple(variant))
+            except Unsupported:
+                continue
+            out.append(RecordedCall(sample.label, tuple(args), dict(kwargs)))
+    return out
+
+
+def _level(ctx: Context, got, want, want32) -> int:
+    """0: equal at the check's tolerance (or float32-accurate); 1: off by no more than float32
+    rounding of refimpl in float64 and in float32; 2: beyond."""
+    if got.shape != want.shape or not bool((torch.isfinite(got) == torch.isfinite(want)).all()):
+        return 2
+    err = relative_errors(got, want)
+    worst = float(err.max()) if err.numel() else 0.0
+    if worst <= ctx.check.tol.of(got.dtype) or (got.dtype == F64 and ctx.float32_accurate(got, want32)):
+        return 0
+    tol32 = ctx.check.tol.float32
+    if worst <= tol32 and want32 is not None:
+        err32 = relative_errors(got, want32)
+        if not err32.numel() or float(err32.max()) <= tol32:
+            return 1
+    return 2
+
+
+def _levels(ctx: Context, op: Op, call: RecordedCall) -> tuple[int, bool] | None:
+    """(level of the real entries, whether padded entries differ) for one call: outputs, and
+    for the differentiable inputs the gradients (weighted on real outputs only); None where the
+    adapter refuses the call (``Unsupported``). Outputs shaped like the call's mask are split by
+    it; a call on float32 inputs has no float32 level."""
+    args, kwargs = list(call.args), dict(call.kwargs)
+    mask = next((a for a in args + list(kwargs.values())
+                 if isinstance(a, torch.Tensor) and a.dtype == torch.bool), None)
+    names = list(inspect.signature(getattr(refimpl, op.name)).parameters)
+
+    def split(x):
+        if mask is not None and x.shape == mask.shape:
+            return x[mask], x[~mask]
+        return x.reshape(-1), x.reshape(-1)[:0]
+
+    try:
+        mine = ([a for a in args], dict(kwargs))
+        theirs = ([a for a in args], dict(kwargs))
+        leaves: tuple[list, list] = ([], [])
+        for i in op.diff:
+            for (a, k), out in zip((mine, theirs), leaves):
+                where, key = (a, i) if i < len(a) else (k, names[i])
+                where[key] = where[key].detach().clone().requires_grad_(True)
+                out.append(where[key])
+        outs, refs = ctx.fn(*mine[0], **mine[1]), op.reference(*theirs[0], **theirs[1])
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        refs = list(refs) if isinstance(refs, tuple) else [refs]
+        refs32 = reference32(op, args, kwargs) or [None] * len(refs)
+        if len(outs) != len(refs) or any(not isinstance(o, torch.Tensor) or o.shape != r.shape
+                                         for o, r in zip(outs, refs)):
+            return 2, False
+        real, padded = 0, False
+        for o, r, r32 in zip(outs, refs, refs32):
+            (o_re, o_pad), (r_re, r_pad) = split(o.detach()), split(r.detach())
+            real = max(real, _level(ctx, o_re, r_re, None if r32 is None else split(r32)[0]))
+            padded |= _level(ctx, o_pad, r_pad, None) > 0
+        if op.diff:
+            w = [x.to(r.device) for x, r in zip(_weights(refs), refs)]
+            w = [x * mask if mask is not None and x.shape == mask.shape else x for x in w]
+            got, want = _grads(outs, leaves[0], w), _grads(refs, leaves[1], w)
+            want32 = reference_grads32(op, theirs[0], theirs[1], w) or [None] * len(want)
+            for g, r, r32 in zip(got, want, want32):
+                (g_re, g_pad), (r_re, r_pad) = split(g), split(r)
+                real = max(real, _level(ctx, g_re, r_re, None if r32 is None else split(r32)[0]))
+                padded |= _level(ctx, g_pad, r_pad, None) > 0
+        return real, padded
+    except Unsupported:
+        return None
+    except Exception:                                                 # noqa: BLE001
+        return 2, False
+
+
+def _same_gradient(ctx: Context, op: Op, call: RecordedCall) -> bool:
+    """Whether the adapter's gradients of ``call`` (weighted as in ``_grads``) equal refimpl's
+    within the check's tolerance (float32 arithmetic accepted as in ``Context.compare``)."""
+    names = list(inspect.signature(getattr(refimpl, op.name)).parameters)
+    mine, theirs = (list(call.args), dict(call.kwargs)), (list(call.args), dict(call.kwargs))
+    leaves: tuple[list, list] = ([], [])
+    for i in op.diff:
+        for (args, kwargs), out in zip((mine, theirs), leaves):
+            where, key = (args, i) if i < len(args) else (kwargs, names[i])
+            if isinstance(where, dict) and key not in where:
+                return False
+            where[key] = where[key].detach().clone().requires_grad_(True)
+            out.append(where[key])
+    try:
+        outs, refs = ctx.fn(*mine[0], **mine[1]), op.reference(*theirs[0], **theirs[1])
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        refs = list(refs) if isinstance(refs, tuple) else [refs]
+        if len(outs) != len(refs):
+            return False
+        w = [x.to(r.device) for x, r in zip(_weights(refs), refs)]
+        got, want = _grads(outs, leaves[0], w), _grads(refs, leaves[1], w)
+        want32 = reference_grads32(op, theirs[0], theirs[1], w)
+    except Exception:                                                 # noqa: BLE001
+        return False
+    for k, (g, r) in enumerate(zip(got, want)):
+        if g.shape != r.shape:
+            return False
+        err = relative_errors(g, r)
+        if (err.numel() and float(err.max()) > ctx.check.tol.of(g.dtype)
+                and not (g.dtype == F64 and ctx.float32_accurate(g, _nth(want32, k)))):
+            return False
+    return True
+
+
 # --- the thorough tier (--thorough): Hypothesis-drawn padded batches ------------------------------
 
 SETTINGS = settings(max_examples=60, derandomize=True, database=None, deadline=None,
@@ -333,10 +551,11 @@ def _register_thorough(op: Op):
             ctx.ran += 1
             ref = op.reference(*args, **kwargs)
             refs = list(ref) if isinstance(ref, tuple) else [ref]
+            refs32 = reference32(op, args, kwargs)
             outs = (list(ctx.expect_pair(out, out_shape(op, sample), dtype)) if op.out == "pair"
                     else [ctx.expect_tensor(out, out_shape(op, sample), dtype)])
             for i, (o, r) in enumerate(zip(outs, refs)):
-                ctx.compare(o, r, f"{op.name} output {i}")
+                ctx.compare(o, r, f"{op.name} output {i}", expected32=_nth(refs32, i))
         run()
 
 
