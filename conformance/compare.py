@@ -198,6 +198,10 @@ def _finding_lines(f: Finding, out_dir: Path) -> list[str]:
     links = f.repro_links(out_dir)
     if links:
         lines.append("  - reproduce: " + ", ".join(f"[{link}]({link})" for link in links))
+    elif f.cls in ("gradient", "value") and f.rows:
+        name, row = f.rows[0]
+        lines.append(f"  - reproduce: `rlconform repro {name} '{row['id']}' --out repro.py` "
+                     "(no standalone script could be made: the call raises or agrees per call)")
     return lines
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -79,10 +80,22 @@ def float32_representable(x: torch.Tensor) -> bool:
 
 
 def relative_errors(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """|actual - expected| / max(1, |expected|), float64, NaN (both NaN) counted as 0."""
+    """|actual - expected| / max(1, |expected|), float64: 0 where the two are equal (the same
+    infinity included) or both NaN, inf where only one is NaN or the infinities differ."""
     a = actual.detach().to(torch.float64).cpu()
     e = torch.as_tensor(expected).detach().to(torch.float64).cpu()
-    return ((a - e).abs() / e.abs().clamp(min=1.0)).nan_to_num(0.0)
+    err = (a - e).abs() / e.abs().clamp(min=1.0)
+    same = (a == e) | (a.isnan() & e.isnan())
+    return torch.where(same, torch.zeros_like(err), err.nan_to_num(nan=math.inf))
+
+
+def _digits(actual: float, expected: float) -> str:
+    """"a, but should be e" with as many digits as it takes to tell them apart."""
+    for digits in (6, 10, 17):
+        a, e = f"{actual:.{digits}g}", f"{expected:.{digits}g}"
+        if a != e:
+            break
+    return f"{a}, but should be {e}"
 
 
 @dataclass(frozen=True)
@@ -236,8 +249,10 @@ class Context:
             raise
         except Exception as exc:                                      # noqa: BLE001
             if valid_edge:
+                # what training sees changes as much as it can: a run with that value stops
                 raise CheckFailed(f"{self.check.estimator} raised {type(exc).__name__}: {exc} on "
-                                  f"the valid {valid_edge}", sample=self.sample) from exc
+                                  f"the valid {valid_edge} (a run with it stops)",
+                                  sample=self.sample, cls="gradient") from exc
             raise AdapterMisbehaved(f"{self.check.estimator} raised {type(exc).__name__}: {exc}"
                                     f" [sample {self.sample}]") from exc
         if check_mutation:
@@ -323,7 +338,7 @@ class Context:
         idx = tuple(int(i) for i in (err == err.max()).nonzero()[0])
         loc = f"[{', '.join(map(str, idx))}]" if idx else ""
         raise CheckFailed(
-            f"{what}{loc} = {float(a[idx]):.6g}, but should be {float(e[idx]):.6g}"
+            f"{what}{loc} = {_digits(float(a[idx]), float(e[idx]))}"
             + (f" ({explain})" if explain else ""),
             sample=self.sample, expected=float(e[idx]), actual=float(a[idx]),
             abs_err=float((a - e).abs()[idx]), rel_err=worst)

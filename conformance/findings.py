@@ -25,26 +25,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.report import (CLASSES, UNCLASSIFIED, is_qualified, is_stale, repro_path,
+from conformance.report import (CLASS_EFFECT, CLASSES, STOPS, UNCLASSIFIED, is_qualified, is_stale, repro_path,
                                 row_class, row_deviation)
 
 RANK = {c: i for i, c in enumerate((*CLASSES, UNCLASSIFIED))}
 
-#: what a finding of each class does to a training run, one sentence each
-EFFECT = {
-    "gradient": ("Training changes: the gradient on real tokens differs from the contract's, so "
-                 "every update, and the policy trained with them, differs."),
-    "value": ("Training is unchanged (the gradient is the contract's); the value differs, so "
-              "logged losses, curves and thresholds set on them differ."),
-    "padding": ("Real tokens are unaffected until NaN or inf stands at a padded position; then it "
-                "reaches the output and its gradient, and one such batch can poison the weights."),
-    "validation": ("Invalid input is accepted silently: a caller's mistake trains on a "
-                   "meaningless value instead of raising an error."),
-    "precision": ("The result is computed in lower precision than the input's: float32 rounding "
-                  "(about 1e-7 relative) where float64 was given."),
-    UNCLASSIFIED: ("Not classified: the report was written before non-passes carried a class; "
-                   "see the check's consequence."),
-}
+EFFECT = {**CLASS_EFFECT, UNCLASSIFIED: ("Not classified: the report was written before non-passes "
+                                         "carried a class; see the check's consequence.")}
+#: the functions whose outputs an RL update uses as constants (advantages, returns, rewards)
+CONSTANTS = frozenset({"discounted_returns", "gae", "group_normalized_advantages",
+                       "leave_one_out_advantages", "batch_normalized_advantages",
+                       "kl_penalized_rewards"})
 #: added to a validation finding about masks with holes
 HOLES = ("A mask with holes is a legitimate multi-turn mask (tool output between turns) in some "
          "frameworks; there it is a feature, not a mistake.")
@@ -121,6 +112,15 @@ class Finding:
             text = " ".join(f"{s.rstrip('.')}." for s in dict.fromkeys(said))
             return text or EFFECT[UNCLASSIFIED]
         text = EFFECT[self.cls]
+        if self.cls == "gradient" and all(r.get("kind") == "gradient" and r["estimator"] in CONSTANTS
+                                          for _, r in self.rows):
+            text = ("The values are the contract's; only their gradient differs, which an RL update "
+                    "never takes (advantages, returns and shaped rewards enter the loss as "
+                    "constants): it matters only to code that differentiates through "
+                    + ", ".join(f"`{e}`" for e in self.estimators) + ".")
+        if any(STOPS in (r.get("message") or "") for _, r in self.rows):
+            text = ("Training stops: the framework raises on a value the contract allows, so a "
+                    "run configured with it cannot start.")
         if self.cls == "validation" and any("hole" in c for c in self.check_ids):
             text = f"{text} {HOLES}"
         return text
@@ -211,23 +211,15 @@ def short(sentence: str, n: int = 110) -> str:
 
 
 def _what_differs(mine: list[Finding]) -> str:
-    """One README cell: per class (gradient first), the gradient, value and unclassified
-    findings named by their first clause, the padding and precision ones by the estimators they
-    touch, the validation ones by what is accepted."""
+    """One README cell: what changes training (the gradient-class findings, then the value-class
+    ones), each named by its first clause; the other classes are counted in the findings column
+    and told in full in reports/comparison.md."""
     parts = []
-    for cls in RANK:
-        fs = [f for f in mine if f.cls == cls]
-        if not fs:
-            continue
-        if cls in ("padding", "precision"):
-            items = list(dict.fromkeys(f"`{e}`" for f in fs for e in f.estimators))
-        elif cls == "validation":
-            items = list(dict.fromkeys(c.split("/", 1)[1].removeprefix("rejects-")
-                                       for f in fs for c in f.check_ids))
-        else:
-            items = list(dict.fromkeys(short(f.sentence) for f in fs))
-        parts.append(f"**{cls}**: " + "; ".join(items))
-    return "<br>".join(p.replace("|", "\\|") for p in parts) or "—"
+    for cls in ("gradient", "value", UNCLASSIFIED):
+        items = list(dict.fromkeys(short(f.sentence) for f in mine if f.cls == cls))
+        if items:
+            parts.append(f"**{cls}**: " + "; ".join(items))
+    return "<br>".join(p.replace("|", "\\|") for p in parts) or "nothing that changes training"
 
 
 def readme_table(reports: list[dict]) -> str:
@@ -239,7 +231,7 @@ def readme_table(reports: list[dict]) -> str:
                                                  r["adapter"])):
         fws.setdefault(framework_of(report["adapter"]), []).append(report)
     all_findings = findings(reports)
-    lines = ["| framework (version) | variants | findings | what differs, gradient class first |",
+    lines = ["| framework (version) | variants | findings | what changes training (gradient, then value) |",
              "|---|---|---|---|"]
     for fw, reps in fws.items():
         if fw == "refimpl":

@@ -36,6 +36,25 @@ KILLED_ADVICE = "The adapter's process died (segfault or os._exit) during the ca
 RAISED_ADVICE = "The call raised or returned something malformed; see the message"
 
 
+#: what a finding of each class does to a training run, one sentence each (docs/contract.md,
+#: "Certification and statuses")
+CLASS_EFFECT = {
+    "gradient": ("Training changes: the gradient on real tokens differs from the contract's, so "
+                 "every update, and the policy trained with them, differs."),
+    "value": ("Training is unchanged (the gradient is the contract's); the value differs, so "
+              "logged losses, curves and thresholds set on them differ."),
+    "padding": ("Real tokens are unaffected until NaN or inf stands at a padded position; then it "
+                "reaches the output and its gradient, and one such batch can poison the weights."),
+    "validation": ("Invalid input is accepted silently: a caller's mistake trains on a "
+                   "meaningless value instead of raising an error."),
+    "precision": ("The result differs from the contract's by no more than float32 rounding "
+                  "(about 1e-7 relative): lower-precision arithmetic where float64 was given, or "
+                  "a guard of that size."),
+}
+#: the words a check adds to a call that raised on a valid edge value (conformance.context)
+STOPS = "(a run with it stops)"
+
+
 def is_stale(row: dict) -> bool:
     """A ``fail`` row that is a declared deviation which no longer occurs."""
     return row["status"] == "fail" and (row.get("message") or "").startswith(STALE)
@@ -137,6 +156,10 @@ def consequence(row: dict, chk=None) -> str | None:
         return error_advice(row)
     if is_stale(row):
         return STALE_ADVICE
+    if status in ("fail", "xfail") and STOPS in (row.get("message") or ""):
+        return "Consequence: a run configured with this value stops (the call raises)."
+    if status in ("fail", "xfail") and row.get("class") in CLASS_EFFECT:
+        return f"Consequence: {CLASS_EFFECT[row['class']]}"
     if status in ("fail", "xfail") and chk is not None and chk.consequence:
         return f"Consequence: {chk.consequence}"
     return None

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import refimpl
 from conformance.checks import all_checks
 from conformance.checks.templates import OPS
-from conformance.context import Context
+from conformance.context import CheckFailed, Context
 from conformance.loading import (
     AdapterLoadError,
     _is_file_spec,
@@ -294,11 +294,16 @@ def record_calls(chk: Check, adapter, seed: int = 0) -> list[Call]:
     returned (whatever the check concluded)."""
     ctx = RecordingContext(chk, adapter, seed=check_seed(seed, chk.id))
     torch.manual_seed(ctx.seed)
+    failed = None
     try:
         chk.body(ctx)
+    except CheckFailed as exc:
+        failed = exc.sample
     except Exception:                                                 # noqa: BLE001
         pass                        # the outcome is the runner's business; the calls are ours
-    return ctx.made
+    # the calls of the sample the check failed on first: that is the difference the report shows
+    return ([c for c in ctx.made if failed is not None and c.sample == failed]
+            + [c for c in ctx.made if failed is None or c.sample != failed])
 
 
 # --- the failing sample ---------------------------------------------------------------------------
@@ -540,6 +545,11 @@ def _equation_sources(name: str) -> str:
     return "\n\n".join(inspect.getsource(EQUATIONS[fn]) for fn in reversed(order))
 
 
+def _docline(fn) -> str:
+    """The equation an ``eq_`` function states in its docstring (its first paragraph)."""
+    return " ".join((inspect.getdoc(fn) or fn.__name__).split("\n\n")[0].split())
+
+
 def _framework_versions(adapter) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
@@ -597,7 +607,9 @@ def render_script(spec: str, adapter, finding: Finding, seed: int = 0) -> str:
         return textwrap.fill(text, 96, initial_indent=f"{label:<11}", subsequent_indent=" " * 11)
 
     header = [wrap("Check:", f"{chk.id} ({chk.kind}; rlconform {_rlconform_version()})"),
-              wrap("Equation:", chk.equation),
+              wrap("Equation:", chk.equation if not chk.equation.startswith(("values of",
+                                                                             "autograd gradients"))
+                   else _docline(EQUATIONS[name])),
               wrap("Framework:", ", ".join(f"{p} {v}" for p, v in versions.items()) or "(none)"),
               wrap("Adapter:", f"{adapter_name} (rlconform's conformance/adapters code that "
                                "calls the framework, inlined at the end of this file)"),
@@ -851,12 +863,16 @@ def bulk(reports: str | Path, out: str | Path, adapters: list[str] | None = None
          seed: int | None = None, log=print, specs: dict | None = None
          ) -> tuple[list[Path], list[str]]:
     """Write a script for every eligible row of the reports in ``reports`` (only ``adapters``
-    when given), replacing each processed adapter's previous scripts. A report's adapter is
+    when given), replacing each processed adapter's previous scripts: one per check and
+    declared sentence (the variant the framework's defaults select first), since variants that
+    share a declaration show the same difference. A report's adapter is
     loaded by its name, or by ``specs[name]`` (an adapter spec) where given. Returns (scripts
     written, rows that could not be reproduced, each as one line)."""
     written: list[Path] = []
     missed: list[str] = []
-    for report in sorted(Path(reports).glob("*.json")):
+    seen: set = set()           # (check id, declared sentence): one script per finding and check
+    # the plain framework name (its defaults) first, then its variants
+    for report in sorted(Path(reports).glob("*.json"), key=lambda p: ("-" in p.stem, p.stem)):
         try:
             data = json.loads(report.read_text())
         except ValueError:
@@ -878,6 +894,9 @@ def bulk(reports: str | Path, out: str | Path, adapters: list[str] | None = None
             old.unlink()
         run_seed = data.get("seed", 0) if seed is None else seed
         for row in rows:
+            key = (row["id"], row.get("deviation") or row.get("message"))
+            if key in seen:
+                continue                    # another variant already shows this finding
             path = script_path(out, name, row["id"])
             try:
                 finding = write_repro(spec, row["id"], path, run_seed, adapter=adapter)
@@ -886,6 +905,7 @@ def bulk(reports: str | Path, out: str | Path, adapters: list[str] | None = None
                 log(f"{name} {row['id']}: not reproduced: {exc}")
                 continue
             written.append(path)
+            seen.add(key)
             log(f"{name} {row['id']}: {path} (sample {finding.call.sample})")
     return written, missed
 

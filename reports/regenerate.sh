@@ -2,7 +2,7 @@
 # Regenerate the committed reports: certify refimpl and every bundled framework adapter (each
 # framework in its own environment), write the reproduction script of every gradient- and
 # value-class finding under reports/repro/<adapter>/ in that environment and run it there, then
-# one comparison matrix from the JSON reports.
+# one comparison from the JSON reports, and the README's table of findings from them.
 # Usage: bash reports/regenerate.sh   (from anywhere; about 10 minutes on a fresh machine)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 WRITE_REPRO=1 REPRO_DIR=reports/repro bash .ci/certify_frameworks.sh reports
 status=$?
 .venv/bin/rlconform compare reports/*.json --out reports
+.venv/bin/python -m conformance.findings --readme README.md reports/*.json
 exit $status

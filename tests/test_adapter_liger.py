@@ -15,7 +15,8 @@ import torch  # noqa: E402
 import refimpl  # noqa: E402
 from conformance import Unsupported  # noqa: E402
 from conformance.adapters import liger as lg  # noqa: E402
-from tests.adapter_suite import (assert_conforms, assert_every_declaration_occurs,  # noqa: E402
+from tests.adapter_suite import (assert_conforms, assert_delta_example,  # noqa: E402
+                                 assert_every_declaration_occurs, stated_numbers,
                                  certified)
 
 VARIANTS = [lg.liger, lg.liger_grpo, lg.liger_dr_grpo, lg.liger_dapo, lg.liger_bnpo, lg.liger_dpo]
@@ -121,13 +122,6 @@ def test_kl_estimate_is_k3_loss_fn_alone_without_a_mask_shim():
     assert got[0, 1] != 0 and "kl_estimate" not in lg.liger.shims
 
 
-def _stated(pattern: str, sentence: str) -> tuple:
-    """The numbers a declaration states, parsed from the sentence (it must state them)."""
-    found = re.search(pattern, sentence)
-    assert found, f"the declaration no longer states its example: {sentence!r}"
-    return found.groups()
-
-
 def _one_token_loss(c, clip_high, r, A):
     """Liger's clipped loss (through the adapter) and its gradient for one token of ratio r and
     advantage A; the contract's (refimpl) beside it."""
@@ -149,24 +143,9 @@ def _one_token_loss(c, clip_high, r, A):
 
 def test_the_delta_example_is_what_liger_gives():
     """The example in the dual-clip-inside-clip-range declaration is re-run: Liger's delta, the
-    contract's dual_clip, on one token with A = +1 and one with A = -1 (losses and gradients to
-    the digits the sentence gives), the contract's values beside them."""
-    sentence = lg.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"]
-    (c, eps_high, r_pos, loss_pos, want_pos, want_grad_pos, r_neg, loss_neg, grad_neg,
-     want_neg) = map(float, _stated(
-        r"with c = ([\d.]+) and epsilon_high = ([\d.]+) a token with r = ([\d.]+) and A = \+1 gets "
-        r"loss (-[\d.]+) and no gradient instead of (-[\d.]+) with gradient (-[\d.]+), and one "
-        r"with r = ([\d.]+) and A = -1 gets loss ([\d.]+) with gradient ([\d.]+) instead of "
-        r"([\d.]+) with none", sentence))
-    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_pos, +1.0)
-    assert (round(got, 6), g) == (loss_pos, 0.0), (got, g)
-    assert (round(ref, 6), round(ref_g, 6)) == (want_pos, want_grad_pos), (ref, ref_g)
-    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_neg, -1.0)
-    assert (round(got, 6), round(g, 6)) == (loss_neg, grad_neg), (got, g)
-    assert (round(ref, 6), ref_g) == (want_neg, 0.0), (ref, ref_g)
-    # above 1 + epsilon_high delta is the dual clip: the contract's value, gradient 0
-    (got, g), (ref, ref_g) = _one_token_loss(3.0, eps_high, 4.0, -1.0)
-    assert (got, g) == (ref, ref_g) == (3.0, 0.0)
+    contract's dual_clip, on one token with A = +1 and one with A = -1."""
+    assert_delta_example(lg.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"],
+                         _one_token_loss)
 
 
 def test_the_float32_old_logp_example_is_what_liger_gives():
@@ -175,7 +154,7 @@ def test_the_float32_old_logp_example_is_what_liger_gives():
     relative error the sentence states, and Liger's ppo_loss_fn on the uncast float64 old
     log-probs gives the contract's value exactly (the cast is the whole difference)."""
     sentence = lg.GRPO_DEVIATIONS["ppo_clip_loss/matches-reference"]
-    lp, old, old32, A, stated = map(float, _stated(
+    lp, old, old32, A, stated = map(float, stated_numbers(
         r"with logp = (-[\d.]+), an old log-prob of (-[\d.]+) \(float32: (-[\d.]+)\) and A = "
         r"([\d.]+) the loss differs from the contract's by ([\d.]+e-\d+) relative", sentence))
     logp = torch.tensor([[lp]], dtype=torch.float64)

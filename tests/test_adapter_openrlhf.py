@@ -15,6 +15,7 @@ pytest.importorskip("openrlhf", reason="OpenRLHF is not installed "
                     "(bash conformance/adapters/openrlhf_install.sh)")
 
 from conformance.adapters import openrlhf as adapters  # noqa: E402
+from tests.adapter_suite import stated_numbers  # noqa: E402
 from conformance.runner import certify  # noqa: E402
 
 CITATION = re.compile(r"[\w./-]+\.py:\d+")
@@ -97,13 +98,6 @@ def test_outputs_come_back_uncast():
     assert out.dtype == torch.float32
 
 
-def _stated(pattern: str, sentence: str) -> tuple:
-    """The numbers a declaration states, parsed from the sentence (it must state them)."""
-    found = re.search(pattern, sentence)
-    assert found, f"the declaration no longer states its example: {sentence!r}"
-    return found.groups()
-
-
 def test_the_ppo_log_ratio_clamp_example_is_what_openrlhf_gives():
     """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
     the stated log-ratio and advantage gets, through PolicyLoss, the stated loss and gradient,
@@ -112,7 +106,7 @@ def test_the_ppo_log_ratio_clamp_example_is_what_openrlhf_gives():
 
     import refimpl
     sentence = adapters.openrlhf.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
-    l, a, got_loss, want_loss, got_grad, want_grad = map(float, _stated(
+    l, a, got_loss, want_loss, got_grad, want_grad = map(float, stated_numbers(
         r"log-ratio of ([\d.]+) with advantage (-?[\d.]+) the token's loss is ([\d.e+]+) instead "
         r"of ([\d.e+]+), with gradient (-?[\d.e+]+) instead of ([\d.e+]+)", sentence))
     mask = torch.ones(1, 1, dtype=torch.bool)
@@ -133,7 +127,7 @@ def test_the_group_norm_all_equal_example_is_what_openrlhf_gives():
     import torch
     sentence = adapters.openrlhf_group_norm.known_deviations[
         "group_normalized_advantages/all-equal-group-gives-zero"]
-    n, v, stated = _stated(r"(\d+) float32 rewards of ([\d.]+) get (-?[\d.]+) each instead of 0",
+    n, v, stated = stated_numbers(r"(\d+) float32 rewards of ([\d.]+) get (-?[\d.]+) each instead of 0",
                            sentence)
     n = int(n)
     scores = torch.tensor([float(v)] * n + [0.1 * i for i in range(n)], dtype=torch.float32)
@@ -148,7 +142,7 @@ def test_the_logexp_overflow_example_is_what_openrlhf_gives():
     finite loss and gradient."""
     import torch
     sentence = adapters.openrlhf_logexp.known_deviations["bradley_terry_loss/large-gap-float32"]
-    gap, soft_loss, soft_grad = map(float, _stated(
+    gap, soft_loss, soft_grad = map(float, stated_numbers(
         r"at r_r - r_c = ([\d.]+) in float32 the loss is inf and its gradient NaN, where softplus "
         r"gives ([\d.]+) and (-?[\d.]+)", sentence))
     chosen = torch.zeros(1, dtype=torch.float32, requires_grad=True)
@@ -183,12 +177,12 @@ def test_the_advantage_clip_example_is_what_openrlhf_gives():
 
     import refimpl
     sentence = adapters.openrlhf_rloo.known_deviations["leave_one_out_advantages/scores-of-any-size"]
-    scores, which, stated, want = _stated(
+    scores, which, said, want = stated_numbers(
         r"with the scores \(([-\d., ]+)\) of one group the rloo advantage of (-?[\d.]+) is "
         r"(-?[\d.]+) instead of (-?[\d.]+)", sentence)
     group = [float(x) for x in scores.split(",")]
     s = torch.tensor(group + [1.0, 2.0, 3.0], dtype=torch.float64)
     ids = torch.tensor([0] * len(group) + [1] * 3)
     i = group.index(float(which))
-    assert float(adapters.openrlhf_rloo.leave_one_out_advantages(s, ids)[i]) == float(stated)
+    assert float(adapters.openrlhf_rloo.leave_one_out_advantages(s, ids)[i]) == float(said)
     assert float(refimpl.leave_one_out_advantages(s, ids)[i]) == float(want)

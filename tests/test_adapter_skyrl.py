@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import refimpl  # noqa: E402
 from conformance import Unsupported  # noqa: E402
 from conformance.adapters import skyrl as sk  # noqa: E402
-from tests.adapter_suite import (assert_conforms, assert_every_declaration_occurs,  # noqa: E402
+from tests.adapter_suite import (stated_numbers, assert_conforms, assert_every_declaration_occurs,  # noqa: E402
                                  certified)
 
 VARIANTS = list(sk.VARIANTS)
@@ -126,19 +126,12 @@ def test_grpo_and_rloo_match_refimpl(ids, scale):
                                refimpl.leave_one_out_advantages(scores, ids))
 
 
-def _stated(pattern: str, sentence: str) -> tuple:
-    """The numbers a declaration states, parsed from the sentence (it must state them)."""
-    found = re.search(pattern, sentence)
-    assert found, f"the declaration no longer states its example: {sentence!r}"
-    return found.groups()
-
-
 def test_the_ppo_log_ratio_clamp_example_is_what_skyrl_gives():
     """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
     the stated log-ratio and advantage gets, through skyrl's policy loss, the stated loss and
     gradient, where the contract (refimpl) gives the stated ones (to the 6 digits stated)."""
     sentence = sk.skyrl.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
-    l, a, got_loss, want_loss, got_grad, want_grad = map(float, _stated(
+    l, a, got_loss, want_loss, got_grad, want_grad = map(float, stated_numbers(
         r"log-ratio of ([\d.]+) with advantage (-?[\d.]+) the token's loss is ([\d.e+]+) instead "
         r"of ([\d.e+]+), with gradient (-?[\d.e+]+) instead of ([\d.e+]+)", sentence))
     mask = torch.ones(1, 1, dtype=torch.bool)

@@ -15,7 +15,8 @@ import torch  # noqa: E402
 import refimpl  # noqa: E402
 from conformance import Unsupported  # noqa: E402
 from conformance.adapters import trl as tr  # noqa: E402
-from tests.adapter_suite import (assert_conforms, assert_every_declaration_occurs,  # noqa: E402
+from tests.adapter_suite import (assert_conforms, assert_delta_example,  # noqa: E402
+                                 assert_every_declaration_occurs, stated_numbers,
                                  certified)
 
 VARIANTS = [tr.trl, tr.trl_grpo, tr.trl_dr_grpo, tr.trl_dapo, tr.trl_bnpo, tr.trl_rloo, tr.trl_dpo,
@@ -82,19 +83,12 @@ def test_group_advantages_match_refimpl_with_trls_eps():
         torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
 
 
-def _stated(pattern: str, sentence: str) -> tuple:
-    """The numbers a declaration states, parsed from the sentence (it must state them)."""
-    found = re.search(pattern, sentence)
-    assert found, f"the declaration no longer states its example: {sentence!r}"
-    return found.groups()
-
-
 def test_the_all_equal_group_example_is_what_trl_gives():
     """The example in the exact-std-normalisation-bias declaration is re-run: an all-equal group
     of G float64 rewards r gets, from TRL's code path, the advantage the sentence states (to the
     three significant digits it gives)."""
     sentence = tr.GRPO_DEVIATIONS["group_normalized_advantages/exact-std-normalisation-bias"]
-    G, r, stated = _stated(r"all-equal group of (\d+) rewards of ([\d.]+) gets advantages of "
+    G, r, stated = stated_numbers(r"all-equal group of (\d+) rewards of ([\d.]+) gets advantages of "
                            r"([\d.]+e-\d+) instead of 0", sentence)
     scores = torch.full((int(G),), float(r), dtype=torch.float64)
     got = tr.trl_grpo.group_normalized_advantages(scores, torch.zeros(int(G), dtype=torch.long))
@@ -123,31 +117,16 @@ def _one_token_loss(c, clip_high, r, A):
 
 def test_the_delta_example_is_what_trl_gives():
     """The example in the dual-clip-inside-clip-range declaration is re-run: TRL's delta, the
-    contract's dual_clip, on one token with A = +1 and one with A = -1 (losses and gradients to
-    the digits the sentence gives), the contract's values beside them."""
-    sentence = tr.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"]
-    (c, eps_high, r_pos, loss_pos, want_pos, want_grad_pos, r_neg, loss_neg, grad_neg,
-     want_neg) = map(float, _stated(
-        r"with c = ([\d.]+) and epsilon_high = ([\d.]+) a token with r = ([\d.]+) and A = \+1 gets "
-        r"loss (-[\d.]+) and no gradient instead of (-[\d.]+) with gradient (-[\d.]+), and one "
-        r"with r = ([\d.]+) and A = -1 gets loss ([\d.]+) with gradient ([\d.]+) instead of "
-        r"([\d.]+) with none", sentence))
-    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_pos, +1.0)
-    assert (round(got, 6), g) == (loss_pos, 0.0), (got, g)
-    assert (round(ref, 6), round(ref_g, 6)) == (want_pos, want_grad_pos), (ref, ref_g)
-    (got, g), (ref, ref_g) = _one_token_loss(c, eps_high, r_neg, -1.0)
-    assert (round(got, 6), round(g, 6)) == (loss_neg, grad_neg), (got, g)
-    assert (round(ref, 6), ref_g) == (want_neg, 0.0), (ref, ref_g)
-    # above 1 + epsilon_high delta is the dual clip: the contract's value, gradient 0
-    (got, g), (ref, ref_g) = _one_token_loss(3.0, eps_high, 4.0, -1.0)
-    assert (got, g) == (ref, ref_g) == (3.0, 0.0)
+    contract's dual_clip, on one token with A = +1 and one with A = -1."""
+    assert_delta_example(tr.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"],
+                         _one_token_loss)
 
 
 def test_the_margin_example_is_what_trl_gives():
     """The example in the reward margin declaration is re-run: with float64 rewards TRL
     subtracts a margin of 0.7 as the float32 value the sentence states."""
     sentence = tr.REWARD_DEVIATIONS["bradley_terry_loss/gradient-is-sigmoid-minus-one"]
-    margin, stated = map(float, _stated(r"a margin of ([\d.]+) is subtracted as ([\d.]+) \(float32",
+    margin, stated = map(float, stated_numbers(r"a margin of ([\d.]+) is subtracted as ([\d.]+) \(float32",
                                         sentence))
     zero = torch.zeros(1, dtype=torch.float64)
     got = tr.trl_reward.bradley_terry_loss(zero, zero, margin)

@@ -338,3 +338,15 @@ def test_readme_table_is_generated_between_markers(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="readme"):
         main(["--readme", str(readme), *map(str, paths)])
+
+
+def test_a_gradient_finding_only_through_constants_says_training_is_unchanged():
+    """No gradient through the returns (torch.no_grad): the values are the contract's, and an
+    RL update never differentiates through them; a KL estimate's gradient is another matter."""
+    from conformance.findings import findings
+    no_grad = "computes under torch.no_grad (x.py:1)"
+    rows = [_declared("discounted_returns/gradient-matches-reference", "gradient", no_grad),
+            _declared("kl_estimate/gradient-matches-reference", "gradient", TRL_SENTENCE)]
+    found = {f.sentence: f for f in findings([_report("trl", rows)])}
+    assert "never takes" in found[no_grad].effect
+    assert found[TRL_SENTENCE].effect.startswith("Training changes")

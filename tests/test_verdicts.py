@@ -371,3 +371,14 @@ def test_a_probe_the_adapter_refuses_does_not_decide_the_class():
     row = _row("ppo_clip_loss/matches-reference",
                _adapter(ppo_clip_loss=refuses_per_token_advantages))
     assert row["status"] == "fail" and row["class"] == "precision", row
+
+
+def test_a_gradient_that_differs_on_a_sample_the_check_did_not_reach_is_gradient_class():
+    def offset_then_wrong_gradient(logp, *args, **kwargs):
+        out = refimpl.ppo_clip_loss(logp, *args, **kwargs) + 0.25      # fails on the first sample
+        if logp.shape[1] == 4:                                          # the full_rows sample only
+            out = 2 * out - out.detach()
+        return out
+    row = _row("ppo_clip_loss/matches-reference", _adapter(ppo_clip_loss=offset_then_wrong_gradient))
+    assert row["status"] == "fail" and row["class"] == "gradient", row
+    assert _row("ppo_clip_loss/matches-reference", _adapter(ppo_clip_loss=_offset("ppo_clip_loss", 0.25)))["class"] == "value"

@@ -237,10 +237,7 @@ _ONE_PAIR = ("one pair per call with a two-row stub full_target: Liger divides t
              "by n_pairs = full_target.shape[0] // 2 (1 here), so whether that divisor is the batch's "
              f"pair count in the fused forward cannot show, only each pair's own loss ({_at(DL + ':58-61')})")
 #: passes that hold only because the adapter shapes the input so that Liger's behaviour cannot show
-DPO_QUALIFIED = {
-    "dpo_loss/matches-reference": _ONE_PAIR,
-    "dpo_loss/gradient-matches-reference": _ONE_PAIR,
-}
+DPO_QUALIFIED = support.qualify(_ONE_PAIR, "dpo_loss", *support.PREFERENCE_VALUE_CHECKS["dpo_loss"])
 DPO_SHIMS = {
     "dpo_loss": ("one call per pair (the loss is sum / n_pairs, a batch mean), with a two-row stub "
                  f"full_target and precomputed reference log-probs ({_at(DL + ':58-61')})"),

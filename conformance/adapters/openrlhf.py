@@ -305,13 +305,12 @@ GROUP_NORM_EPS = _cite(
 
 
 #: passes that hold only because the adapter shapes the input so OpenRLHF's behaviour cannot show
+_PREF = support.PREFERENCE_VALUE_CHECKS
 QUALIFIED = {
-    "dpo_loss/matches-reference": _one_pair("DPOLoss", "360"),
-    "dpo_loss/gradient-matches-reference": _one_pair("DPOLoss", "360"),
-    "ipo_loss/matches-reference": _one_pair("DPOLoss(ipo=True)", "360"),
-    "ipo_loss/gradient-matches-reference": _one_pair("DPOLoss(ipo=True)", "360"),
-    "bradley_terry_loss/matches-reference": _one_pair("PairWiseLoss", "313"),
-    "bradley_terry_loss/gradient-matches-reference": _one_pair("PairWiseLoss", "313"),
+    **support.qualify(_one_pair("DPOLoss", "360"), "dpo_loss", *_PREF["dpo_loss"]),
+    **support.qualify(_one_pair("DPOLoss(ipo=True)", "360"), "ipo_loss", *_PREF["ipo_loss"]),
+    **support.qualify(_one_pair("PairWiseLoss", "313"), "bradley_terry_loss",
+                      *_PREF["bradley_terry_loss"]),
 }
 
 

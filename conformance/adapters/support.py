@@ -217,6 +217,24 @@ def masks_by_multiplication(where: str, what: str = "the per-token loss", code: 
             f"a padded position reaches {reaches} (NaN * 0 = NaN, inf * 0 = NaN) ({where})")
 
 
+def qualify(sentence: str, estimator: str, *checks: str) -> dict[str, str]:
+    """A ``qualified`` declaration (docs/contract.md, "Declarations"): ``sentence`` for each of
+    ``estimator``'s ``checks`` (ids or globs after the slash), the passes that cannot show what
+    the adapter's shaping of the input hides."""
+    return {f"{estimator}/{c}": sentence for c in checks}
+
+
+#: the value and gradient checks of each preference loss (its dtype, mutation and input checks
+#: are not about values, so a shaped input hides nothing from them)
+PREFERENCE_VALUE_CHECKS = {
+    "dpo_loss": ("*matches-reference", "gradient-weight-beta-sigmoid", "large-gap-float32",
+                 "exact-minimiser-with-label-smoothing", "log2-at-zero-margin"),
+    "ipo_loss": ("*matches-reference", "large-gap-float32", "exact-minimiser"),
+    "bradley_terry_loss": ("*matches-reference", "gradient-is-sigmoid-minus-one",
+                           "large-gap-float32", "exact-preference-probability-recovered"),
+}
+
+
 def no_validation(what: str, where: str, consequence: str = "") -> str:
     return f"does not validate {what}" + (f"; {consequence}" if consequence else "") + f" ({where})"
 

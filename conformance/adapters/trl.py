@@ -629,17 +629,15 @@ _BATCH_MEAN_DPO = ("one pair per call: DPOTrainer returns the batch mean (per_se
 _BATCH_MEAN_REWARD = ("one pair per call: RewardTrainer returns the batch mean (logsigmoid(...).mean()), "
                       "so how it weighs the pairs of a batch cannot show, only each pair's own loss "
                       f"({_at(RWT + ':790-792')})")
+_PREF = support.PREFERENCE_VALUE_CHECKS
 DPO_QUALIFIED = {
-    "dpo_loss/matches-reference": _BATCH_MEAN_DPO,
-    "dpo_loss/gradient-matches-reference": _BATCH_MEAN_DPO,
-    "ipo_loss/matches-reference": f"{_IPO_LENGTH}; {_BATCH_MEAN_DPO}",
-    "ipo_loss/gradient-matches-reference": f"{_IPO_LENGTH}; {_BATCH_MEAN_DPO}",
-    "ipo_loss/exact-minimiser": _IPO_LENGTH,
+    **support.qualify(_BATCH_MEAN_DPO, "dpo_loss", *_PREF["dpo_loss"]),
+    **support.qualify(f"{_IPO_LENGTH}; {_BATCH_MEAN_DPO}", "ipo_loss", *_PREF["ipo_loss"]),
 }
-REWARD_QUALIFIED = {
-    "bradley_terry_loss/matches-reference": _BATCH_MEAN_REWARD,
-    "bradley_terry_loss/gradient-matches-reference": _BATCH_MEAN_REWARD,
-}
+#: gradient-is-sigmoid-minus-one is a declared deviation (the float32 margin), not qualified
+REWARD_QUALIFIED = support.qualify(
+    _BATCH_MEAN_REWARD, "bradley_terry_loss",
+    *(c for c in _PREF["bradley_terry_loss"] if c != "gradient-is-sigmoid-minus-one"))
 
 RLOO_DEVIATIONS = {
     "leave_one_out_advantages/dtype-kept": _FLOAT32_REWARDS.format(where=_at(RT + ":1150, :1202")),

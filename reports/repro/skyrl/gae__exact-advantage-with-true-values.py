@@ -1,0 +1,2322 @@
+#!/usr/bin/env python3
+"""Reproduction of a deviation from the rlconform contract (docs/contract.md).
+
+Check:     gae/exact-advantage-with-true-values (exact; rlconform 0.1.0)
+Equation:  with V = V^pi: E[A_hat_t | s_t, a_t] = A^pi(s_t, a_t) for lam in {0, 0.5, 0.95, 1};
+           E[returns_t | s_t, a_t] = Q^pi(s_t, a_t)
+Framework: skyrl-train 0.3.1
+Adapter:   skyrl (rlconform's conformance/adapters code that calls the framework, inlined at the
+           end of this file)
+Declared:  whitens the advantages over the batch (masked_whiten) before returning them, so they
+           are not the GAE advantages: the returns agree (skyrl_train/utils/ppo_utils.py:1025,
+           skyrl-train 0.3.1)
+Upstream:  (no issue or pull request known)
+Sample:    every response gamma=0.9 lam=0.0 (seed 0), the first call of the check on which the
+           framework differs from the contract
+
+Needs only torch and the framework; run it as `python FILE`. Exit status 0: the difference is
+reproduced; 1: the framework now agrees with the contract.
+"""
+
+import functools
+import importlib.abc
+import importlib.util
+import sys
+
+import torch
+import torch.nn.functional as F
+
+CHECK = 'gae/exact-advantage-with-true-values'
+ADAPTER = 'skyrl'
+FRAMEWORK = {'skyrl-train': '==0.3.1'}
+#: the check's tolerance: |actual - expected| / max(1, |expected|), at the actual output's precision
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-05}
+#: positions of the arguments the gradient is taken with respect to (empty: values only)
+DIFF = (0, 1)
+
+
+def exact(hexes, dtype, shape):
+    """A tensor from exact float.hex strings."""
+    return torch.tensor([float.fromhex(h) for h in hexes], dtype=dtype).reshape(shape)
+
+
+# --- the failing sample ----------------------------------------------------------------------
+
+def inputs():
+    rewards = exact([
+        '-0x1.3478aea902558p-3', '0x0.0p+0', '0x0.0p+0', '0x1.96b1e9429fef8p-1',
+        '-0x1.1908da5721c87p+0', '0x0.0p+0', '0x1.64d3103cd710bp+0', '-0x1.65e9299bd60a4p+0',
+        '0x0.0p+0', '0x1.96b1e9429fef8p-1', '-0x1.86d4298f6298cp-6', '0x1.50f17d52eb628p-5',
+        '0x1.96b1e9429fef8p-1', '-0x1.86d4298f6298cp-6', '0x1.8e0dfb00ed1c7p-1',
+        '0x1.96b1e9429fef8p-1', '-0x1.86d4298f6298cp-6', '0x1.d11cb188d8af6p-2',
+        '0x1.96b1e9429fef8p-1', '0x1.1ff89c7c924f5p-2', '-0x1.ed0311bce762fp+0',
+        '0x1.96b1e9429fef8p-1', '0x1.1ff89c7c924f5p-2', '0x1.8ba0968201103p-1',
+        '0x1.96b1e9429fef8p-1', '0x1.1ff89c7c924f5p-2', '-0x1.0e91b45543b3bp+0',
+        '0x1.64d3103cd710bp+0', '-0x1.081cdc1f7be00p+0', '0x1.955657106037fp-3',
+        '0x1.64d3103cd710bp+0', '-0x1.081cdc1f7be00p+0', '-0x1.40ed128d8d2a4p-1',
+        '0x1.64d3103cd710bp+0', '-0x1.081cdc1f7be00p+0', '0x1.beaae0c815e13p-3',
+        '0x1.64d3103cd710bp+0', '-0x1.120b7a9a6703ep+0', '0x1.ecce4f9b69fa3p-2',
+        '0x1.64d3103cd710bp+0', '-0x1.120b7a9a6703ep+0', '-0x1.20c5a459fbbe1p-1',
+        '0x1.64d3103cd710bp+0', '-0x1.120b7a9a6703ep+0', '0x1.a7f8700d0a66fp+0',
+        '0x1.5a425f18ab71ap-2', '0x0.0p+0', '0x0.0p+0', '-0x1.4c0b48c2f0b3dp+0',
+        '-0x1.39484c30ecb01p+0', '0x0.0p+0', '0x1.14642e91bf1a1p+1', '0x1.3eb8f4d7d36a8p-1',
+        '0x0.0p+0', '-0x1.4c0b48c2f0b3dp+0', '-0x1.24f02d2c32717p+0', '-0x1.b1ee82fe2dd96p-7',
+        '-0x1.4c0b48c2f0b3dp+0', '-0x1.24f02d2c32717p+0', '-0x1.5bc5414c86cecp-2',
+        '-0x1.4c0b48c2f0b3dp+0', '-0x1.24f02d2c32717p+0', '-0x1.9724007a77699p-2',
+        '-0x1.4c0b48c2f0b3dp+0', '0x1.facaaa5b3e02ap-3', '-0x1.63ffcc0c242ccp-3',
+        '-0x1.4c0b48c2f0b3dp+0', '0x1.facaaa5b3e02ap-3', '-0x1.8ffcb7afcc02ep-1',
+        '-0x1.4c0b48c2f0b3dp+0', '0x1.facaaa5b3e02ap-3', '0x1.ed4a2fe7a866fp-1',
+        '0x1.14642e91bf1a1p+1', '0x1.3046069d24d1fp-2', '-0x1.11f007a6559b7p-1',
+        '0x1.14642e91bf1a1p+1', '0x1.3046069d24d1fp-2', '0x1.d60055092b8cfp-1',
+        '0x1.14642e91bf1a1p+1', '0x1.3046069d24d1fp-2', '-0x1.3a1344768d240p+0',
+        '0x1.14642e91bf1a1p+1', '0x1.4b1f739e528c2p+0', '0x1.d9f5ae494722cp-1',
+        '0x1.14642e91bf1a1p+1', '0x1.4b1f739e528c2p+0', '-0x1.b756b039ea081p-1',
+        '0x1.14642e91bf1a1p+1', '0x1.4b1f739e528c2p+0', '-0x1.1ee1499e78e4ap-3'
+    ], torch.float64, (30, 3))
+    # ~ -0.150621 0 0 0.794326 -1.09779 0 1.39385 -1.39809 0 0.794326 -0.0238543 0.0411308
+    #   0.794326 -0.0238543 0.77745 0.794326 -0.0238543 0.454211 0.794326 0.281222 -1.92583
+    #   0.794326 0.281222 0.77271 0.794326 0.281222 -1.05691 1.39385 -1.03169 0.197919 1.39385
+    #   -1.03169 -0.626809 1.39385 -1.03169 0.218099 1.39385 -1.07049 0.481256 1.39385 -1.07049
+    #   -0.564008 1.39385 -1.07049 1.65613 0.338144 0 0 -1.29705 -1.22376 0 2.15931 0.622505 0
+    #   -1.29705 -1.14429 -0.0132425 -1.29705 -1.14429 -0.33962 -1.29705 -1.14429 -0.397598
+    #   -1.29705 0.247457 -0.173828 -1.29705 0.247457 -0.781225 -1.29705 0.247457 0.963457
+    #   2.15931 0.297142 -0.535034 2.15931 0.297142 0.917971 2.15931 0.297142 -1.22686 2.15931
+    #   1.29345 0.925703 2.15931 1.29345 -0.858083 2.15931 1.29345 -0.140078
+    values = exact([
+        '0x1.a4ca406da6654p-6', '0x0.0p+0', '0x0.0p+0', '0x1.a4ca406da6654p-6',
+        '-0x1.33d7c67ccda99p-2', '0x0.0p+0', '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1',
+        '0x0.0p+0', '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '0x1.d2bcf1fb4bf81p-3',
+        '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '0x1.d2bcf1fb4bf81p-3',
+        '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '0x1.d2bcf1fb4bf81p-3',
+        '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '-0x1.8e5d2c6da03ffp-2',
+        '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '-0x1.8e5d2c6da03ffp-2',
+        '0x1.a4ca406da6654p-6', '-0x1.33d7c67ccda99p-2', '-0x1.8e5d2c6da03ffp-2',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.aaaccf8f637f8p-4',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.aaaccf8f637f8p-4',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.aaaccf8f637f8p-4',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.68945fc9c5bc1p-1',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.68945fc9c5bc1p-1',
+        '0x1.a4ca406da6654p-6', '-0x1.9179bfca998bap-1', '0x1.68945fc9c5bc1p-1',
+        '0x1.422cf5d0712a8p-1', '0x0.0p+0', '0x0.0p+0', '0x1.422cf5d0712a8p-1',
+        '-0x1.352530c8dfc9bp-2', '0x0.0p+0', '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1',
+        '0x0.0p+0', '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '-0x1.a9f77ed3447cep-3',
+        '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '-0x1.a9f77ed3447cep-3',
+        '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '-0x1.a9f77ed3447cep-3',
+        '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '0x1.1c830b824ec64p-4',
+        '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '0x1.1c830b824ec64p-4',
+        '0x1.422cf5d0712a8p-1', '-0x1.352530c8dfc9bp-2', '0x1.1c830b824ec64p-4',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '0x1.4f2878b6fc154p-3',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '0x1.4f2878b6fc154p-3',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '0x1.4f2878b6fc154p-3',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '-0x1.eec24d500f4b0p-3',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '-0x1.eec24d500f4b0p-3',
+        '0x1.422cf5d0712a8p-1', '0x1.8080fd08ba153p-1', '-0x1.eec24d500f4b0p-3'
+    ], torch.float64, (30, 3))
+    # ~ 0.025683 0 0 0.025683 -0.300628 0 0.025683 -0.784132 0 0.025683 -0.300628 0.227899
+    #   0.025683 -0.300628 0.227899 0.025683 -0.300628 0.227899 0.025683 -0.300628 -0.389027
+    #   0.025683 -0.300628 -0.389027 0.025683 -0.300628 -0.389027 0.025683 -0.784132 0.104169
+    #   0.025683 -0.784132 0.104169 0.025683 -0.784132 0.104169 0.025683 -0.784132 0.704257
+    #   0.025683 -0.784132 0.704257 0.025683 -0.784132 0.704257 0.629249 0 0 0.629249 -0.3019 0
+    #   0.629249 0.750984 0 0.629249 -0.3019 -0.207992 0.629249 -0.3019 -0.207992 0.629249
+    #   -0.3019 -0.207992 0.629249 -0.3019 0.0694609 0.629249 -0.3019 0.0694609 0.629249 -0.3019
+    #   0.0694609 0.629249 0.750984 0.163651 0.629249 0.750984 0.163651 0.629249 0.750984
+    #   0.163651 0.629249 0.750984 -0.241582 0.629249 0.750984 -0.241582 0.629249 0.750984
+    #   -0.241582
+    mask = torch.tensor(
+        [[True, False, False], [True, True, False], [True, True, False], [True, True, True],
+        [True, True, True], [True, True, True], [True, True, True], [True, True, True], [True,
+        True, True], [True, True, True], [True, True, True], [True, True, True], [True, True,
+        True], [True, True, True], [True, True, True], [True, False, False], [True, True,
+        False], [True, True, False], [True, True, True], [True, True, True], [True, True, True],
+        [True, True, True], [True, True, True], [True, True, True], [True, True, True], [True,
+        True, True], [True, True, True], [True, True, True], [True, True, True], [True, True,
+        True]],
+    dtype=torch.bool)
+    gamma = 0.9
+    lam = 0.0
+    return [rewards, values, mask, gamma, lam], {}
+
+
+# --- what the contract says (the equation, in plain torch) -------------------------------------
+
+def eq_gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """delta_t = r_t + gamma V_{t+1} - V_t (V = 0 after the last real token),
+    A_t = delta_t + gamma lam A_{t+1}; returns (A, A + V), both 0 at padding."""
+    zero = torch.zeros_like(rewards)
+    r, V = torch.where(mask, rewards, zero), torch.where(mask, values, zero)
+    A_next, V_next, cols = zero[:, 0], zero[:, 0], []
+    for t in reversed(range(r.shape[1])):
+        A = r[:, t] + gamma * V_next - V[:, t] + gamma * lam * A_next
+        A = torch.where(mask[:, t], A, zero[:, 0])
+        cols.append(A)
+        A_next, V_next = A, V[:, t]
+    A = torch.stack(cols[::-1], dim=1)
+    return A, torch.where(mask, A + V, zero)
+
+
+def expected(args, kwargs):
+    return eq_gae(*args, **kwargs)
+
+
+# --- what the framework does (through the adapter code inlined below) ---------------------------
+
+def actual(args, kwargs):
+    module = __import__('conformance.adapters.skyrl', fromlist=["_"])
+    adapter = getattr(module, 'skyrl')
+    if isinstance(adapter, type):                   # a class names the adapter: an instance of it
+        adapter = adapter()
+    return getattr(adapter, 'gae')(*args, **kwargs)
+
+
+# --- side by side ------------------------------------------------------------------------------
+
+def gradient_weights():
+    """The gradient compared is that of sum_k <output_k, w_k> (the check's weights)."""
+    return [
+        exact([
+            '-0x1.27bb92e9262dcp+1', '-0x1.7e35794939460p-2', '-0x1.0f91ae8d685b6p+0',
+            '0x1.ffbfb0ada994bp-1', '-0x1.c49eece710105p-1', '-0x1.468a3e5dc9291p+0',
+            '-0x1.3f174ac92d21fp-1', '-0x1.bb9e3bd0377c5p-1', '-0x1.4bae386384915p+0',
+            '0x1.860cb8d864a6ep+0', '0x1.4b6dacf0761e0p-2', '0x1.0244d8bac2a66p+1',
+            '0x1.22c0028f12ffap+0', '-0x1.3a14e53b15145p+0', '0x1.24683cd232da0p-4',
+            '0x1.5a213bee53bb6p-2', '0x1.3a681547ffa4ep-3', '-0x1.443c91ccf2402p-1',
+            '-0x1.42cbf54f08f8ep+0', '-0x1.7432edfaba107p-1', '-0x1.471a3c0e2f22ap-6',
+            '0x1.aeb1b572b6a04p-3', '0x1.6ae2402b7b62bp-3', '-0x1.a9389d082941dp-1',
+            '0x1.02dd4bc0227c5p+0', '-0x1.f101e358981adp-3', '-0x1.8bc82256d975bp-1',
+            '-0x1.985dd0627b1f0p+0', '-0x1.5fbef2bc4be3bp-1', '0x1.7cf270386ca66p+0',
+            '-0x1.cb2d8340fb171p-2', '-0x1.c8318cc163de5p-1', '-0x1.77c6300e0f077p-4',
+            '0x1.1cd656a35eff9p-1', '-0x1.35891f4f02060p-7', '-0x1.37ba62e400bcbp+0',
+            '-0x1.43f588d034767p+0', '-0x1.1e99db95d2a82p+0', '0x1.2a9ecee4e86fdp+0',
+            '0x1.da3b24012ae8bp-1', '0x1.4ecf310f0f94bp-1', '0x1.2f8b945911558p-3',
+            '-0x1.256769ff4714ep+0', '0x1.df6e45cb50a80p+0', '-0x1.3d5a59dba2ccep-2',
+            '0x1.ebe39d52b4666p-3', '-0x1.594867157f914p+0', '0x1.f487830a0303bp-3',
+            '-0x1.9299117aa5b39p+1', '-0x1.d1d7e35b89a08p-4', '0x1.b23a536534125p+0',
+            '-0x1.54958cf4318f8p-1', '-0x1.2ca870bedb0bbp-1', '0x1.6a8263ad29afdp+1',
+            '0x1.ced8be3eb51bcp-1', '0x1.e54ad47980710p-1', '-0x1.6185107d94c5dp+0',
+            '-0x1.070214d2a8d63p+1', '0x1.85bf43dafb353p-5', '-0x1.8ad28c0016161p-2',
+            '-0x1.19a2c0fcc0db5p-2', '0x1.c5ef13746de53p-1', '0x1.7c59903ede70cp+0',
+            '-0x1.0169b1e9a1882p-7', '-0x1.20f8f299b5c59p+0', '-0x1.80137be6ed062p-4',
+            '0x1.ff26e3bfd40d4p-1', '-0x1.526b1ae919359p-4', '0x1.75d34f81a1b7cp-3',
+            '0x1.e6dcdd509a780p-1', '-0x1.c35e9215c5908p+0', '0x1.02bf4f8438864p+0',
+            '0x1.7fbcef3455b71p-1', '-0x1.1f0117d050052p-1', '-0x1.07a9c11920e4cp-1',
+            '-0x1.7785134da5628p+0', '0x1.1c1240aed0ac9p+0', '0x1.1a454b2293701p-2',
+            '-0x1.5ff925e456773p-1', '-0x1.2686688c2799ap-1', '-0x1.2f0b345fd40eep-1',
+            '0x1.3d3051700f51fp-1', '-0x1.d9ca2fa767a2dp-1', '-0x1.50c2083b4338dp+0',
+            '0x1.f7b272349b38dp+0', '-0x1.527b8ade18ee2p-5', '-0x1.66669af87493dp+0',
+            '-0x1.e4de1e0f38207p-3', '0x1.a8242f215c0f6p-3', '-0x1.e05aa210eee2ep-4'
+        ], torch.float64, (30, 3)),
+        exact([
+            '-0x1.4a7ab4dd8a25dp-1', '0x1.4943e9b242292p+1', '-0x1.0322e7b5090d5p+1',
+            '-0x1.5db35db110443p-1', '0x1.b9a745a0332d2p-2', '-0x1.766788c295416p-2',
+            '-0x1.0ffdcbccf68e5p-1', '-0x1.129ae3ef2e7d8p-3', '-0x1.fa1d68ec5a28dp-1',
+            '0x1.737b0be1c7d86p-1', '0x1.0cab300bbd5b2p-7', '0x1.e54f137076577p-3',
+            '-0x1.84ffade0a4f5ap+0', '0x1.0588cbb23c10fp+0', '0x1.1d6b55c1c758ap+0',
+            '-0x1.1caab20cba8fbp-1', '-0x1.e014ab5b8e1fcp-4', '0x1.8d988f53aa418p+0',
+            '-0x1.4891f7a70b2b6p-2', '0x1.8fe710d88d282p+0', '-0x1.a0d8dac45f90ep-3',
+            '0x1.18062f53ebdffp+0', '0x1.b59c2b8d1a074p-5', '0x1.b7fe0ea16751fp-7',
+            '-0x1.515171154841dp-2', '0x1.6d6e9ffe04118p+0', '0x1.a2e6f7efd077ep-4',
+            '-0x1.6d3ab8d9d2513p+0', '0x1.aa857f9c9c4a0p-1', '0x1.c036e1362ea0bp-1',
+            '0x1.0d752e120a20bp-2', '-0x1.9f0e889c0ae4fp-2', '-0x1.c086139e208cfp-4',
+            '0x1.036e0ef7682fep+0', '0x1.b2149e56e94ccp-5', '-0x1.193b054966758p+0',
+            '0x1.5022af33b675ap+0', '0x1.4b871bbef7ddbp+0', '0x1.7eda31a41dfb8p-4',
+            '-0x1.4c2f6a270974fp-1', '0x1.2f654b1e6842fp+0', '0x1.7aed74ae91aa9p-1',
+            '-0x1.09f4e7002d46bp-1', '-0x1.4e30a07fbc9afp+0', '0x1.3d026785efacdp-1',
+            '-0x1.60d222b8a7ef1p-1', '-0x1.a5ac828eadacdp-2', '-0x1.1ce4efd5c7a72p+0',
+            '0x1.519b96d312c2fp-3', '-0x1.e4ecfebba546fp-1', '0x1.577ce5e158be9p-1',
+            '-0x1.e9cb93a6098a6p-2', '0x1.194c5b2dd40b8p+1', '0x1.179384b5e5492p-3',
+            '0x1.c9da06682b739p-1', '-0x1.f76738ce1ed8dp+0', '-0x1.501a8aba67200p+0',
+            '0x1.49554e8af85f5p+0', '-0x1.76d86f34b0b02p-1', '-0x1.1c2b6a3290327p+0',
+            '-0x1.0eb1c596f88afp-3', '0x1.735492da8eb1dp+0', '0x1.de69b818bee1ep-4',
+            '0x1.e9f9091393110p-6', '-0x1.0e3b21233db5bp-2', '0x1.c7f0b75dafbbfp-3',
+            '-0x1.73a9fde872c6ep-2', '0x1.17a36c6c7a3f8p-1', '0x1.327d3ae86accap-1',
+            '0x1.85d89a63c2b54p-2', '-0x1.a60801c54cc55p-4', '-0x1.4971a1c855d6ep+0',
+            '-0x1.498d6546dad89p-2', '0x1.92de13866dd44p-1', '-0x1.98a1593da8ed3p+0',
+            '-0x1.49a56fe92ec85p-2', '-0x1.886418fdb0e4fp+0', '0x1.7234cb2e90740p-1',
+            '0x1.18bc88cc0f91fp+0', '-0x1.70d81d92ce95ep-2', '0x1.44f3408cee0d3p-2',
+            '0x1.0c1081245f6d2p-1', '-0x1.ba0c00ee16c12p-2', '-0x1.1e3a9e7fd049ep+1',
+            '0x1.2adbf390e0495p+0', '0x1.566d11b49dadbp+0', '-0x1.4fc7dc5161e22p-1',
+            '0x1.4e577bb4e2336p-2', '0x1.62a66cacbb05cp+0', '0x1.cd8780a45f955p+0'
+        ], torch.float64, (30, 3))
+    ]
+
+
+def outputs(out):
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def grads(outs, args):
+    inputs = [args[i] for i in DIFF]
+    total = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, gradient_weights()))
+    if not isinstance(total, torch.Tensor) or not total.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    gs = torch.autograd.grad(total, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gs)]
+
+
+def side_by_side(what, got, want, tol, rows=24):
+    """Print expected and actual entry by entry (the worst ones if many); True if they differ."""
+    a, e = got.detach().to(torch.float64).flatten(), want.detach().to(torch.float64).flatten()
+    err = ((a - e).abs() / e.abs().clamp(min=1.0)).nan_to_num(0.0)
+    err = torch.where(~torch.isfinite(a) & torch.isfinite(e), torch.full_like(err, float("inf")),
+                      err)
+    order = (range(len(e)) if len(e) <= rows
+             else err.argsort(descending=True)[:rows].sort().values.tolist())
+    print(f"\n{what} ({str(got.dtype)[6:]}, shape {tuple(got.shape)}):")
+    print(f"  {'entry':>8}  {'expected (contract)':>24}  {'actual (framework)':>24}  "
+          f"{'|diff|':>10}")
+    for i in order:
+        index = ([int(x) for x in torch.unravel_index(torch.tensor(i), want.shape)]
+                 if want.dim() else [])
+        mark = "  <-" if float(err[i]) > tol else ""
+        print(f"  {str(index):>8}  {float(e[i]):>24.17g}  {float(a[i]):>24.17g}  "
+              f"{float((a[i] - e[i]).abs()):>10.3g}{mark}")
+    if len(e) > rows:
+        print(f"  ({len(e) - rows} more entries, all closer)")
+    diff = (a - e).abs().nan_to_num(float("inf"))
+    worst = float(err.max()) if len(err) else 0.0
+    print(f"  max abs diff {float(diff.max()) if len(diff) else 0.0:.3g}; "
+          f"max diff / max(1, |expected|) "
+          f"{worst:.3g} (tolerance {tol:g})")
+    return worst > tol
+
+
+def main():
+    install_vendored()
+    versions = []
+    for pkg in FRAMEWORK:
+        try:
+            from importlib.metadata import version
+            versions.append(f"{pkg} {version(pkg)}")
+        except Exception:
+            versions.append(f"{pkg} (version unknown)")
+    print(f"{CHECK} on {ADAPTER} ({', '.join(versions) or 'no framework'}; "
+          f"torch {torch.__version__})")
+    args, kwargs = inputs()
+    for i in DIFF:
+        args[i] = args[i].clone().requires_grad_(True)
+    want = outputs(expected(args, kwargs))
+    got_args = [a.detach().clone().requires_grad_(True) if i in DIFF else a
+                for i, a in enumerate(args)]
+    got = outputs(actual(got_args, kwargs))
+    differs = False
+    for k, (g, w) in enumerate(zip(got, want)):
+        label = "value" if len(want) == 1 else f"output {k}"
+        differs |= side_by_side(label, g, w, TOLERANCE.get(g.dtype, TOLERANCE[torch.float32]))
+    if DIFF:
+        tol = TOLERANCE.get(got[0].dtype, TOLERANCE[torch.float32])
+        for i, g, w in zip(DIFF, grads(got, got_args), grads(want, args)):
+            differs |= side_by_side(f"gradient w.r.t. argument {i}", g, w, tol)
+    if differs:
+        print("\nREPRODUCED: the framework differs from the contract beyond the check's "
+              "tolerance")
+        return 0
+    print("\nNOT REPRODUCED: the framework now agrees with the contract on this sample")
+    return 1
+
+
+# === inlined: the adapter and the rlconform modules it imports ==================================
+# The adapter's module (its stubs, config objects, layout helpers) and the closure of the
+# conformance/refimpl modules it imports, as source. install_vendored() serves them to `import`
+# ahead of anything installed, so this script never needs rlconform itself.
+
+VENDORED = {}
+
+
+class VendoredModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name in VENDORED:
+            return importlib.util.spec_from_loader(name, self, origin=f"<inlined {name}>",
+                                                   is_package=VENDORED[name][0])
+        if name.split(".")[0] in {n.split(".")[0] for n in VENDORED}:
+            raise ModuleNotFoundError(f"{name} is not inlined in this script", name=name)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        source = VENDORED[module.__name__][1]
+        exec(compile(source, module.__spec__.origin, "exec"), module.__dict__)
+
+
+def install_vendored():
+    sys.meta_path.insert(0, VendoredModules())
+
+
+VENDORED['conformance'] = (True, ''.join([
+    '"""conformance: certifies a trainer\'s estimators against the contract (docs/contract.md) and\n'
+    '``refimpl``.\n'
+    '\n'
+    "The package itself holds only the one name every adapter may raise; the contract's vocabularies\n"
+    'are in ``conformance.contract``, the checks in ``conformance.checks``, certification in\n'
+    '``conformance.runner`` and the command in ``conformance.cli``.\n'
+    '"""\n'
+    '\n'
+    '\n'
+    'class Unsupported(Exception):\n'
+    '    """Raised by an adapter for an option it cannot honour in one call; the check is ``skip``\n'
+    '    with the exception\'s message as the reason (docs/contract.md, "Capabilities")."""\n'
+    '\n'
+    '\n'
+    '__all__ = ["Unsupported"]\n'
+]))
+
+VENDORED['conformance.adapters'] = (True, ''.join([
+    '"""Bundled adapters, registered under the entry-point group ``rlconform.adapters``."""\n'
+]))
+
+VENDORED['conformance.adapters.pins'] = (False, ''.join([
+    '"""The one source of each bundled framework\'s pinned version, and of how it is installed.\n'
+    '\n'
+    'Every bundled adapter reads its version from here (its ``framework`` declaration and the\n'
+    'version in its citations, ``support.cite``); the install scripts beside the adapters read it\n'
+    '(``python -c \'from conformance.adapters.pins import PINS; print(PINS["verl"])\'``) unless\n'
+    "they are given a version; ``pyproject.toml``'s optional extras pin the same versions\n"
+    '(tests/test_adapter_declarations.py checks it). Framework-free: imports nothing.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    '#: framework (the name of its adapter module and of ``rlconform setup``) -> pinned version\n'
+    'PINS: dict[str, str] = {\n'
+    '    "trl": "1.16.0",\n'
+    '    "verl": "0.9.1",\n'
+    '    "openrlhf": "0.11.2",\n'
+    '    "torchrl": "0.14.1",\n'
+    '    "liger": "0.8.5",\n'
+    '    "skyrl": "0.3.1",\n'
+    '}\n'
+    '\n'
+    '#: framework -> its distribution on PyPI (the name in citations: "liger-kernel 0.8.5")\n'
+    'DISTRIBUTIONS: dict[str, str] = {\n'
+    '    "trl": "trl",\n'
+    '    "verl": "verl",\n'
+    '    "openrlhf": "openrlhf",\n'
+    '    "torchrl": "torchrl",\n'
+    '    "liger": "liger-kernel",\n'
+    '    "skyrl": "skyrl-train",\n'
+    '}\n'
+    '\n'
+    '#: framework -> further distributions an adapter declares in ``framework`` (version specifiers)\n'
+    'COMPANIONS: dict[str, dict[str, str]] = {\n'
+    '    "torchrl": {"tensordict": ">=0.14,<0.15"},\n'
+    '}\n'
+    '\n'
+    '#: framework -> the pip requirements of its minimal install beyond the framework itself, which\n'
+    '#: goes in with ``--no-deps`` (the install scripts read these too)\n'
+    'SCRIPT_REQUIREMENTS: dict[str, list[str]] = {\n'
+    '    "verl": ["numpy", "packaging", "ray", "tensordict==0.10.0", "omegaconf", "codetiming",\n'
+    '             "orjson", "transformers>=5.5.3,<5.11"],\n'
+    '    "skyrl": ["ray==2.51.1", "loguru==0.7.3", "omegaconf==2.4.0", "jaxtyping==0.3.11"],\n'
+    '    "openrlhf": [],\n'
+    '}\n'
+    '\n'
+    '#: framework -> how ``rlconform setup`` installs it: ("pip", [requirements]) where a plain pip\n'
+    '#: install works, or ("script", file name under conformance/adapters/); a script takes the\n'
+    '#: Python to install into and, optionally, the version (default: PINS)\n'
+    'SETUP: dict[str, tuple[str, object]] = {\n'
+    '    "trl": ("pip", [f"trl=={PINS[\'trl\']}"]),\n'
+    '    "torchrl": ("pip", [f"torchrl=={PINS[\'torchrl\']}"]),\n'
+    '    "liger": ("pip", [f"liger-kernel=={PINS[\'liger\']}"]),\n'
+    '    "skyrl": ("script", "skyrl_install.sh"),\n'
+    '    "verl": ("script", "verl_install.sh"),\n'
+    '    "openrlhf": ("script", "openrlhf_install.sh"),\n'
+    '}\n'
+    '\n'
+    '\n'
+    'def requirement(framework: str, version: str | None = None) -> str:\n'
+    '    """The pip requirement of ``framework`` at its pin (or at ``version``): ``verl==0.9.1``."""\n'
+    '    return f"{DISTRIBUTIONS[framework]}=={version or PINS[framework]}"\n'
+    '\n'
+    '\n'
+    'def framework(name: str) -> dict[str, str]:\n'
+    '    """An adapter\'s ``framework`` declaration: ``{"trl": "==1.16.0"}`` (plus companions)."""\n'
+    '    return {DISTRIBUTIONS[name]: f"=={PINS[name]}", **COMPANIONS.get(name, {})}\n'
+    '\n'
+    '\n'
+    'def label(name: str) -> str:\n'
+    '    """How citations name the pinned framework: ``"liger-kernel 0.8.5"``."""\n'
+    '    return f"{DISTRIBUTIONS[name]} {PINS[name]}"\n'
+    '\n'
+    '\n'
+    'if __name__ == "__main__":       # for the install scripts: pins.py FRAMEWORK [requirement|deps]\n'
+    '    import sys\n'
+    '    fw, what = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "version")\n'
+    '    print({"version": PINS[fw], "requirement": requirement(fw),\n'
+    '           "deps": " ".join(SCRIPT_REQUIREMENTS.get(fw, []))}[what])\n'
+]))
+
+VENDORED['conformance.adapters.skyrl'] = (False, ''.join([
+    '"""Adapters for skyrl-train 0.3.1 (``rlconform setup skyrl``: ``skyrl_install.sh``, i.e.\n'
+    '``pip install --no-deps --ignore-requires-python skyrl-train==0.3.1`` plus ray 2.51.1, loguru,\n'
+    'omegaconf and jaxtyping).\n'
+    '\n'
+    'skyrl-train declares Python 3.12 only and its package ``__init__`` imports far more than its math\n'
+    'needs, so ``skyrl_train/utils/ppo_utils.py`` (with the ``training_batch.py`` it imports) and\n'
+    '``skyrl_train/utils/torch_utils.py`` are loaded by file path, without running the package\n'
+    '``__init__``s; ``skyrl_train.training_batch`` is in ``sys.modules`` only while ppo_utils executes\n'
+    'its import of it (no stand-in: the real file). Ray is never initialised, so the registries are\n'
+    'local, as in a single process.\n'
+    '\n'
+    "Each canonical function calls skyrl's own code the way skyrl's trainer and workers call it:\n"
+    '\n'
+    '| canonical                     | skyrl                                                        |\n'
+    '|-------------------------------|--------------------------------------------------------------|\n'
+    "| `gae`                         | registered advantage estimator 'gae' (`compute_gae_advantage_return`) |\n"
+    "| `discounted_returns`          | the returns of the registered estimator 'reinforce++'        |\n"
+    "| `group_normalized_advantages` | registered estimator 'grpo' (`grpo_norm_by_std`)             |\n"
+    "| `leave_one_out_advantages`    | registered estimator 'rloo'                                  |\n"
+    "| `batch_normalized_advantages` | `normalize_advantages_dict` (the trainer's `advantage_batch_normalize` step) |\n"
+    "| `kl_estimate`                 | `compute_approx_kl` ('k1', 'k2', 'k3')                       |\n"
+    '| `aggregate`                   | `reduce_loss`                                                |\n'
+    "| `ppo_clip_loss`               | registered policy loss 'regular' ('dual_clip' with `dual_clip`) |\n"
+    '| `value_loss`                  | `ppo_critic_loss`                                            |\n'
+    '| `token_logprobs`              | `skyrl_train.utils.torch_utils.logprobs_from_logits`        |\n'
+    '\n'
+    'Calling conventions (translations only, no values changed):\n'
+    "- Masks go in as float tensors in the data's dtype (skyrl builds its ``loss_mask`` with\n"
+    '  ``dtype=torch.float``, skyrl_train/dataset/preprocess.py:113).\n'
+    '- Advantage estimators are called through ``compute_advantages_and_returns`` with the keyword\n'
+    '  arguments the trainer passes (skyrl_train/trainer.py:771-781); the ``config`` is the\n'
+    "  ``trainer.algorithm`` node of skyrl's own ``ppo_base_config.yaml`` with the options set.\n"
+    '  Per-sequence scores go in as ``token_level_rewards`` of shape (B, 1) with a response mask of\n'
+    '  ones (skyrl sums each row); (B, 1) advantages come back as (B,). Group ids go in as a list\n'
+    '  (the trainer\'s ``data.metadata["uids"]``).\n'
+    "- Losses get the ``trainer.algorithm`` DictConfig from skyrl's ``ppo_base_config.yaml`` with\n"
+    '  ``loss_reduction``, ``eps_clip_low``/``eps_clip_high``, ``policy_loss_type`` and ``value_clip``\n'
+    "  set, and ``max_seq_len`` = ``norm_len`` (None: T, the contract's default; skyrl sets it to\n"
+    '  max_input_length + max_generate_length, skyrl_train/utils/utils.py:278).\n'
+    "- ``dual_clip=None`` selects ``policy_loss_type='regular'``; ``dual_clip=c`` selects\n"
+    "  ``'dual_clip'`` with ``clip_ratio_c=c``. (B,) advantages are broadcast over tokens.\n"
+    "- ``kl_estimate`` hands the mask to ``compute_approx_kl``'s own ``loss_mask`` argument (no shim).\n"
+    '  Outputs come back uncast.\n'
+    '\n'
+    "Variants: skyrl's ``trainer.algorithm.loss_reduction`` selects the policy-loss aggregation.\n"
+    '``skyrl`` is the default (read at run time from ppo_base_config.yaml: token_mean);\n'
+    "``skyrl-sequence_mean`` (the contract's seq-mean-token-mean) and ``skyrl-seq_mean_token_sum_norm``\n"
+    'each declare their own mode in ``capabilities`` (a direct call in another mode is\n'
+    '``Unsupported``). skyrl has no seq-mean-token-sum. The critic loss ignores ``loss_reduction``:\n'
+    "``ppo_critic_loss`` always takes each row's token mean, then the batch mean, so every variant\n"
+    'declares ``"value_loss.agg": ["seq-mean-token-mean"]``.\n'
+    '\n'
+    "Not provided: ``policy_gradient_loss`` (no plain policy-gradient loss among skyrl's registered\n"
+    'policy losses), ``kl_penalized_rewards`` (inline in ``RayPPOTrainer.apply_reward_kl_penalty``,\n'
+    'whose module needs the full skyrl install), ``sequence_logprob`` and the preference losses.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import functools\n'
+    '\n'
+    'from conformance.adapters import pins, support\n'
+    '\n'
+    'SKYRL = pins.PINS["skyrl"]\n'
+    'PU = "skyrl_train/utils/ppo_utils.py"\n'
+    "#: the contract's aggregation modes -> skyrl's loss_reduction (ppo_utils.py:881-905); skyrl has\n"
+    '#: no seq-mean-token-sum\n'
+    'AGG = {"token-mean": "token_mean", "seq-mean-token-mean": "sequence_mean",\n'
+    '       "seq-mean-token-sum-norm": "seq_mean_token_sum_norm"}\n'
+    'CONTRACT_AGG = {v: k for k, v in AGG.items()}\n'
+    "#: skyrl's GRPO switch: grpo_norm_by_std\n"
+    'GRPO_SCALES = {"group": True, "none": False}\n'
+    "#: trainer.algorithm.loss_reduction's default in the pinned skyrl (the plain variant's\n"
+    '#: capabilities; tests/test_adapter_skyrl.py checks it against ppo_base_config.yaml)\n'
+    'DEFAULT_REDUCTION = "token_mean"\n'
+    '_at = support.citer("skyrl")\n'
+    '\n'
+    '\n'
+    'def _load(name: str, path):\n'
+    '    import importlib.util\n'
+    '    spec = importlib.util.spec_from_file_location(name, path)\n'
+    '    module = importlib.util.module_from_spec(spec)\n'
+    '    spec.loader.exec_module(module)\n'
+    '    return module\n'
+    '\n'
+    '\n'
+    '@functools.lru_cache(maxsize=None)\n'
+    'def _skyrl():\n'
+    '    """Load skyrl\'s math files by path, once (the module imports without skyrl installed)."""\n'
+    '    import sys\n'
+    '    from importlib.metadata import distribution\n'
+    '    from pathlib import Path\n'
+    '    from types import SimpleNamespace\n'
+    '\n'
+    '    from omegaconf import OmegaConf\n'
+    '\n'
+    '    root = Path(distribution("skyrl-train").locate_file("skyrl_train"))\n'
+    '    tb_name = "skyrl_train.training_batch"\n'
+    '    had = tb_name in sys.modules\n'
+    '    training_batch = sys.modules.get(tb_name) or _load(tb_name, root / "training_batch.py")\n'
+    '    sys.modules[tb_name] = training_batch        # what ppo_utils imports (the real file)\n'
+    '    try:\n'
+    '        pu = _load("_rlconform_skyrl_ppo_utils", root / "utils" / "ppo_utils.py")\n'
+    '    finally:\n'
+    '        if not had:\n'
+    '            del sys.modules[tb_name]\n'
+    '    tu = _load("_rlconform_skyrl_torch_utils", root / "utils" / "torch_utils.py")\n'
+    '    base = OmegaConf.load(root / "config" / "ppo_base_config.yaml")\n'
+    '    return SimpleNamespace(pu=pu, tu=tu, tb=training_batch, base=base, OmegaConf=OmegaConf)\n'
+    '\n'
+    '\n'
+    'def _algorithm(**overrides):\n'
+    '    """skyrl\'s ``trainer.algorithm`` config (ppo_base_config.yaml) with ``overrides`` set."""\n'
+    '    s = _skyrl()\n'
+    '    cfg = s.OmegaConf.create(s.OmegaConf.to_container(s.base.trainer.algorithm, resolve=True))\n'
+    '    for k, v in overrides.items():\n'
+    '        cfg[k] = v\n'
+    '    return cfg\n'
+    '\n'
+    '\n'
+    'def framework_defaults() -> dict:\n'
+    '    """skyrl\'s defaults, read from its ppo_base_config.yaml and signatures at run time."""\n'
+    '    import inspect\n'
+    '    s = _skyrl()\n'
+    '    a, g = s.base.trainer.algorithm, s.base.generator\n'
+    '    kl_in = "loss" if a.use_kl_loss else "reward" if a.use_kl_in_reward else None\n'
+    '    return {\n'
+    '        "clip_low": a.eps_clip_low,\n'
+    '        "clip_high": a.eps_clip_high,\n'
+    '        "dual_clip": a.clip_ratio_c if a.policy_loss_type == "dual_clip" else None,\n'
+    '        "dual_clip_if_enabled": a.clip_ratio_c,              # policy_loss_type "dual_clip"\n'
+    '        "loss_type": a.policy_loss_type,\n'
+    '        "value_clip": a.value_clip,\n'
+    '        "kl_in": kl_in,\n'
+    '        "kl_beta": a.kl_loss_coef if kl_in else 0.0,\n'
+    '        "kl_estimator": a.kl_estimator_type if kl_in else None,\n'
+    '        "gae_lambda": a.lambd,\n'
+    '        "gamma": a.gamma,\n'
+    '        "group_size": g.n_samples_per_prompt,\n'
+    '        "loss_agg": CONTRACT_AGG.get(a.loss_reduction, a.loss_reduction),\n'
+    '        "adv_eps": inspect.signature(s.pu.compute_grpo_outcome_advantage).parameters["epsilon"].default,\n'
+    '        "grpo_scale": "group" if a.grpo_norm_by_std else "none",\n'
+    '        "advantage_estimator": a.advantage_estimator,\n'
+    '        "whiten_advantages": a.advantage_batch_normalize,\n'
+    '    }\n'
+    '\n'
+    '\n'
+    'def _numeric(mask, like):\n'
+    '    return mask.to(like.dtype)\n'
+    '\n'
+    '\n'
+    'def capabilities(reduction: str) -> dict:\n'
+    '    """What skyrl with ``loss_reduction`` = ``reduction`` honours: that reduction in the policy\n'
+    '    loss and ``reduce_loss``; the critic always reduces as sequence_mean (ppo_utils.py:195); the\n'
+    '    two GRPO scales; normalize_advantages_dict\'s fixed eps (ppo_utils.py:145)."""\n'
+    '    return {"agg": [CONTRACT_AGG[reduction]], "value_loss.agg": ["seq-mean-token-mean"],\n'
+    '            "scale": list(GRPO_SCALES), "batch_normalized_advantages.eps": False}\n'
+    '\n'
+    '\n'
+    'class Skyrl:\n'
+    '    """skyrl with ``trainer.algorithm.loss_reduction`` = ``reduction`` (None: the default)."""\n'
+    '\n'
+    '    framework = pins.framework("skyrl")\n'
+    '    framework_defaults = staticmethod(framework_defaults)\n'
+    '    shims: dict = {}\n'
+    "    #: where skyrl tracks a declared deviation: compute_approx_kl's @torch.no_grad() used as a KL\n"
+    "    #: loss (issue 1340), normalize_advantages_dict's mean over padded entries (issue 1305)\n"
+    '    upstream = {\n'
+    '        "kl_estimate/gradient-matches-reference": "https://github.com/NovaSky-AI/SkyRL/issues/1340",\n'
+    '        "kl_estimate/exact-loss-gradients": "https://github.com/NovaSky-AI/SkyRL/issues/1340",\n'
+    '        "batch_normalized_advantages/matches-reference": "https://github.com/NovaSky-AI/SkyRL/issues/1305",\n'
+    '        "batch_normalized_advantages/padding-*": "https://github.com/NovaSky-AI/SkyRL/issues/1305",\n'
+    '    }\n'
+    '\n'
+    '    def __init__(self, reduction: str | None = None):\n'
+    '        self.reduction = reduction\n'
+    '        self.name = "skyrl" if reduction is None else f"skyrl-{reduction}"\n'
+    '        self.capabilities = capabilities(reduction or DEFAULT_REDUCTION)\n'
+    '        self.known_deviations = declarations(self.capabilities)\n'
+    '\n'
+    '    def _mode(self) -> str:\n'
+    '        return self.reduction or _skyrl().base.trainer.algorithm.loss_reduction\n'
+    '\n'
+    '    def _agg(self, agg, function: str) -> str:\n'
+    '        """The contract\'s mode -> skyrl\'s loss_reduction, if this variant reduces so; a string\n'
+    '        that is no contract mode is handed to skyrl, which judges it."""\n'
+    '        return support.translate(self, "agg", agg, AGG, function, unknown="pass",\n'
+    '                                 why=f"loss_reduction selects one reduction per run ({_at(PU, 881)})")\n'
+    '\n'
+    '    @staticmethod\n'
+    '    def _max_seq_len(values, norm_len):\n'
+    '        return values.shape[-1] if norm_len is None else norm_len\n'
+    '\n'
+    '    # --- returns and advantages ---------------------------------------------------------------\n'
+    '\n'
+    '    def _estimate(self, name, rewards, mask, index=None, values=None, **options):\n'
+    '        # skyrl_train/trainer.py:771-781\n'
+    '        pu = _skyrl().pu\n'
+    '        cfg = _algorithm(advantage_estimator=name, **options)\n'
+    '        return pu.compute_advantages_and_returns(\n'
+    '            token_level_rewards=rewards, response_mask=mask, index=index,\n'
+    '            adv_estimator=name, config=cfg, values=values, gamma=cfg.gamma, lambd=cfg.lambd,\n'
+    '            grpo_norm_by_std=cfg.grpo_norm_by_std, **({"epsilon": options["eps"]}\n'
+    '                                                       if "eps" in options else {}))\n'
+    '\n'
+    '    def gae(self, rewards, values, mask, gamma=1.0, lam=0.95):\n'
+    '        return self._estimate("gae", rewards, _numeric(mask, rewards), values=values,\n'
+    '                              gamma=gamma, lambd=lam)\n'
+    '\n'
+    '    def discounted_returns(self, rewards, mask, gamma=1.0):\n'
+    '        _, returns = self._estimate("reinforce++", rewards, _numeric(mask, rewards), gamma=gamma)\n'
+    '        return returns\n'
+    '\n'
+    '    def _scores_in(self, scores):\n'
+    '        import torch\n'
+    '        return scores.unsqueeze(-1), torch.ones_like(scores.unsqueeze(-1))\n'
+    '\n'
+    '    def group_normalized_advantages(self, scores, group_ids, scale="group", eps=1e-6):\n'
+    '        by_std = support.translate(self, "scale", scale, GRPO_SCALES, "group_normalized_advantages",\n'
+    '                                   why="grpo_norm_by_std is a bool (" + _at(PU, 1035) + ")")\n'
+    '        rewards, ones = self._scores_in(scores)\n'
+    '        adv, _ = self._estimate("grpo", rewards, ones, index=group_ids.tolist(), eps=eps,\n'
+    '                                grpo_norm_by_std=by_std)\n'
+    '        return adv[:, 0]\n'
+    '\n'
+    '    def leave_one_out_advantages(self, scores, group_ids):\n'
+    '        rewards, ones = self._scores_in(scores)\n'
+    '        adv, _ = self._estimate("rloo", rewards, ones, index=group_ids.tolist())\n'
+    '        return adv[:, 0]\n'
+    '\n'
+    '    def batch_normalized_advantages(self, advantages, mask=None, eps=1e-8):\n'
+    '        import torch\n'
+    '        support.honour(self, "eps", eps, "batch_normalized_advantages", default=1e-8,\n'
+    '                       why="normalize_advantages_dict clamps the variance at a fixed 1e-8 ("\n'
+    '                           + _at(PU, 145) + ")")\n'
+    '        s = _skyrl()\n'
+    '        m = torch.ones_like(advantages) if mask is None else _numeric(mask, advantages)\n'
+    "        # the trainer's advantage_batch_normalize step (skyrl_train/trainer.py:265)\n"
+    '        data = s.tb.TrainingInputBatch({"advantages": advantages, "response_mask": m})\n'
+    '        return s.pu.normalize_advantages_dict(data)["advantages"]\n'
+    '\n'
+    '    # --- KL ---------------------------------------------------------------------------------\n'
+    '\n'
+    '    def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):\n'
+    "        # the actor's KL loss (skyrl_train/workers/worker.py:680-685)\n"
+    '        return _skyrl().pu.compute_approx_kl(\n'
+    '            logp, ref_logp, loss_mask=None if mask is None else _numeric(mask, logp),\n'
+    '            kl_estimator_type=kind)\n'
+    '\n'
+    '    # --- losses -----------------------------------------------------------------------------\n'
+    '\n'
+    '    def aggregate(self, values, mask, mode="token-mean", norm_len=None):\n'
+    '        red = self._agg(mode, "aggregate")\n'
+    '        return _skyrl().pu.reduce_loss(values, _numeric(mask, values), red,\n'
+    '                                       self._max_seq_len(values, norm_len))\n'
+    '\n'
+    '    def ppo_clip_loss(self, logp, old_logp, advantages, mask, clip_low=0.2, clip_high=None,\n'
+    '                      dual_clip=None, agg="token-mean", norm_len=None):\n'
+    '        red = self._agg(agg, "ppo_clip_loss")\n'
+    '        loss_type = "regular" if dual_clip is None else "dual_clip"\n'
+    '        opts = {"policy_loss_type": loss_type, "loss_reduction": red,\n'
+    '                "eps_clip_low": clip_low, "eps_clip_high": clip_low if clip_high is None else clip_high,\n'
+    '                "max_seq_len": self._max_seq_len(logp, norm_len)}\n'
+    '        if dual_clip is not None:\n'
+    '            opts["clip_ratio_c"] = dual_clip\n'
+    '        cfg = _algorithm(**opts)\n'
+    '        fn = _skyrl().pu.PolicyLossRegistry.get(cfg.policy_loss_type)\n'
+    '        # skyrl_train/workers/worker.py:657-664\n'
+    '        loss, _clip_ratio = fn(logp, old_logp, support.per_token(advantages, logp), config=cfg,\n'
+    '                               loss_mask=_numeric(mask, logp), rollout_logprobs=None)\n'
+    '        return loss\n'
+    '\n'
+    '    def value_loss(self, values, old_values, returns, mask, clip=None, agg="token-mean",\n'
+    '                   norm_len=None):\n'
+    '        support.honour(self, "agg", agg, "value_loss",\n'
+    '                       why="the critic loss always reduces as sequence_mean (each row\'s token "\n'
+    '                           "mean, then the batch mean), whatever loss_reduction says ("\n'
+    '                           + _at(PU, 195) + ")")\n'
+    '        cfg = _algorithm(value_clip=clip)\n'
+    '        # skyrl_train/workers/worker.py:926-932\n'
+    '        loss, _clipfrac = _skyrl().pu.ppo_critic_loss(values, old_values, returns, config=cfg,\n'
+    '                                                      loss_mask=_numeric(mask, values))\n'
+    '        return loss\n'
+    '\n'
+    '    # --- log-probabilities -------------------------------------------------------------------\n'
+    '\n'
+    '    def token_logprobs(self, logits, tokens):\n'
+    '        return _skyrl().tu.logprobs_from_logits(logits, tokens)\n'
+    '\n'
+    '\n'
+    '# --- declarations (lines of the installed skyrl-train 0.3.1) ------------------------------------\n'
+    '\n'
+    "SHIMS: dict = {}       # none: every call is skyrl's own, with translated conventions only\n"
+    '\n'
+    'def _padding(estimator: str, line: int) -> dict:\n'
+    '    code = {88: "masked_mean\'s tensor * mask", 899: "loss * loss_mask"}[line]\n'
+    '    why = support.masks_by_multiplication(_at(PU, line), code=code, reaches="the loss")\n'
+    '    return {f"{estimator}/padding-{fill}": why for fill in ("inf", "nan")}\n'
+    '\n'
+    '\n'
+    '#: compute_gae_advantage_return whitens its advantages (exact-advantage and the GAE edge checks)\n'
+    'GAE_WHITENS = ("whitens the advantages over the batch (masked_whiten) before returning them, so "\n'
+    '               "they are not the GAE advantages: the returns agree (" + _at(PU + ":1025") + ")")\n'
+    "#: compute_approx_kl's clamps (kl_estimate/large-log-ratios, and beyond +-20)\n"
+    'KL_CLAMP = support.clamps("k3\'s log-ratio and estimate", "[-20, 20] and [-10, 10]", _at(PU, "118-121"))\n'
+    "#: _safe_exp_delta's clamp of the PPO log-ratio\n"
+    'PPO_LOG_RATIO_CLAMP = support.clamps(\n'
+    '    "the log-ratio of the policy loss before exp (_safe_exp_delta(..., clip=20.0))", "[-20, 20]",\n'
+    '    _at(PU, "551, :573"),\n'
+    '    "where the policies drifted apart the ratio stops at e^20 and the token\'s gradient is 0: at "\n'
+    '    "a log-ratio of 25 with advantage -0.5 the token\'s loss is 2.42583e+08 instead of "\n'
+    '    "3.60024e+10, with gradient 0 instead of 3.60024e+10")\n'
+    "#: _safe_exp_delta's float32 exp: a float64 loss carries float32 rounding\n"
+    'PPO_RATIO_FLOAT32 = ("_safe_exp_delta exponentiates the log-ratio in float32 "\n'
+    '                     "(delta.to(torch.float32)) and casts the ratio back to the input\'s dtype, so a "\n'
+    '                     "float64 loss and its gradient carry float32 rounding (" + _at(PU, "551, :573")\n'
+    '                     + ")")\n'
+    '\n'
+    'DEVIATIONS = {\n'
+    '    # GAE\n'
+    '    "gae/matches-reference": "ignores the mask in the recursion (the value after the last real "\n'
+    '        "token is the padded entry values[:, t + 1], not 0) and whitens the advantages over the "\n'
+    '        "batch, padded entries not zeroed (" + _at(PU + ":1018") + "; " + _at(PU + ":1025") + ")",\n'
+    '    "gae/exact-advantage-with-true-values": GAE_WHITENS,\n'
+    '    "gae/lam-zero-gives-td-error": GAE_WHITENS,\n'
+    '    "gae/lam-one-gives-return-minus-value": GAE_WHITENS,\n'
+    '    "gae/gamma-zero-gives-reward-minus-value": GAE_WHITENS,\n'
+    '    "gae/gradient-matches-reference": support.no_grad("rewards or values", _at(PU, 1012)),\n'
+    '    "gae/padding-1e30": "reads padded values and rewards: the recursion runs over the whole "\n'
+    '        "padded width, nextvalues = values[:, t + 1] (" + _at(PU + ":1018") + ")",\n'
+    '    "gae/padding-inf": "reads padded values and rewards in the recursion over the whole padded "\n'
+    '        "width, so inf reaches the real tokens (" + _at(PU + ":1018") + ")",\n'
+    '    "gae/padding-nan": "reads padded values and rewards in the recursion over the whole padded "\n'
+    '        "width, so NaN reaches the real tokens (" + _at(PU + ":1018") + ")",\n'
+    '    "gae/rejects-lam-outside-unit-interval": support.no_validation("lambd", _at(PU, 999)),\n'
+    '    "gae/rejects-row-without-real-token": support.no_validation(\n'
+    '        "the mask", _at(PU, 999), "a row without a real token is processed"),\n'
+    '    # returns (REINFORCE++)\n'
+    '    "discounted_returns/matches-reference": "returns at padded positions are the padded rewards "\n'
+    '        "(plus the discounted tail), not 0: returns[:, t] is stored before the mask resets the "\n'
+    '        "running return (" + _at(PU + ":935-937") + ")",\n'
+    '    "discounted_returns/gradient-matches-reference": support.no_grad("the rewards", _at(PU, 929)),\n'
+    '    "discounted_returns/padding-1e30": "returns at padded positions are the padded rewards, not 0 "\n'
+    '        "(" + _at(PU + ":935-937") + ")",\n'
+    '    "discounted_returns/padding-inf": "masks by multiplying, running_return * response_mask, so "\n'
+    '        "inf padding becomes NaN and is carried into the real tokens (" + _at(PU + ":937") + ")",\n'
+    '    "discounted_returns/padding-nan": "masks by multiplying, running_return * response_mask, so "\n'
+    '        "NaN padding is carried into the real tokens (" + _at(PU + ":937") + ")",\n'
+    '    "discounted_returns/rejects-gamma-outside-unit-interval": support.no_validation(\n'
+    '        "gamma", _at(PU, 911)),\n'
+    '    "discounted_returns/rejects-integer-rewards": "accepts integer rewards (zeros_like of the "\n'
+    '        "rewards); nothing checks the dtype (" + _at(PU + ":930") + ")",\n'
+    '    # groups\n'
+    '    "group_normalized_advantages/rejects-group-of-one": "a group of one gets mean 0 and std 1, so "\n'
+    '        "its advantage is s / (1 + eps), not an error (" + _at(PU + ":1064-1066") + ")",\n'
+    '    "leave_one_out_advantages/rejects-group-of-one": "a group of one gets advantage 0 (with a "\n'
+    '        "logged warning), not an error (" + _at(PU + ":992") + ")",\n'
+    "    # whitening (the trainer's advantage_batch_normalize)\n"
+    '    "batch_normalized_advantages/matches-reference": "normalize_advantages_dict takes the mean "\n'
+    '        "over every entry, padded ones included, divides the masked sum of squares by the count "\n'
+    '        "(biased variance), and leaves padded outputs non-zero (" + _at(PU + ":142-147") + ")",\n'
+    '    "batch_normalized_advantages/exact-bias-shrinks-with-batch-size": "the variance divides by "\n'
+    '        "the number of real entries, not by that number minus one (" + _at(PU + ":145") + ")",\n'
+    '    "batch_normalized_advantages/padding-*": "the mean is advantages.mean() over every entry, "\n'
+    '        "padded ones included, so padding moves every output (" + _at(PU + ":142") + ")",\n'
+    '    "batch_normalized_advantages/rejects-fewer-than-two-real-entries": support.no_validation(\n'
+    '        "the count of real entries", _at(PU, 140)),\n'
+    '    # KL\n'
+    '    "kl_estimate/gradient-matches-reference": "compute_approx_kl is decorated with "\n'
+    '        "@torch.no_grad(), so no gradient reaches logp, also where the actor uses it as its KL "\n'
+    '        "loss (" + _at(PU + ":91") + ")",\n'
+    '    "kl_estimate/exact-loss-gradients": "compute_approx_kl runs under @torch.no_grad(): used as "\n'
+    '        "the actor\'s KL loss term, its expected gradient is 0 instead of the per-state KL "\n'
+    '        "gradient (" + _at(PU + ":91") + "; workers/worker.py:680)",\n'
+    '    "kl_estimate/large-log-ratios": KL_CLAMP,\n'
+    '    "kl_estimate/log-ratios-beyond-20": KL_CLAMP,\n'
+    '    "kl_estimate/padding-inf": "masks by multiplying, kld * loss_mask, which keeps the NaN of "\n'
+    '        "inf - inf at padded positions (" + _at(PU + ":126") + ")",\n'
+    '    "kl_estimate/padding-nan": "masks by multiplying, kld * loss_mask, which keeps NaN at padded "\n'
+    '        "positions (" + _at(PU + ":126") + ")",\n'
+    '    "kl_estimate/rejects-mixed-float-dtypes": support.type_promotion(_at(PU, 107)),\n'
+    '    # critic (always sequence_mean, so in every variant: masked_mean)\n'
+    '    **_padding("value_loss", 88),\n'
+    '    # losses and reduction, in every reduction\n'
+    '    "aggregate/rejects-mask-with-hole": support.no_validation(\n'
+    '        "the mask in reduce_loss", _at(PU, 881),\n'
+    '        "a mask whose real tokens are not a prefix is reduced as given"),\n'
+    '    "ppo_clip_loss/log-ratios-beyond-20": PPO_LOG_RATIO_CLAMP,\n'
+    '    "ppo_clip_loss/matches-reference": PPO_RATIO_FLOAT32,\n'
+    '    "ppo_clip_loss/gradient-equals-policy-gradient-at-old-policy": PPO_RATIO_FLOAT32,\n'
+    '    "ppo_clip_loss/gradient-zero-when-clipped": PPO_RATIO_FLOAT32,\n'
+    '    "ppo_clip_loss/dual-clip-inside-clip-range": PPO_RATIO_FLOAT32,\n'
+    '    "ppo_clip_loss/rejects-dual-clip-at-most-one": support.no_validation(\n'
+    '        "clip_ratio_c", _at(PU, 580), "a value <= 1 is applied as given"),\n'
+    '    "value_loss/rejects-shape-mismatch": "without a value clip ppo_critic_loss never reads "\n'
+    '        "old_values, so its shape is not checked (" + _at(PU, "185-193") + ")",\n'
+    '}\n'
+    '\n'
+    '# deviations that depend on the variant\'s reduction (its capabilities["agg"]): token_mean and\n'
+    '# sequence_mean reduce through masked_mean, seq_mean_token_sum_norm sums loss * loss_mask itself\n'
+    'DEVIATIONS_BY_REDUCTION = (\n'
+    '    support.when("agg", ["token-mean", "seq-mean-token-mean"],\n'
+    '                 {**_padding("aggregate", 88), **_padding("ppo_clip_loss", 88)}),\n'
+    '    support.when("agg", "seq-mean-token-sum-norm",\n'
+    '                 {**_padding("aggregate", 899), **_padding("ppo_clip_loss", 899)}),\n'
+    ')\n'
+    '\n'
+    '\n'
+    'def declarations(capabilities: dict) -> dict:\n'
+    '    """A variant\'s known deviations, from what it honours (its reduction)."""\n'
+    '    return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_REDUCTION)\n'
+    '\n'
+    '\n'
+    'Skyrl.shims = SHIMS\n'
+    '\n'
+    'skyrl = Skyrl()\n'
+    'skyrl_sequence_mean = Skyrl("sequence_mean")\n'
+    'skyrl_seq_mean_token_sum_norm = Skyrl("seq_mean_token_sum_norm")\n'
+    'VARIANTS = (skyrl, skyrl_sequence_mean, skyrl_seq_mean_token_sum_norm)\n'
+]))
+
+VENDORED['conformance.adapters.support'] = (False, ''.join([
+    '"""What the bundled adapters share, framework-free: capabilities, layouts, config defaults,\n'
+    'citations, templated deviation sentences and the identification of KL estimators.\n'
+    '\n'
+    'An adapter translates calling conventions (docs/contract.md, "What an adapter may and may not\n'
+    'do"); the translations that recur across frameworks live here once:\n'
+    '\n'
+    '- capabilities: ``honour`` (the backstop an adapter keeps for a direct caller: ``Unsupported``\n'
+    '  for an option its own ``capabilities`` do not list) and ``declarations`` / ``when`` (known\n'
+    '  deviations that depend on what a variant honours, e.g. on its aggregation mode, built from the\n'
+    "  variant's ``capabilities`` instead of lists of check ids);\n"
+    "- layouts: ``contiguous_groups`` / ``restore`` (a trainer that hands over every prompt's samples\n"
+    '  contiguously, in groups of one size), ``per_pair`` (a preference loss the framework returns as\n'
+    '  a batch mean), ``per_token`` ((B,) advantages broadcast over tokens);\n'
+    "- config: ``field_default`` (a dataclass field's default) and ``param_default`` (a signature's);\n"
+    '- citations: ``cite`` / ``citer`` ("path:line, framework version", the version from ``pins``);\n'
+    '- sentences: ``masks_by_multiplication``, ``no_validation``, ``no_grad``, ``clamps``,\n'
+    '  ``type_promotion``;\n'
+    "- KL: ``kl_kind`` / ``kl_kind_of`` (which of the contract's k1, k2, k3 a framework's KL\n"
+    '  computes, compared with ``refimpl.kl_estimate``).\n'
+    '\n'
+    'It imports ``conformance`` (``Unsupported``), ``conformance.contract``, ``pins``, ``refimpl``\n'
+    'and torch; never a framework, never the harness.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import dataclasses\n'
+    'import inspect\n'
+    'from types import SimpleNamespace\n'
+    'from typing import Callable, Mapping\n'
+    '\n'
+    'import torch\n'
+    '\n'
+    'import refimpl\n'
+    'from conformance import Unsupported, contract\n'
+    'from conformance.adapters.pins import DISTRIBUTIONS, PINS\n'
+    'from conformance.contract import AGG_MODES, KL_KINDS, capability\n'
+    '\n'
+    "#: the contract's aggregation modes that take each row's mean or sum first\n"
+    'SEQ_MEAN_MODES = tuple(m for m in AGG_MODES if m.startswith("seq-mean-"))\n'
+    '\n'
+    '\n'
+    '# --- capabilities ---------------------------------------------------------------------------------\n'
+    '\n'
+    'def honoured(adapter, name: str, function: str | None = None):\n'
+    '    """What ``adapter`` (an object with ``capabilities``, or the dict itself) honours for\n'
+    '    capability ``name`` in ``function`` (a ``"<function>.<capability>"`` key wins)."""\n'
+    '    if isinstance(adapter, Mapping):\n'
+    '        adapter = SimpleNamespace(capabilities=dict(adapter))\n'
+    '    return capability(adapter, name, function)\n'
+    '\n'
+    '\n'
+    'def honour(adapter, name: str, value, function: str | None = None, default=None, why: str = ""):\n'
+    '    """The capability backstop of a direct call: ``value`` if ``adapter``\'s own capabilities\n'
+    '    honour it, else ``Unsupported``. For a list-valued capability (``agg``, ``scale``,\n'
+    "    ``kl_kind``) a value outside the contract's vocabulary passes through unchanged (rejecting\n"
+    "    it is the framework's job); for a boolean one, ``default`` (the value that needs no\n"
+    '    capability: None unless given) always passes. ``why`` (a sentence with its citation) is\n'
+    '    appended to the message."""\n'
+    '    if isinstance(adapter, Mapping):\n'
+    '        adapter = SimpleNamespace(capabilities=dict(adapter))\n'
+    '    if contract.honours(adapter, name, value, function, default):\n'
+    '        return value\n'
+    '    shown = honoured(adapter, name, function)\n'
+    '    shown = list(shown) if isinstance(shown, tuple) else shown\n'
+    '    who = getattr(adapter, "name", "this variant")\n'
+    '    where = f"{function}\'s " if function else ""\n'
+    '    raise Unsupported(f"{who} does not honour {where}{name}={value!r} (its capabilities: "\n'
+    '                      f"{name} = {shown})" + (f": {why}" if why else ""))\n'
+    '\n'
+    '\n'
+    'def translate(adapter, name: str, value, table: Mapping, function: str | None = None,\n'
+    '              why: str = "", unknown: str = "unsupported"):\n'
+    '    """A contract option value -> the framework\'s setting for it (``table``), after the\n'
+    '    ``honour`` backstop. A value without an entry in ``table`` (an unknown mode, in a validation\n'
+    '    check) has no counterpart in the framework: ``Unsupported(why)``, or, with\n'
+    '    ``unknown="pass"``, the value itself, handed to the framework to judge."""\n'
+    '    honour(adapter, name, value, function, why=why)\n'
+    '    if value in table:\n'
+    '        return table[value]\n'
+    '    if unknown == "pass":\n'
+    '        return value\n'
+    '    raise Unsupported(f"{name}={value!r} has no counterpart in the framework, whose setting takes "\n'
+    '                      f"{\', \'.join(map(repr, table))}" + (f": {why}" if why else ""))\n'
+    '\n'
+    '\n'
+    '@dataclasses.dataclass(frozen=True)\n'
+    'class When:\n'
+    '    """Known deviations that hold for the variants honouring any of ``values`` (or, for a\n'
+    '    boolean capability, ``values is True`` and the variant honours it)."""\n'
+    '    capability: str                         # "agg", or narrowed: "value_loss.agg"\n'
+    '    values: tuple\n'
+    '    deviations: Mapping[str, str]\n'
+    '\n'
+    '    def holds(self, capabilities: Mapping) -> bool:\n'
+    '        function, _, name = self.capability.rpartition(".")\n'
+    '        honours = honoured(capabilities, name, function or None)\n'
+    '        if isinstance(honours, bool):\n'
+    '            return honours in self.values\n'
+    '        return any(v in honours for v in self.values)\n'
+    '\n'
+    '\n'
+    'def when(capability_key: str, values, deviations: Mapping[str, str]) -> When:\n'
+    '    """``deviations`` apply to a variant whose ``capabilities[capability_key]`` (narrowed per\n'
+    '    function or not) contains any of ``values`` (a value or a list of values)."""\n'
+    '    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)\n'
+    '    return When(capability_key, values, dict(deviations))\n'
+    '\n'
+    '\n'
+    'def declarations(capabilities: Mapping, *parts: Mapping[str, str] | When) -> dict[str, str]:\n'
+    '    """A variant\'s ``known_deviations``: the plain dicts in ``parts`` and each ``when(...)``\n'
+    '    whose condition holds for ``capabilities``, merged in order (two sentences for one key are\n'
+    '    joined with "; ")."""\n'
+    '    out: dict[str, str] = {}\n'
+    '    for part in parts:\n'
+    '        if isinstance(part, When):\n'
+    '            if not part.holds(capabilities):\n'
+    '                continue\n'
+    '            part = part.deviations\n'
+    '        for key, sentence in part.items():\n'
+    '            out[key] = sentence if out.get(key) in (None, sentence) else f"{out[key]}; {sentence}"\n'
+    '    return out\n'
+    '\n'
+    '\n'
+    '# --- layouts --------------------------------------------------------------------------------------\n'
+    '\n'
+    'def contiguous_groups(group_ids: torch.Tensor, why: str, *per_sample: torch.Tensor):\n'
+    '    """The order that sorts samples stably into contiguous groups, and the group size ``G``, for\n'
+    "    a trainer that hands each prompt's samples over together and reshapes to ``(-1, G)``.\n"
+    '    Groups of unequal size cannot come out of such a trainer: ``Unsupported(why)``; nor can\n'
+    '    ``per_sample`` inputs (scores) that are not one value per group id."""\n'
+    '    if group_ids.dim() != 1 or any(x.dim() != 1 or x.shape != group_ids.shape for x in per_sample):\n'
+    '        raise Unsupported("the trainer hands over one value and one group id per sample; these "\n'
+    '                          "shapes have no such layout")\n'
+    '    _, counts = torch.unique(group_ids, return_counts=True)\n'
+    '    if bool((counts != counts[0]).any()):\n'
+    '        raise Unsupported(f"groups of sizes {sorted(set(counts.tolist()))}: {why}")\n'
+    '    return torch.argsort(group_ids, stable=True), int(counts[0])\n'
+    '\n'
+    '\n'
+    'def restore(out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:\n'
+    '    """Put per-sample results computed in ``order`` (``contiguous_groups``) back in the caller\'s\n'
+    '    order."""\n'
+    '    result = torch.empty_like(out)\n'
+    '    result[order] = out\n'
+    '    return result\n'
+    '\n'
+    '\n'
+    'def slots(order: torch.Tensor) -> list[int]:\n'
+    '    """Each sample\'s position in the contiguous layout ``order`` (its inverse permutation)."""\n'
+    '    inverse = torch.empty_like(order)\n'
+    '    inverse[order] = torch.arange(len(order))\n'
+    '    return inverse.tolist()\n'
+    '\n'
+    '\n'
+    'def per_pair(call_one: Callable[[int], torch.Tensor], n: int,\n'
+    '             whole: Callable[[], object] | None = None) -> torch.Tensor:\n'
+    '    """The per-pair losses of a framework loss that returns the batch mean: one call per pair.\n'
+    '    ``whole``, if given, is called once first on the whole batch, as the trainer calls it, so\n'
+    '    that whatever the framework rejects it rejects here."""\n'
+    '    if whole is not None:\n'
+    '        whole()\n'
+    '    return torch.stack([call_one(i) for i in range(n)])\n'
+    '\n'
+    '\n'
+    'def per_token(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:\n'
+    '    """(B,) advantages broadcast over the tokens of ``like`` (B, T); (B, T) ones unchanged."""\n'
+    '    return advantages.unsqueeze(-1).expand_as(like) if advantages.dim() == 1 else advantages\n'
+    '\n'
+    '\n'
+    '# --- config defaults ------------------------------------------------------------------------------\n'
+    '\n'
+    'def field_default(cls, name: str):\n'
+    '    """The default of dataclass field ``name`` of ``cls`` (its factory called)."""\n'
+    '    for f in dataclasses.fields(cls):\n'
+    '        if f.name == name:\n'
+    '            if f.default is not dataclasses.MISSING:\n'
+    '                return f.default\n'
+    '            if f.default_factory is not dataclasses.MISSING:\n'
+    '                return f.default_factory()\n'
+    '            break\n'
+    '    raise KeyError(f"{cls.__name__}.{name} has no default")\n'
+    '\n'
+    '\n'
+    'def param_default(fn, name: str):\n'
+    '    """The default of parameter ``name`` of ``fn`` (a class: its ``__init__``)."""\n'
+    '    fn = fn.__init__ if inspect.isclass(fn) else fn\n'
+    '    return inspect.signature(fn).parameters[name].default\n'
+    '\n'
+    '\n'
+    '# --- citations ------------------------------------------------------------------------------------\n'
+    '\n'
+    'def cite(path: str, line=None, framework: str | None = None, version: str | None = None) -> str:\n'
+    '    """``"path:line, framework version"``; ``framework`` is a key of ``pins.PINS`` (its version\n'
+    '    is the pin unless given) or a distribution name with ``version``; ``line`` may be a range\n'
+    '    or several (``"3153-3173"``, ``"1637, :2765"``) or already part of ``path``."""\n'
+    '    where = path if line is None else f"{path}:{line}"\n'
+    '    if framework is None:\n'
+    '        return where\n'
+    '    name = DISTRIBUTIONS.get(framework, framework)\n'
+    '    return f"{where}, {name} {version or PINS[framework]}"\n'
+    '\n'
+    '\n'
+    'def citer(framework: str) -> Callable[..., str]:\n'
+    '    """``cite`` bound to one framework at its pin: ``at = citer("trl"); at(GT, 3116)``."""\n'
+    '    def at(path: str, line=None) -> str:\n'
+    '        return cite(path, line, framework)\n'
+    '    return at\n'
+    '\n'
+    '\n'
+    '# --- templated deviation sentences ----------------------------------------------------------------\n'
+    '\n'
+    'def masks_by_multiplication(where: str, what: str = "the per-token loss", code: str = "",\n'
+    '                            reaches: str = "the result") -> str:\n'
+    '    code = f", {code}," if code else ""\n'
+    '    return (f"multiplies {what} by the mask{code} instead of selecting with it, so NaN or inf at "\n'
+    '            f"a padded position reaches {reaches} (NaN * 0 = NaN, inf * 0 = NaN) ({where})")\n'
+    '\n'
+    '\n'
+    'def qualify(sentence: str, estimator: str, *checks: str) -> dict[str, str]:\n'
+    '    """A ``qualified`` declaration (docs/contract.md, "Declarations"): ``sentence`` for each of\n'
+    "    ``estimator``'s ``checks`` (ids or globs after the slash), the passes that cannot show what\n"
+    '    the adapter\'s shaping of the input hides."""\n'
+    '    return {f"{estimator}/{c}": sentence for c in checks}\n'
+    '\n'
+    '\n'
+    '#: the value and gradient checks of each preference loss (its dtype, mutation and input checks\n'
+    '#: are not about values, so a shaped input hides nothing from them)\n'
+    'PREFERENCE_VALUE_CHECKS = {\n'
+    '    "dpo_loss": ("*matches-reference", "gradient-weight-beta-sigmoid", "large-gap-float32",\n'
+    '                 "exact-minimiser-with-label-smoothing", "log2-at-zero-margin"),\n'
+    '    "ipo_loss": ("*matches-reference", "large-gap-float32", "exact-minimiser"),\n'
+    '    "bradley_terry_loss": ("*matches-reference", "gradient-is-sigmoid-minus-one",\n'
+    '                           "large-gap-float32", "exact-preference-probability-recovered"),\n'
+    '}\n'
+    '\n'
+    '\n'
+    'def no_validation(what: str, where: str, consequence: str = "") -> str:\n'
+    '    return f"does not validate {what}" + (f"; {consequence}" if consequence else "") + f" ({where})"\n'
+    '\n'
+    '\n'
+    'def no_grad(what: str, where: str) -> str:\n'
+    '    return f"computes under torch.no_grad, so no gradient reaches {what} ({where})"\n'
+    '\n'
+    '\n'
+    'def clamps(what: str, bounds: str, where: str, example: str = "") -> str:\n'
+    '    return f"clamps {what} to {bounds}" + (f": {example}" if example else "") + f" ({where})"\n'
+    '\n'
+    '\n'
+    'def type_promotion(where: str) -> str:\n'
+    '    return f"mixes float dtypes by silent type promotion, with no dtype check ({where})"\n'
+    '\n'
+    '\n'
+    '# --- KL estimators --------------------------------------------------------------------------------\n'
+    '\n'
+    '_PROBE = torch.tensor([-1.5, -0.3, 0.4, 2.0], dtype=torch.float64)     # log-ratios logp - ref\n'
+    '\n'
+    '\n'
+    'def kl_kind(values, log_ratio, tol: float = 1e-6) -> str | None:\n'
+    '    """Which of the contract\'s estimators (``refimpl.kl_estimate``, kind k1, k2 or k3) gives\n'
+    '    ``values`` at ``log_ratio`` (= logp - ref_logp); None if none does."""\n'
+    '    lr = torch.as_tensor(log_ratio, dtype=torch.float64)\n'
+    '    got = torch.as_tensor(values, dtype=torch.float64).detach().cpu()\n'
+    '    for kind in KL_KINDS:\n'
+    '        want = refimpl.kl_estimate(lr, torch.zeros_like(lr), None, kind)\n'
+    '        if got.shape == want.shape and torch.allclose(got, want, rtol=tol, atol=tol):\n'
+    '            return kind\n'
+    '    return None\n'
+    '\n'
+    '\n'
+    'def kl_kind_of(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> str | None:\n'
+    '    """Which contract estimator ``fn(logp, ref_logp) -> per-token KL`` computes, found by\n'
+    '    evaluating it at a few log-ratios (float64, shape (1, 4))."""\n'
+    '    logp = _PROBE.unsqueeze(0)\n'
+    '    return kl_kind(fn(logp, torch.zeros_like(logp)), logp)\n'
+    '\n'
+    '\n'
+    '__all__ = ["SEQ_MEAN_MODES", "When", "cite", "citer", "clamps", "contiguous_groups",\n'
+    '           "declarations", "field_default", "honour", "honoured", "kl_kind", "kl_kind_of",\n'
+    '           "masks_by_multiplication", "no_grad", "no_validation", "param_default", "per_pair",\n'
+    '           "per_token", "restore", "slots", "translate", "type_promotion", "when"]\n'
+]))
+
+VENDORED['conformance.contract'] = (False, ''.join([
+    '"""The contract as data: the names an adapter may import, and the vocabularies the harness reads.\n'
+    '\n'
+    'This module is the whole of ``conformance`` that a bundled or foreign adapter needs (besides\n'
+    'the framework-free helpers in ``conformance.adapters.support``): the ``Unsupported`` exception,\n'
+    'the option vocabularies of the canonical functions, the ``capabilities`` an adapter may declare\n'
+    'and the keys of ``framework_defaults``. It imports nothing of the harness. The user-facing text\n'
+    'is ``docs/contract.md`` (shipped as ``conformance/contract.md``); a test keeps the two in\n'
+    'agreement.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'from conformance import Unsupported\n'
+    '\n'
+    'CONTRACT_VERSION = "1.1"\n'
+    '\n'
+    'AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")\n'
+    'SCALES = ("group", "batch", "none")\n'
+    'KL_KINDS = ("k1", "k2", "k3")\n'
+    '\n'
+    '#: the algorithms of the training-step section (``train_step``/``train_run``; refimpl.recipes)\n'
+    'ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo",\n'
+    '              "reward_model")\n'
+    "#: the keys of a training step's ``config`` (complete on every call)\n"
+    'TRAIN_CONFIG_KEYS = ("algorithm", "beta", "kl_kind", "kl_in", "clip_low", "clip_high",\n'
+    '                     "dual_clip", "scale", "eps", "agg", "norm_len", "gamma", "lam",\n'
+    '                     "label_smoothing", "tau", "vf_coef", "value_clip", "whiten", "grad_accum",\n'
+    '                     "temperature")\n'
+    '\n'
+    '#: capability -> (what a variant honours when it declares nothing, what the capability means).\n'
+    '#: List-valued capabilities name the option values honoured; boolean ones whether an option\n'
+    '#: may be set at all (False: only its default, None/0, is honoured).\n'
+    'CAPABILITIES: dict[str, tuple[object, str]] = {\n'
+    '    "agg": (AGG_MODES, "aggregation modes (`agg`/`mode`) of aggregate and the losses"),\n'
+    '    "scale": (SCALES, "`scale` values of group_normalized_advantages"),\n'
+    '    "kl_kind": (KL_KINDS, "`kind` values of kl_estimate and kl_penalized_rewards"),\n'
+    '    "clip_high": (True, "ppo_clip_loss takes a `clip_high` other than `clip_low`"),\n'
+    '    "dual_clip": (True, "ppo_clip_loss takes `dual_clip`"),\n'
+    '    "value_clip": (True, "value_loss takes `clip`"),\n'
+    '    "norm_len": (True, "losses take a `norm_len` other than the padded width"),\n'
+    '    "unequal_groups": (True, "groups of unequal size in one call"),\n'
+    '    "margin": (True, "bradley_terry_loss takes `margin`"),\n'
+    '    "label_smoothing": (True, "dpo_loss takes a nonzero `label_smoothing`"),\n'
+    '    "eps": (True, "an `eps` other than the default in group and batch normalisation"),\n'
+    '}\n'
+    '\n'
+    '#: the keys of ``framework_defaults()``: one vocabulary for every framework, so the comparison\n'
+    "#: table lines up. Values are whatever the framework's config classes hold (None: no setting).\n"
+    'DEFAULTS_KEYS: dict[str, str] = {\n'
+    '    "advantage_estimator": "the advantage estimator the default config selects",\n'
+    '    "loss_type": "the framework\'s loss-type switch (TRL, Liger: loss_type; OpenRLHF, skyrl: "\n'
+    '                 "policy loss type)",\n'
+    '    "loss_agg": "the aggregation mode, in the contract\'s names",\n'
+    '    "clip_low": "PPO clip epsilon below 1",\n'
+    '    "clip_high": "PPO clip epsilon above 1",\n'
+    '    "dual_clip": "dual-clip constant c (None: off)",\n'
+    '    "dual_clip_if_enabled": "dual-clip constant c used when the dual clip is switched on (skyrl: "\n'
+    '                            "policy_loss_type \'dual_clip\')",\n'
+    '    "value_clip": "value clipping epsilon (None: off)",\n'
+    '    "gamma": "discount",\n'
+    '    "gae_lambda": "GAE lambda",\n'
+    '    "group_size": "samples per prompt",\n'
+    '    "grpo_scale": "group advantage scale, in the contract\'s names (group, batch, none)",\n'
+    '    "adv_eps": "eps of the group std normalisation",\n'
+    '    "whiten_eps": "eps of batch whitening",\n'
+    '    "whiten_advantages": "whether advantages are whitened over the batch",\n'
+    '    "kl_in": "where the KL goes: \'loss\', \'reward\' or None (no KL)",\n'
+    '    "kl_beta": "KL coefficient where the default config puts the KL",\n'
+    '    "kl_estimator": "KL estimator (k1, k2, k3) where the default config puts the KL",\n'
+    '    "kl_beta_if_in_loss": "KL coefficient used when the KL is a loss term",\n'
+    '    "kl_estimator_if_in_loss": "KL estimator used when the KL is a loss term",\n'
+    '    "kl_beta_if_in_reward": "KL coefficient used when the KL is in the reward",\n'
+    '    "kl_estimator_if_in_reward": "KL estimator used when the KL is in the reward",\n'
+    '    "kl_importance_weighted": "whether the KL term is multiplied by the importance ratio",\n'
+    '    "dpo_beta": "DPO beta",\n'
+    '    "dpo_label_smoothing": "DPO label smoothing",\n'
+    '    "dpo_loss_type": "DPO loss-type switch",\n'
+    '    "rm_loss_type": "reward-model loss",\n'
+    '    "reward_clip_range": "clipping of rewards before the advantage",\n'
+    '    "reward_center_coefficient": "reward-model centering coefficient",\n'
+    '    "max_completion_length": "generation budget (Dr. GRPO\'s norm_len)",\n'
+    '    "rloo_normalize_advantages": "whether RLOO advantages are normalised",\n'
+    '}\n'
+    '\n'
+    '\n'
+    'def capability(adapter, name: str, estimator: str | None = None):\n'
+    '    """What ``adapter`` declares it honours for capability ``name`` (the default if undeclared).\n'
+    '\n'
+    '    A declaration may be narrowed for one function with the key ``"<function>.<capability>"``\n'
+    '    (``"value_loss.agg": ["token-mean"]`` where the critic aggregates one way only); that key\n'
+    '    wins for calls of that function."""\n'
+    '    if name not in CAPABILITIES:\n'
+    '        raise ValueError(f"unknown capability {name!r}; known: {\', \'.join(CAPABILITIES)}")\n'
+    '    declared = getattr(adapter, "capabilities", None) or {}\n'
+    '    value = declared.get(name, CAPABILITIES[name][0])\n'
+    '    if estimator is not None:\n'
+    '        value = declared.get(f"{estimator}.{name}", value)\n'
+    '    return tuple(value) if isinstance(value, (list, tuple)) else value\n'
+    '\n'
+    '\n'
+    'def honours(adapter, name: str, value, estimator: str | None = None, default=None) -> bool:\n'
+    '    """Whether ``adapter`` honours capability ``name`` set to ``value`` in ``estimator``.\n'
+    '\n'
+    '    A list-valued capability (``agg``, ``scale``, ``kl_kind``) honours the values it lists; a\n'
+    "    value outside the contract's vocabulary (an unknown mode) is not the capability's business\n"
+    "    and counts as honoured (rejecting it is the implementation's job). A boolean capability\n"
+    '    that is False honours only the value that needs no capability: None, or ``default``."""\n'
+    '    allowed = capability(adapter, name, estimator)\n'
+    '    vocabulary = CAPABILITIES[name][0]\n'
+    '    if isinstance(vocabulary, tuple):\n'
+    '        return not isinstance(value, str) or value not in vocabulary or value in allowed\n'
+    '    plain = isinstance(value, (bool, int, float, str))        # a tensor margin is never a default\n'
+    '    return allowed is True or value is None or (plain and value == default)\n'
+    '\n'
+    '\n'
+    '#: declarations keyed by check-id globs whose values are sentences or URLs (str -> str):\n'
+    '#: ``upstream`` (where the framework tracks a deviation) and ``qualified`` (a pass that holds\n'
+    "#: only because the adapter shaped the input so that the framework's behaviour cannot show)\n"
+    'STRING_DECLARATIONS = ("upstream", "qualified")\n'
+    '\n'
+    '\n'
+    'def declaration_errors(adapter) -> list[str]:\n'
+    '    """Problems with an adapter\'s ``capabilities`` (unknown names, values outside the\n'
+    '    vocabulary) and with its ``upstream`` and ``qualified`` declarations (each a dict of\n'
+    '    check-id glob -> str); the runner reports them as warnings."""\n'
+    '    out = []\n'
+    '    for what in STRING_DECLARATIONS:\n'
+    '        declared = getattr(adapter, what, None)\n'
+    '        if declared is None:\n'
+    '            continue\n'
+    '        if not isinstance(declared, dict):\n'
+    '            out.append(f"{what} should be a dict of check-id glob -> str, got "\n'
+    '                       f"{type(declared).__name__}")\n'
+    '            continue\n'
+    '        out += [f"{what}[{k!r}] should be a non-empty str (glob -> str), got {v!r}"\n'
+    '                for k, v in declared.items()\n'
+    '                if not isinstance(k, str) or not isinstance(v, str) or not v.strip()]\n'
+    '    for key, value in (getattr(adapter, "capabilities", None) or {}).items():\n'
+    '        name = key.rsplit(".", 1)[-1]\n'
+    '        if name not in CAPABILITIES:\n'
+    '            out.append(f"capabilities key {key!r} is not a capability ({\', \'.join(CAPABILITIES)}, "\n'
+    '                       "optionally prefixed by a function name and a dot)")\n'
+    '            continue\n'
+    '        default = CAPABILITIES[name][0]\n'
+    '        if isinstance(default, tuple):\n'
+    '            if not isinstance(value, (list, tuple)) or not value:\n'
+    '                out.append(f"capabilities[{key!r}] should be a non-empty list of {default}")\n'
+    '            else:\n'
+    '                out += [f"capabilities[{key!r}]: {v!r} is not one of {default}"\n'
+    '                        for v in value if v not in default]\n'
+    '        elif not isinstance(value, bool):\n'
+    '            out.append(f"capabilities[{key!r}] should be True or False, got {value!r}")\n'
+    '    return out\n'
+    '\n'
+    '\n'
+    'def defaults_errors(defaults: dict) -> list[str]:\n'
+    '    """Keys of ``framework_defaults()`` outside the vocabulary."""\n'
+    '    return [f"framework_defaults key {k!r} is not in the vocabulary (conformance.contract."\n'
+    '            f"DEFAULTS_KEYS)" for k in defaults if k not in DEFAULTS_KEYS]\n'
+    '\n'
+    '\n'
+    '__all__ = ["AGG_MODES", "ALGORITHMS", "CAPABILITIES", "CONTRACT_VERSION", "DEFAULTS_KEYS",\n'
+    '           "KL_KINDS", "SCALES", "STRING_DECLARATIONS", "TRAIN_CONFIG_KEYS", "Unsupported",\n'
+    '           "capability", "declaration_errors", "defaults_errors", "honours"]\n'
+]))
+
+VENDORED['refimpl'] = (True, ''.join([
+    '"""refimpl: plain-PyTorch reference implementations of the estimators and losses of RL for LLM\n'
+    'post-training, one concept per module, each with its equation and source in the docstring.\n'
+    '\n'
+    'Every function of the canonical contract (docs/contract.md) is exported here:\n'
+    '\n'
+    '    from refimpl import gae, group_normalized_advantages, ppo_clip_loss, dpo_loss\n'
+    '\n'
+    '| module           | functions                                                      |\n'
+    '|------------------|----------------------------------------------------------------|\n'
+    '| returns          | discounted_returns, gae                                        |\n'
+    '| group            | group_normalized_advantages, leave_one_out_advantages          |\n'
+    '| whitening        | batch_normalized_advantages                                    |\n'
+    '| kl               | kl_estimate, kl_penalized_rewards                              |\n'
+    '| aggregation      | aggregate                                                      |\n'
+    '| policy_loss      | policy_gradient_loss, ppo_clip_loss                            |\n'
+    '| value_loss       | value_loss                                                     |\n'
+    '| preferences      | bradley_terry_loss, dpo_loss, ipo_loss                         |\n'
+    '| logprobs         | token_logprobs, sequence_logprob                               |\n'
+    '| tabular          | an exactly enumerable tabular policy: J, grad J, V/Q/A, KL, the |\n'
+    '|                  | five baselines, exact expected gradients (not part of the contract) |\n'
+    '\n'
+    '``python -m refimpl.demo`` prints a few identities verified exactly on the tabular policy.\n'
+    '"""\n'
+    '\n'
+    'from refimpl.aggregation import aggregate\n'
+    'from refimpl.group import group_normalized_advantages, leave_one_out_advantages\n'
+    'from refimpl.kl import kl_estimate, kl_penalized_rewards\n'
+    'from refimpl.logprobs import sequence_logprob, token_logprobs\n'
+    'from refimpl.policy_loss import policy_gradient_loss, ppo_clip_loss\n'
+    'from refimpl.preferences import bradley_terry_loss, dpo_loss, ipo_loss\n'
+    'from refimpl.returns import discounted_returns, gae\n'
+    'from refimpl.value_loss import value_loss\n'
+    'from refimpl.whitening import batch_normalized_advantages\n'
+    '\n'
+    '__version__ = "0.1.0"\n'
+    '\n'
+    "#: The canonical functions of the contract, in the contract's order.\n"
+    'CANONICAL = (\n'
+    '    "discounted_returns", "gae", "kl_penalized_rewards", "group_normalized_advantages",\n'
+    '    "leave_one_out_advantages", "batch_normalized_advantages", "kl_estimate", "aggregate",\n'
+    '    "policy_gradient_loss", "ppo_clip_loss", "value_loss", "bradley_terry_loss", "dpo_loss",\n'
+    '    "ipo_loss", "token_logprobs", "sequence_logprob",\n'
+    ')\n'
+    '\n'
+    '__all__ = list(CANONICAL) + ["CANONICAL", "__version__"]\n'
+]))
+
+VENDORED['refimpl._checks'] = (False, ''.join([
+    '"""Argument validation shared by every reference function.\n'
+    '\n'
+    'The contract (docs/contract.md, "Invalid arguments") makes invalid arguments a ``ValueError`` whose message names\n'
+    'the argument. These helpers do the checking once, so each estimator module reads like its\n'
+    'equation. Nothing here changes a value: a helper either returns its input (a mask is returned as\n'
+    '``bool``) or raises.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    '__all__ = [\n'
+    '    "float_tensor",\n'
+    '    "same_float_dtype",\n'
+    '    "bool_mask",\n'
+    '    "unit_interval",\n'
+    '    "one_of",\n'
+    '    "positive",\n'
+    '    "per_row",\n'
+    ']\n'
+    '\n'
+    '\n'
+    'def float_tensor(name: str, x: object, ndim: int | None = None) -> Tensor:\n'
+    '    """``x`` must be a float tensor (float16/bfloat16/float32/float64), of ``ndim`` dims if given."""\n'
+    '    if not isinstance(x, torch.Tensor):\n'
+    '        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")\n'
+    '    if not x.is_floating_point():\n'
+    '        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")\n'
+    '    if ndim is not None and x.dim() != ndim:\n'
+    '        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")\n'
+    '    return x\n'
+    '\n'
+    '\n'
+    'def same_float_dtype(**tensors: Tensor | None) -> torch.dtype:\n'
+    '    """All given float tensors share one dtype (mixed float dtypes are a ValueError)."""\n'
+    '    given = {k: v for k, v in tensors.items() if v is not None}\n'
+    '    dtypes = {v.dtype for v in given.values()}\n'
+    '    if len(dtypes) > 1:\n'
+    '        listing = ", ".join(f"{k}={v.dtype}" for k, v in given.items())\n'
+    '        raise ValueError(f"mixed float dtypes: {listing}; pass tensors of one dtype")\n'
+    '    return next(iter(dtypes))\n'
+    '\n'
+    '\n'
+    'def bool_mask(mask: object, shape: torch.Size, name: str = "mask") -> Tensor:\n'
+    '    """Validate a ``(B, T)`` response mask and return it as ``bool``.\n'
+    '\n'
+    '    Accepted: bool, or an integer/float tensor holding only 0 and 1. The real tokens of each row\n'
+    '    must be a prefix of the row, and every row must hold at least one real token.\n'
+    '    """\n'
+    '    if not isinstance(mask, torch.Tensor):\n'
+    '        raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")\n'
+    '    if mask.shape != shape:\n'
+    '        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")\n'
+    '    if mask.dim() != 2:\n'
+    '        raise ValueError(f"{name} must be (B, T), got shape {tuple(mask.shape)}")\n'
+    '    if mask.dtype != torch.bool:\n'
+    '        if mask.is_complex():\n'
+    '            raise ValueError(f"{name} must be bool or hold only 0 and 1, got dtype {mask.dtype}")\n'
+    '        if not bool(((mask == 0) | (mask == 1)).all()):\n'
+    '            raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")\n'
+    '        mask = mask != 0\n'
+    '    if mask.shape[1] == 0 or not bool(mask.any(dim=1).all()):\n'
+    '        raise ValueError(f"{name} has a row with no real token; every row needs at least one")\n'
+    '    # Prefix: once a row turns false it stays false, i.e. the row is non-increasing along T.\n'
+    '    if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):\n'
+    '        raise ValueError(f"{name}: the real tokens of each row must be a prefix of the row "\n'
+    '                         "(right padding only)")\n'
+    '    return mask\n'
+    '\n'
+    '\n'
+    'def unit_interval(name: str, value: float) -> float:\n'
+    '    """``value`` is a real number in [0, 1] (gamma, lam)."""\n'
+    '    try:\n'
+    '        v = float(value)\n'
+    '    except (TypeError, ValueError):\n'
+    '        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None\n'
+    '    if not 0.0 <= v <= 1.0:\n'
+    '        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")\n'
+    '    return v\n'
+    '\n'
+    '\n'
+    'def positive(name: str, value: float, *, allow_zero: bool = False) -> float:\n'
+    '    """``value`` is a real number > 0 (>= 0 with ``allow_zero``)."""\n'
+    '    try:\n'
+    '        v = float(value)\n'
+    '    except (TypeError, ValueError):\n'
+    '        raise ValueError(f"{name} must be a number, got {value!r}") from None\n'
+    '    if v != v or (v < 0 if allow_zero else v <= 0):\n'
+    '        bound = ">= 0" if allow_zero else "> 0"\n'
+    '        raise ValueError(f"{name} must be {bound}, got {value!r}")\n'
+    '    return v\n'
+    '\n'
+    '\n'
+    'def one_of(name: str, value: str, choices: tuple[str, ...]) -> str:\n'
+    '    if value not in choices:\n'
+    '        raise ValueError(f"unknown {name}={value!r}; expected one of {\', \'.join(choices)}")\n'
+    '    return value\n'
+    '\n'
+    '\n'
+    'def per_row(name: str, x: Tensor, shape: torch.Size) -> Tensor:\n'
+    '    """Broadcast a ``(B,)`` or ``(B, T)`` tensor (advantages) to ``shape`` = ``(B, T)``."""\n'
+    '    if x.shape == shape:\n'
+    '        return x\n'
+    '    if x.dim() == 1 and x.shape[0] == shape[0]:\n'
+    '        return x.unsqueeze(1).expand(shape)\n'
+    '    raise ValueError(f"{name} must have shape ({shape[0]},) or {tuple(shape)}, "\n'
+    '                     f"got {tuple(x.shape)}")\n'
+]))
+
+VENDORED['refimpl.aggregation'] = (False, ''.join([
+    '"""Reducing a ``(B, T)`` per-token loss to a scalar: the four aggregation modes.\n'
+    '\n'
+    'How a per-token loss is averaged decides how much each token, and each response, weighs in the\n'
+    'gradient. The modes differ exactly when responses differ in length.\n'
+    '\n'
+    '| mode                      | formula                                    | used by                      |\n'
+    '|---------------------------|--------------------------------------------|------------------------------|\n'
+    '| token-mean                | sum_{b,t} m x / sum_{b,t} m                | DAPO (token-level loss)      |\n'
+    '| seq-mean-token-mean       | (1/B) sum_b [ sum_t m x / sum_t m ]        | GRPO as published            |\n'
+    '| seq-mean-token-sum        | (1/B) sum_b sum_t m x                      | REINFORCE on whole sequences |\n'
+    '| seq-mean-token-sum-norm   | sum_{b,t} m x / (B * norm_len)             | Dr. GRPO                     |\n'
+    '\n'
+    'Sources\n'
+    '- seq-mean-token-mean: Shao et al., DeepSeekMath, 2024, arXiv:2402.03300, Sec. 4.1, Eq. 3 (the\n'
+    '  1/|o_i| inside the 1/G sum).\n'
+    '- token-mean: Yu et al., "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",\n'
+    '  2025, arXiv:2503.14476, Sec. 3.3 (token-level policy gradient loss).\n'
+    '- seq-mean-token-sum-norm: Liu et al., Dr. GRPO, 2025, arXiv:2503.20783, Sec. 3.1: dividing by\n'
+    "  each response's own length |o_i| favours short correct and long wrong answers; a constant\n"
+    '  (the generation budget) removes that length bias.\n'
+    '- seq-mean-token-sum: the REINFORCE estimator of the sequence-level objective (Williams 1992),\n'
+    '  whose expected gradient is exactly -grad J (checked in ``tests/test_exact_policy_gradient.py``).\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- ``norm_len`` defaults to ``T``, the padded width of ``values``: only this mode depends on how\n'
+    '  far rows are padded. Other modes ignore ``norm_len``.\n'
+    '- Padded entries are replaced by 0 before summing (never multiplied by the mask, so NaN or inf\n'
+    '  at a padded position cannot reach the result or its gradient).\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["aggregate", "AGG_MODES"]\n'
+    '\n'
+    'AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")\n'
+    '\n'
+    '\n'
+    'def aggregate(values: Tensor, mask: Tensor, mode: str = "token-mean",\n'
+    '              norm_len: float | None = None) -> Tensor:\n'
+    '    """Reduce a ``(B, T)`` per-token quantity x over its real tokens (mask m) to a scalar.\n'
+    '\n'
+    '    token-mean:               out = sum_{b,t} m x / sum_{b,t} m\n'
+    '    seq-mean-token-mean:      out = (1/B) sum_b (sum_t m x / sum_t m)\n'
+    '    seq-mean-token-sum:       out = (1/B) sum_b sum_t m x\n'
+    '    seq-mean-token-sum-norm:  out = sum_{b,t} m x / (B * norm_len),   norm_len defaulting to T\n'
+    '    """\n'
+    '    _checks.float_tensor("values", values, ndim=2)\n'
+    '    m = _checks.bool_mask(mask, values.shape)\n'
+    '    _checks.one_of("mode", mode, AGG_MODES)\n'
+    '    x = torch.where(m, values, torch.zeros_like(values))\n'
+    '    B, T = x.shape\n'
+    '    lengths = m.sum(dim=1).to(x.dtype)                       # real tokens per row, >= 1\n'
+    '    if mode == "token-mean":\n'
+    '        return x.sum() / lengths.sum()\n'
+    '    if mode == "seq-mean-token-mean":\n'
+    '        return (x.sum(dim=1) / lengths).mean()\n'
+    '    if mode == "seq-mean-token-sum":\n'
+    '        return x.sum(dim=1).mean()\n'
+    '    L = T if norm_len is None else _checks.positive("norm_len", norm_len)\n'
+    '    return x.sum() / (B * L)\n'
+]))
+
+VENDORED['refimpl.group'] = (False, ''.join([
+    '"""Group-relative advantages: GRPO, Dr. GRPO, batch-std scaling, and RLOO\'s leave-one-out.\n'
+    '\n'
+    "Several responses are sampled for one prompt (a group); each response's advantage is its score\n"
+    'compared with the others of its group, so no critic is needed.\n'
+    '\n'
+    'Sources\n'
+    '- GRPO: Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language\n'
+    '  Models", 2024, arXiv:2402.03300, Sec. 4.1.2 (outcome supervision): A_i = (r_i - mean(r)) / std(r);\n'
+    '  the objective it enters is Eq. 3 (Sec. 4.1.1).\n'
+    '- Dr. GRPO: Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective", 2025,\n'
+    '  arXiv:2503.20783, Sec. 3.1-3.2: dividing by std(r) biases the update towards questions whose\n'
+    '  rewards vary little; Dr. GRPO drops the division (``scale="none"``).\n'
+    '- Batch std: TRL\'s ``GRPOConfig.scale_rewards="batch"`` (trl 1.x, ``GRPOTrainer``): the group\n'
+    '  mean is subtracted and the std of all scores in the batch divides.\n'
+    '- RLOO: Ahmadian et al., "Back to Basics: Revisiting REINFORCE Style Optimization for Learning\n'
+    '  from Human Feedback in LLMs", 2024, arXiv:2402.14740, Sec. 3.2 (after Kool, van Hoof, Welling,\n'
+    '  "Buy 4 REINFORCE Samples, Get a Baseline for Free!", ICLR 2019 DeepRLStructPred workshop).\n'
+    '\n'
+    'Notation\n'
+    '| symbol  | argument   | shape | meaning                                               |\n'
+    '|---------|------------|-------|-------------------------------------------------------|\n'
+    '| s_i     | scores     | (B,)  | scalar reward of response i                           |\n'
+    "| g(i)    | group_ids  | (B,)  | integer id of i's prompt; any values, any order       |\n"
+    '| mean_g  |            |       | mean of the scores of group g (response i included)   |\n'
+    '| std_g   |            |       | unbiased sample std of group g (divisor n_g - 1)      |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- The reference sheet writes the GRPO advantage as (r_i - mu_G) / sigma_G without saying which\n'
+    "  std or where the guard goes: we use the unbiased std (divisor n - 1, ``torch.std``'s default,\n"
+    '  which is what TRL and verl compute) and add ``eps`` to the std, not to the variance.\n'
+    '- A group whose scores are all equal gets advantage exactly 0 for every scale (0 / (0 + eps)):\n'
+    "  means are taken of the scores shifted by their group's minimum, so no rounding of the mean\n"
+    '  leaves a residue of order 1e-16 / eps.\n'
+    '- Groups are found by value of ``group_ids`` (``torch.unique``), so ids need not be contiguous,\n'
+    '  sorted, or of equal group size; no Python loop over groups or samples.\n'
+    '- A group of one has no std and no leave-one-out baseline: a ValueError for every scale.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["group_normalized_advantages", "leave_one_out_advantages"]\n'
+    '\n'
+    '_SCALES = ("group", "batch", "none")\n'
+    '\n'
+    '\n'
+    'def _groups(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:\n'
+    '    """Validate and return ``(inverse, counts)``: the group index of each sample and group sizes."""\n'
+    '    _checks.float_tensor("scores", scores, ndim=1)\n'
+    '    if not isinstance(group_ids, torch.Tensor):\n'
+    '        raise ValueError(f"group_ids must be a torch.Tensor, got {type(group_ids).__name__}")\n'
+    '    if group_ids.dtype == torch.bool or group_ids.is_floating_point() or group_ids.is_complex():\n'
+    '        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")\n'
+    '    if group_ids.shape != scores.shape:\n'
+    '        raise ValueError(f"group_ids has shape {tuple(group_ids.shape)}, expected scores\' shape "\n'
+    '                         f"{tuple(scores.shape)}")\n'
+    '    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)\n'
+    '    if bool((counts < 2).any()):\n'
+    '        lonely = torch.unique(group_ids)[counts < 2].tolist()\n'
+    '        raise ValueError(f"group_ids: group(s) {lonely[:5]} hold a single response; a group "\n'
+    '                         "statistic needs at least two responses per group")\n'
+    '    return inverse, counts\n'
+    '\n'
+    '\n'
+    'def _group_sum(x: Tensor, inverse: Tensor, n_groups: int) -> Tensor:\n'
+    '    return torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, inverse, x)\n'
+    '\n'
+    '\n'
+    'def _shifted(scores: Tensor, inverse: Tensor, n_groups: int) -> Tensor:\n'
+    '    """Scores minus their group\'s minimum: sums of these are exact for a constant group, so\n'
+    '    an all-equal group gets advantage exactly 0 (the shifted-data algorithm for the mean)."""\n'
+    '    low = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).scatter_reduce(\n'
+    '        0, inverse, scores.detach(), "amin", include_self=False)\n'
+    '    return scores - low[inverse]\n'
+    '\n'
+    '\n'
+    'def _safe_sqrt(var: Tensor) -> Tensor:\n'
+    '    """sqrt with a finite gradient at 0 (same value as ``torch.sqrt``)."""\n'
+    '    positive = var > 0\n'
+    '    return torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))),\n'
+    '                       torch.zeros_like(var))\n'
+    '\n'
+    '\n'
+    'def group_normalized_advantages(scores: Tensor, group_ids: Tensor, scale: str = "group",\n'
+    '                                eps: float = 1e-6) -> Tensor:\n'
+    '    """GRPO\'s group-relative advantage, ``(B,)``.\n'
+    '\n'
+    '    A_i = (s_i - mean_g(i)) / (std_g(i) + eps)     scale="group"  (GRPO, Sec. 4.1.2)\n'
+    '    A_i = (s_i - mean_g(i)) / (std_batch + eps)    scale="batch"  (std of all B scores)\n'
+    '    A_i =  s_i - mean_g(i)                         scale="none"   (Dr. GRPO, Sec. 3.1)\n'
+    '\n'
+    '    std is the unbiased sample std (divisor n - 1). The mean includes response i itself, which\n'
+    '    scales the expected policy gradient by (1 - 1/n_g) (see ``refimpl.tabular``).\n'
+    '    """\n'
+    '    inverse, counts = _groups(scores, group_ids)\n'
+    '    _checks.one_of("scale", scale, _SCALES)\n'
+    '    eps = _checks.positive("eps", eps, allow_zero=True)\n'
+    '\n'
+    '    n = counts.to(scores.dtype)\n'
+    '    x = _shifted(scores, inverse, len(counts))                           # s_i - min_g\n'
+    '    centred = x - (_group_sum(x, inverse, len(counts)) / n)[inverse]     # s_i - mean_g(i)\n'
+    '    if scale == "none":\n'
+    '        return centred\n'
+    '    if scale == "group":\n'
+    '        var = _group_sum(centred ** 2, inverse, len(counts)) / (n - 1)   # unbiased, per group\n'
+    '        std = _safe_sqrt(var)[inverse]\n'
+    '    else:\n'
+    '        std = _safe_sqrt(scores.var(unbiased=True)).expand_as(scores)    # all B scores\n'
+    '    return centred / (std + eps)\n'
+    '\n'
+    '\n'
+    'def leave_one_out_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:\n'
+    '    """RLOO advantage, ``(B,)``: each score minus the mean of the *other* scores of its group.\n'
+    '\n'
+    '    A_i = s_i - (1 / (n_g - 1)) * sum_{j in g, j != i} s_j        (Ahmadian et al., Sec. 3.2)\n'
+    '        = n_g / (n_g - 1) * (s_i - mean_g)\n'
+    '\n'
+    '    The baseline does not depend on response i, so the policy gradient stays unbiased.\n'
+    '    """\n'
+    '    inverse, counts = _groups(scores, group_ids)\n'
+    '    n = counts.to(scores.dtype)[inverse]\n'
+    '    x = _shifted(scores, inverse, len(counts))                          # s_i - min_g\n'
+    '    total = _group_sum(x, inverse, len(counts))[inverse]\n'
+    '    baseline = (total - x) / (n - 1)                                    # mean over j != i\n'
+    '    return x - baseline\n'
+]))
+
+VENDORED['refimpl.kl'] = (False, ''.join([
+    '"""Per-token KL estimators k1, k2, k3, and the KL-penalised (shaped) reward.\n'
+    '\n'
+    'For a token y_t drawn from pi_theta, with l = log pi_theta(y_t | .) - log pi_ref(y_t | .):\n'
+    '\n'
+    '    k1 = l                    E[k1] = KL(pi_theta || pi_ref)   unbiased, can be negative\n'
+    '    k2 = l^2 / 2              biased; E[k2] is close to KL when the policies are close\n'
+    '    k3 = exp(-l) - 1 + l      E[k3] = KL(pi_theta || pi_ref)   unbiased, and k3 >= 0 always\n'
+    '\n'
+    'Sources\n'
+    '- J. Schulman, "Approximating KL Divergence", blog post, 2020 (joschu.net/blog/kl-approx.html):\n'
+    '  the names k1, k2, k3 and their bias and variance.\n'
+    "- k3 as GRPO's per-token KL term: Shao et al., DeepSeekMath, 2024, arXiv:2402.03300, Sec. 4.1, Eq. 4.\n"
+    '- The gradients of these estimators used as loss terms (what a trainer that adds\n'
+    "  ``beta * mean(k)`` to its loss actually optimises) differ from their values' expectations:\n"
+    '  Tang & Munos, "On a Few Pitfalls in KL Divergence Gradient Estimation for RL", 2025,\n'
+    '  arXiv:2506.09477; Liu, Liu, Chen, Liu, "Rethinking KL Regularization in RLHF: From Value\n'
+    '  Estimation to Gradient Optimization", 2025, arXiv:2510.01555. As a loss term on tokens drawn\n'
+    "  from pi, k1's expected gradient is 0, k2's is the per-state gradient of KL(pi || pi_ref), and\n"
+    "  k3's is the per-state gradient of the *forward* KL(pi_ref || pi); ``tests/test_exact_kl.py``\n"
+    '  verifies all three exactly on ``refimpl.tabular``.\n'
+    '- Reward shaping r_t = -beta * KL_t, plus the score at the last token: Ziegler et al.,\n'
+    '  "Fine-Tuning Language Models from Human Preferences", 2019, arXiv:1909.08593, Sec. 2\n'
+    '  (R = r - beta log(pi / rho)); Stiennon et al., "Learning to Summarize from Human Feedback",\n'
+    '  2020, arXiv:2009.01325, Sec. 3.4; REINFORCE++ (Hu et al., arXiv:2501.03262v9, Sec. 3.1, Eq. 4)\n'
+    '  puts the k1 penalty on every token as here.\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- No clamping of l or of the estimate (some frameworks clamp k3 to [-10, 10]; that is their\n'
+    '  choice, and a conformance check shows it).\n'
+    '- The reference sheet\'s "Monte Carlo" KL is the sum of k1 over the generated tokens; summing\n'
+    '  ``kl_estimate(kind="k1")`` over a row\'s real tokens gives exactly that sequence-level estimate.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["kl_estimate", "kl_penalized_rewards"]\n'
+    '\n'
+    '_KINDS = ("k1", "k2", "k3")\n'
+    '\n'
+    '\n'
+    'def kl_estimate(logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None,\n'
+    '                kind: str = "k3") -> Tensor:\n'
+    '    """Per-token sample estimate of KL(pi_theta || pi_ref), ``(B, T)``.\n'
+    '\n'
+    '    l = logp - ref_logp;  k1 = l;  k2 = l**2 / 2;  k3 = exp(-l) - 1 + l.\n'
+    '    With a mask, padded positions are exactly 0; with ``mask=None`` every entry is computed.\n'
+    '    """\n'
+    '    _checks.float_tensor("logp", logp)\n'
+    '    _checks.float_tensor("ref_logp", ref_logp)\n'
+    '    if ref_logp.shape != logp.shape:\n'
+    '        raise ValueError(f"ref_logp has shape {tuple(ref_logp.shape)}, expected logp\'s shape "\n'
+    '                         f"{tuple(logp.shape)}")\n'
+    '    _checks.same_float_dtype(logp=logp, ref_logp=ref_logp)\n'
+    '    _checks.one_of("kind", kind, _KINDS)\n'
+    '\n'
+    '    if mask is None:\n'
+    '        l = logp - ref_logp\n'
+    '    else:\n'
+    '        m = _checks.bool_mask(mask, logp.shape)\n'
+    '        zero = torch.zeros_like(logp)\n'
+    '        l = torch.where(m, logp, zero) - torch.where(m, ref_logp, zero)   # 0 at padding\n'
+    '    if kind == "k1":\n'
+    '        k = l\n'
+    '    elif kind == "k2":\n'
+    '        k = 0.5 * l ** 2\n'
+    '    else:\n'
+    '        k = torch.exp(-l) - 1.0 + l\n'
+    '    if mask is not None:\n'
+    '        k = torch.where(m, k, torch.zeros_like(k))\n'
+    '    return k\n'
+    '\n'
+    '\n'
+    'def kl_penalized_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor,\n'
+    '                         beta: float, kind: str = "k1") -> Tensor:\n'
+    '    """Token rewards with a KL penalty, ``(B, T)``: the RLHF reward shaping of PPO and REINFORCE++.\n'
+    '\n'
+    '    r_t = -beta * k(l_t)                  on every real token t\n'
+    "    r_T = -beta * k(l_T) + score          on each row's last real token T\n"
+    '    Padded positions are exactly 0. ``beta = 0`` is legitimate (no penalty); beta < 0 is not.\n'
+    '    """\n'
+    '    _checks.float_tensor("scores", scores, ndim=1)\n'
+    '    _checks.float_tensor("logp", logp, ndim=2)\n'
+    '    _checks.float_tensor("ref_logp", ref_logp)\n'
+    '    if scores.shape[0] != logp.shape[0]:\n'
+    '        raise ValueError(f"scores has shape {tuple(scores.shape)}, expected ({logp.shape[0]},)")\n'
+    '    _checks.same_float_dtype(scores=scores, logp=logp, ref_logp=ref_logp)\n'
+    '    beta = _checks.positive("beta", beta, allow_zero=True)\n'
+    '    m = _checks.bool_mask(mask, logp.shape)\n'
+    '\n'
+    '    rewards = -beta * kl_estimate(logp, ref_logp, m, kind)\n'
+    '    last = m.sum(dim=1) - 1                                    # index of the last real token\n'
+    '    at_last = torch.arange(m.shape[1], device=m.device).unsqueeze(0) == last.unsqueeze(1)\n'
+    '    return rewards + torch.where(at_last, scores.unsqueeze(1), torch.zeros_like(rewards))\n'
+]))
+
+VENDORED['refimpl.logprobs'] = (False, ''.join([
+    '"""Log-probabilities of sampled tokens, per token and per sequence.\n'
+    '\n'
+    'Sources\n'
+    '- An autoregressive policy factorises over tokens: log pi(y | x) = sum_t log pi(y_t | x, y_<t)\n'
+    '  (the reference sheet\'s "Monte Carlo" KL and the DPO loss both sum these per-token terms).\n'
+    '  Rafailov et al., DPO, 2023, arXiv:2305.18290, Sec. 4 uses the sequence sum as log pi(y|x).\n'
+    '\n'
+    'Notation\n'
+    '| symbol | argument   | shape     | meaning                                               |\n'
+    '|--------|------------|-----------|-------------------------------------------------------|\n'
+    '| z      | logits     | (B, T, V) | unnormalised scores of the next token at each position |\n'
+    '| y      | tokens     | (B, T)    | the sampled token at each position (integer ids)      |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- ``token_logprobs`` computes every entry (no mask): ``log_softmax`` over the vocabulary then a\n'
+    "  gather; the caller's mask says which entries count. Temperature scaling, if any, is the\n"
+    "  caller's job (divide the logits first).\n"
+    '- Token ids outside [0, V) are a ValueError (``gather`` would fail or read garbage).\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["token_logprobs", "sequence_logprob"]\n'
+    '\n'
+    '\n'
+    'def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:\n'
+    '    """``(B, T)``: log pi(y_t) = z[b, t, y_t] - logsumexp_v z[b, t, v], i.e.\n'
+    '    ``log_softmax(logits)[b, t, tokens[b, t]]``; every entry computed (no mask)."""\n'
+    '    _checks.float_tensor("logits", logits, ndim=3)\n'
+    '    if not isinstance(tokens, torch.Tensor):\n'
+    '        raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")\n'
+    '    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():\n'
+    '        raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")\n'
+    '    if tokens.shape != logits.shape[:2]:\n'
+    '        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected logits\' leading "\n'
+    '                         f"shape {tuple(logits.shape[:2])}")\n'
+    '    V = logits.shape[2]\n'
+    '    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= V):\n'
+    '        raise ValueError(f"tokens must lie in [0, {V}) (the vocabulary size of logits)")\n'
+    '    logp_all = torch.log_softmax(logits, dim=-1)\n'
+    '    return logp_all.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)\n'
+    '\n'
+    '\n'
+    'def sequence_logprob(token_logp: Tensor, mask: Tensor) -> Tensor:\n'
+    '    """``log pi(y) = sum_t m_t log pi(y_t | y_<t)``, ``(B,)``; padded entries never read."""\n'
+    '    _checks.float_tensor("token_logp", token_logp, ndim=2)\n'
+    '    m = _checks.bool_mask(mask, token_logp.shape)\n'
+    '    return torch.where(m, token_logp, torch.zeros_like(token_logp)).sum(dim=1)\n'
+]))
+
+VENDORED['refimpl.policy_loss'] = (False, ''.join([
+    '"""Policy losses on tokens: the vanilla policy gradient (REINFORCE) and PPO\'s clipped surrogate.\n'
+    '\n'
+    'Sources\n'
+    '- Policy gradient: Williams, "Simple Statistical Gradient-Following Algorithms for Connectionist\n'
+    '  Reinforcement Learning", Machine Learning 8, 1992; Sutton, McAllester, Singh, Mansour, "Policy\n'
+    '  Gradient Methods for Reinforcement Learning with Function Approximation", NeurIPS 1999, Thm. 1:\n'
+    '  grad J = E[ grad log pi(a|s) * A(s, a) ].\n'
+    '- PPO clipped surrogate: Schulman, Wolski, Dhariwal, Radford, Klimov, "Proximal Policy\n'
+    '  Optimization Algorithms", 2017, arXiv:1707.06347, Sec. 3, Eq. 7:\n'
+    '  L^CLIP = E[ min(r A, clip(r, 1 - eps, 1 + eps) A) ],  r = pi_theta / pi_old.\n'
+    '- Clip-higher (an upper bound 1 + eps_high wider than the lower 1 - eps_low): Yu et al., "DAPO:\n'
+    '  An Open-Source LLM Reinforcement Learning System at Scale", 2025, arXiv:2503.14476, Sec. 3.1\n'
+    '  ("Clip-Higher"; the full objective is its Eq. 8).\n'
+    '- Dual clip (a floor c * A on the objective when A < 0, c > 1): Ye et al., "Mastering Complex\n'
+    '  Control in MOBA Games with Deep Reinforcement Learning", AAAI 2020, arXiv:1912.09729, Eq. 5.\n'
+    '\n'
+    'Notation\n'
+    '| symbol   | argument     | shape          | meaning                                         |\n'
+    '|----------|--------------|----------------|-------------------------------------------------|\n'
+    "| log pi   | logp         | (B, T)         | current policy's log-prob of each sampled token |\n"
+    "| log pi_old | old_logp   | (B, T)         | behaviour (rollout) policy's log-prob           |\n"
+    '| A        | advantages   | (B,) or (B, T) | advantage; a (B,) row value applies to all tokens |\n'
+    '| eps_low, eps_high | clip_low, clip_high | float | clip range [1 - eps_low, 1 + eps_high]   |\n'
+    '| c        | dual_clip    | float > 1      | dual-clip constant                              |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- Written as a loss to minimise: per token max(-A r, -A clip(r, ...)) = -min(A r, A clip(r, ...)).\n'
+    '- The reference sheet says the gradient becomes zero "when clipping activates"; precisely, it is\n'
+    '  zero only where the clipped branch is the one taken, i.e. r > 1 + eps_high with A > 0, or\n'
+    '  r < 1 - eps_low with A < 0. A ratio outside the range on the other side keeps its gradient\n'
+    '  (that is what the min/max is for). With dual clip, A < 0 and -A r > -c A, the gradient is zero\n'
+    '  as well.\n'
+    '- Advantages and old log-probs are used as given: we do not detach them (the contract leaves it\n'
+    '  open, and gradient checks differentiate only with respect to ``logp``).\n'
+    '- At padded positions logp, old_logp and a (B, T) advantage are replaced by 0 before use.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    'from refimpl.aggregation import AGG_MODES, aggregate\n'
+    '\n'
+    '__all__ = ["policy_gradient_loss", "ppo_clip_loss"]\n'
+    '\n'
+    '\n'
+    'def _token_inputs(mask: Tensor, **tensors: Tensor) -> tuple[Tensor, dict[str, Tensor]]:\n'
+    '    """Validate ``(B, T)`` float inputs sharing a mask; return the bool mask and zero-padded copies.\n'
+    '\n'
+    '    ``advantages`` may be ``(B,)``; it is broadcast over the tokens of its row.\n'
+    '    """\n'
+    '    ref_name, ref = next(iter(tensors.items()))\n'
+    '    _checks.float_tensor(ref_name, ref, ndim=2)\n'
+    '    for name, x in tensors.items():\n'
+    '        _checks.float_tensor(name, x)\n'
+    '        if name == "advantages":\n'
+    '            continue\n'
+    '        if x.shape != ref.shape:\n'
+    '            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {ref_name}\'s shape "\n'
+    '                             f"{tuple(ref.shape)}")\n'
+    '    _checks.same_float_dtype(**tensors)\n'
+    '    m = _checks.bool_mask(mask, ref.shape)\n'
+    '    out = {}\n'
+    '    for name, x in tensors.items():\n'
+    '        x = _checks.per_row(name, x, ref.shape)\n'
+    '        out[name] = torch.where(m, x, torch.zeros_like(x))\n'
+    '    return m, out\n'
+    '\n'
+    '\n'
+    'def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, agg: str = "token-mean",\n'
+    '                         norm_len: float | None = None) -> Tensor:\n'
+    '    """REINFORCE surrogate loss: ``aggregate(-A * logp, mask, agg, norm_len)``, a scalar.\n'
+    '\n'
+    '    Its gradient is -A * grad log pi per token, aggregated; with A = R(y) and\n'
+    '    ``agg="seq-mean-token-sum"`` its expectation is exactly -grad J (policy-gradient theorem).\n'
+    '    """\n'
+    '    m, x = _token_inputs(mask, logp=logp, advantages=advantages)\n'
+    '    _checks.one_of("agg", agg, AGG_MODES)\n'
+    '    per_token = -x["advantages"] * x["logp"]\n'
+    '    return aggregate(per_token, m, agg, norm_len)\n'
+    '\n'
+    '\n'
+    'def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,\n'
+    '                  clip_low: float = 0.2, clip_high: float | None = None,\n'
+    '                  dual_clip: float | None = None, agg: str = "token-mean",\n'
+    '                  norm_len: float | None = None) -> Tensor:\n'
+    '    """PPO\'s clipped surrogate as a loss, a scalar.\n'
+    '\n'
+    '    r      = exp(logp - old_logp)\n'
+    '    loss_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))         (PPO Eq. 7; DAPO Sec. 3.1)\n'
+    '    loss_t = min(loss_t, -c A)   where A < 0, if dual_clip = c           (dual-clip PPO)\n'
+    '    loss   = aggregate(loss_t, mask, agg, norm_len)\n'
+    '\n'
+    '    ``clip_high`` defaults to ``clip_low``.\n'
+    '    """\n'
+    '    m, x = _token_inputs(mask, logp=logp, old_logp=old_logp, advantages=advantages)\n'
+    '    _checks.one_of("agg", agg, AGG_MODES)\n'
+    '    clip_low = _checks.positive("clip_low", clip_low, allow_zero=True)\n'
+    '    clip_high = clip_low if clip_high is None else _checks.positive("clip_high", clip_high,\n'
+    '                                                                    allow_zero=True)\n'
+    '    if dual_clip is not None:\n'
+    '        c = _checks.positive("dual_clip", dual_clip)\n'
+    '        if c <= 1.0:\n'
+    '            raise ValueError(f"dual_clip must be > 1, got {dual_clip!r}")\n'
+    '    A = x["advantages"]\n'
+    '    ratio = torch.exp(x["logp"] - x["old_logp"])\n'
+    '    unclipped = -A * ratio\n'
+    '    clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)\n'
+    '    per_token = torch.maximum(unclipped, clipped)                        # Eq. 7, negated\n'
+    '    if dual_clip is not None:\n'
+    '        per_token = torch.where(A < 0, torch.minimum(per_token, -c * A), per_token)\n'
+    '    return aggregate(per_token, m, agg, norm_len)\n'
+    '\n'
+]))
+
+VENDORED['refimpl.preferences'] = (False, ''.join([
+    '"""Losses on preference pairs: the Bradley-Terry reward-model loss, DPO and IPO.\n'
+    '\n'
+    'Each takes ``(N,)`` tensors, one entry per pair (log-probabilities are whole-sequence sums, see\n'
+    '``refimpl.sequence_logprob``), and returns the per-pair loss ``(N,)``: no reduction, so the caller\n'
+    'chooses the mean.\n'
+    '\n'
+    'Sources\n'
+    '- Bradley-Terry model: Bradley & Terry, "Rank Analysis of Incomplete Block Designs: I. The Method\n'
+    '  of Paired Comparisons", Biometrika 39, 1952: P(y_w > y_l) = sigmoid(r_w - r_l).\n'
+    '  As a reward-model loss: Ouyang et al., "Training Language Models to Follow Instructions with\n'
+    '  Human Feedback", 2022, arXiv:2203.02155, Sec. 3.5, Eq. 1. With a margin m(r): Touvron et al.,\n'
+    '  "Llama 2: Open Foundation and Fine-Tuned Chat Models", 2023, arXiv:2307.09288, Sec. 3.2.2, Eq. 2.\n'
+    '- DPO: Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward\n'
+    '  Model", NeurIPS 2023, arXiv:2305.18290, Sec. 4, Eq. 7; its gradient, Sec. 4 ("What does the DPO\n'
+    '  update do?"): weight beta * sigmoid(-z) on each pair.\n'
+    '- Label smoothing ("conservative DPO"): E. Mitchell, "A Note on DPO with Noisy Preferences &\n'
+    '  Relationship to IPO", 2023 (ericmitchell.ai/cdpo.pdf), Eq. 3: labels flipped with probability ls;\n'
+    '  the per-pair minimiser moves from z = +inf to z* = log((1 - ls) / ls).\n'
+    '- IPO: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human\n'
+    '  Preferences", AISTATS 2024, arXiv:2310.12036v2, Eq. 17: (h - 1/(2 tau))^2.\n'
+    '\n'
+    'Notation (per pair)\n'
+    '| symbol | meaning                                                                   |\n'
+    '|--------|---------------------------------------------------------------------------|\n'
+    '| pc, pr | policy log-prob of the chosen / rejected response (``policy_*_logps``)    |\n'
+    '| rc, rr | reference log-prob of the chosen / rejected response (``ref_*_logps``)    |\n'
+    '| h      | (pc - rc) - (pr - rr): the implicit reward margin, without beta           |\n'
+    '| z      | beta * h                                                                  |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- ``-log sigmoid(x)`` is computed as ``softplus(-x)`` (``F.logsigmoid``), finite for any finite x.\n'
+    "- IPO's tau and DPO's beta must be > 0; a Bradley-Terry margin may be a float or an (N,) tensor.\n"
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'import torch.nn.functional as F\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["bradley_terry_loss", "dpo_loss", "ipo_loss"]\n'
+    '\n'
+    '\n'
+    'def _pairs(**tensors: Tensor) -> None:\n'
+    '    first_name, first = next(iter(tensors.items()))\n'
+    '    for name, x in tensors.items():\n'
+    '        _checks.float_tensor(name, x, ndim=1)\n'
+    '        if x.shape != first.shape:\n'
+    '            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {first_name}\'s shape "\n'
+    '                             f"{tuple(first.shape)}")\n'
+    '    _checks.same_float_dtype(**tensors)\n'
+    '\n'
+    '\n'
+    'def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor,\n'
+    '                       margin: float | Tensor | None = None) -> Tensor:\n'
+    '    """``-log sigmoid(r_c - r_r - m)`` per pair, ``(N,)`` (InstructGPT Eq. 1; Llama 2 Eq. 2).\n'
+    '\n'
+    '    d loss / d r_c = sigmoid(r_c - r_r - m) - 1; at the minimum over many pairs with the same\n'
+    '    inputs, sigmoid(r_c - r_r) recovers the probability that the chosen response wins.\n'
+    '    """\n'
+    '    _pairs(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)\n'
+    '    delta = chosen_rewards - rejected_rewards\n'
+    '    if margin is not None:\n'
+    '        if isinstance(margin, torch.Tensor):\n'
+    '            _pairs(chosen_rewards=chosen_rewards, margin=margin)\n'
+    '        else:\n'
+    '            try:\n'
+    '                margin = float(margin)\n'
+    '            except (TypeError, ValueError):\n'
+    '                raise ValueError(f"margin must be None, a float or an (N,) tensor, "\n'
+    '                                 f"got {type(margin).__name__}") from None\n'
+    '        delta = delta - margin\n'
+    '    return -F.logsigmoid(delta)\n'
+    '\n'
+    '\n'
+    'def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,\n'
+    '             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, beta: float = 0.1,\n'
+    '             label_smoothing: float = 0.0) -> Tensor:\n'
+    '    """DPO loss per pair, ``(N,)`` (Rafailov et al., Eq. 7; conservative DPO for ls > 0).\n'
+    '\n'
+    '    z    = beta * ((pc - rc) - (pr - rr))\n'
+    '    loss = -(1 - ls) * log sigmoid(z) - ls * log sigmoid(-z)\n'
+    '\n'
+    '    Limits: loss = log 2 at z = 0 and as beta -> 0; d loss / d pc = -beta * sigmoid(-z) for\n'
+    '    ls = 0; for 0 < ls < 1/2 the loss is minimised at z* = log((1 - ls) / ls).\n'
+    '    """\n'
+    '    _pairs(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,\n'
+    '           ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)\n'
+    '    beta = _checks.positive("beta", beta)\n'
+    '    ls = _checks.unit_interval("label_smoothing", label_smoothing)\n'
+    '    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)\n'
+    '    z = beta * h\n'
+    '    return -(1.0 - ls) * F.logsigmoid(z) - ls * F.logsigmoid(-z)\n'
+    '\n'
+    '\n'
+    'def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,\n'
+    '             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, tau: float = 0.1) -> Tensor:\n'
+    '    """IPO loss per pair, ``(N,)``: ``(h - 1/(2 tau))^2`` with h the log-ratio margin (Azar et\n'
+    '    al., Eq. 17). Minimised at h* = 1/(2 tau)."""\n'
+    '    _pairs(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,\n'
+    '           ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)\n'
+    '    tau = _checks.positive("tau", tau)\n'
+    '    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)\n'
+    '    return (h - 1.0 / (2.0 * tau)) ** 2\n'
+]))
+
+VENDORED['refimpl.returns'] = (False, ''.join([
+    '"""Monte-Carlo returns and generalized advantage estimation (GAE).\n'
+    '\n'
+    'Sources\n'
+    '- Returns: Sutton & Barto, "Reinforcement Learning: An Introduction", 2nd ed. (2018), Sec. 3.3,\n'
+    '  Eq. 3.8: G_t = sum_k gamma^k r_{t+k+1} (here indexed so that r_t is the reward of token t).\n'
+    '- GAE: Schulman, Moritz, Levine, Jordan, Abbeel, "High-Dimensional Continuous Control Using\n'
+    '  Generalized Advantage Estimation", 2015, arXiv:1506.02438, Sec. 3: the TD residual\n'
+    '  delta_t, Eq. 16 (the exponentially weighted sum); Eqs. 17-18 give the lambda = 0 and lambda = 1\n'
+    '  cases.\n'
+    '\n'
+    'Notation\n'
+    '| symbol      | argument  | shape  | meaning                                             |\n'
+    '|-------------|-----------|--------|-----------------------------------------------------|\n'
+    '| r_t         | rewards   | (B, T) | reward received for token t                         |\n'
+    "| V(s_t)      | values    | (B, T) | critic's value of the state before token t          |\n"
+    '| m_t         | mask      | (B, T) | 1 on real response tokens (a prefix of the row)     |\n'
+    '| gamma       | gamma     | float  | discount, in [0, 1]                                 |\n'
+    '| lambda      | lam       | float  | GAE trade-off, in [0, 1]                            |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- The episode ends at the last real token: V after it is 0 and nothing at a padded position is\n'
+    '  read (padding is replaced by 0 before any arithmetic, so NaN or 1e30 there cannot leak into\n'
+    '  values or gradients).\n'
+    '- ``gae`` returns raw advantages: no whitening (see ``whitening.py`` for that separate step).\n'
+    '- The reverse scan runs over T with the batch vectorised; ``discounted_returns_loop`` and\n'
+    '  ``gae_loop`` below are the same recurrences written as plain per-row Python loops over floats,\n'
+    '  kept so that tests can hold the vectorised code against them (the CleanRL way).\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["discounted_returns", "gae", "discounted_returns_loop", "gae_loop"]\n'
+    '\n'
+    '\n'
+    'def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:\n'
+    '    """Reward-to-go ``G_t = sum_{k=t}^{last} gamma^(k-t) r_k`` for every real token.\n'
+    '\n'
+    '    Recurrence (scanned from the last real token backwards): ``G_t = r_t + gamma * G_{t+1}``, with\n'
+    '    ``G`` after the last real token equal to 0. Padded positions of the result are exactly 0.\n'
+    '    """\n'
+    '    _checks.float_tensor("rewards", rewards, ndim=2)\n'
+    '    m = _checks.bool_mask(mask, rewards.shape)\n'
+    '    gamma = _checks.unit_interval("gamma", gamma)\n'
+    '\n'
+    '    r = torch.where(m, rewards, torch.zeros_like(rewards))\n'
+    '    T = r.shape[1]\n'
+    '    G_next = torch.zeros_like(r[:, 0])\n'
+    '    out = [None] * T\n'
+    '    for t in reversed(range(T)):\n'
+    '        G_t = r[:, t] + gamma * G_next                    # G_t = r_t + gamma G_{t+1}\n'
+    '        G_t = torch.where(m[:, t], G_t, torch.zeros_like(G_t))\n'
+    '        out[t] = G_t\n'
+    '        G_next = G_t\n'
+    '    return torch.stack(out, dim=1)\n'
+    '\n'
+    '\n'
+    'def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,\n'
+    '        lam: float = 0.95) -> tuple[Tensor, Tensor]:\n'
+    '    """Generalized advantage estimation; returns ``(advantages, returns)``, each ``(B, T)``.\n'
+    '\n'
+    '    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)             (GAE paper, Sec. 3)\n'
+    '    A_t     = sum_{l>=0} (gamma * lam)^l * delta_{t+l}     (GAE paper, Eq. 16)\n'
+    '            = delta_t + gamma * lam * A_{t+1}              (the recurrence computed here)\n'
+    "    returns = A_t + V(s_t)                                  (the critic's regression target)\n"
+    '\n'
+    "    ``V(s_{t+1})`` is 0 after each row's last real token (the response ended: a terminal state),\n"
+    '    and ``A`` is 0 there too, so the sum stops at the last real token. lam = 0 gives the TD\n'
+    '    residual delta_t; lam = 1 gives the Monte-Carlo return minus V(s_t). Padded positions of both\n'
+    '    outputs are exactly 0. No whitening.\n'
+    '    """\n'
+    '    _checks.float_tensor("rewards", rewards, ndim=2)\n'
+    '    _checks.float_tensor("values", values)\n'
+    '    if values.shape != rewards.shape:\n'
+    '        raise ValueError(f"values has shape {tuple(values.shape)}, expected rewards\' shape "\n'
+    '                         f"{tuple(rewards.shape)}")\n'
+    '    _checks.same_float_dtype(rewards=rewards, values=values)\n'
+    '    m = _checks.bool_mask(mask, rewards.shape)\n'
+    '    gamma = _checks.unit_interval("gamma", gamma)\n'
+    '    lam = _checks.unit_interval("lam", lam)\n'
+    '\n'
+    '    zero = torch.zeros_like(rewards)\n'
+    '    r = torch.where(m, rewards, zero)\n'
+    '    V = torch.where(m, values, zero)\n'
+    '    T = r.shape[1]\n'
+    '    V_next = torch.zeros_like(r[:, 0])                     # V after the last real token: 0\n'
+    '    A_next = torch.zeros_like(r[:, 0])\n'
+    '    advantages = [None] * T\n'
+    '    for t in reversed(range(T)):\n'
+    '        delta = r[:, t] + gamma * V_next - V[:, t]         # TD residual (Sec. 3)\n'
+    '        A_t = delta + gamma * lam * A_next                 # Eq. 16, as a recurrence\n'
+    '        A_t = torch.where(m[:, t], A_t, torch.zeros_like(A_t))\n'
+    '        advantages[t] = A_t\n'
+    "        A_next, V_next = A_t, V[:, t]                      # both 0 beyond the row's end\n"
+    '    A = torch.stack(advantages, dim=1)\n'
+    '    returns = torch.where(m, A + V, zero)\n'
+    '    return A, returns\n'
+    '\n'
+    '\n'
+    '# --- plain loops: the same recurrences, one row and one float at a time --------------------------\n'
+    '\n'
+    'def _row_lengths(mask: Tensor) -> list[int]:\n'
+    '    m = _checks.bool_mask(mask, mask.shape)\n'
+    '    return [int(n) for n in m.sum(dim=1)]\n'
+    '\n'
+    '\n'
+    'def discounted_returns_loop(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:\n'
+    '    """``discounted_returns`` as a plain double loop over Python floats (a test oracle)."""\n'
+    '    out = torch.zeros_like(rewards)\n'
+    '    for b, n in enumerate(_row_lengths(mask)):\n'
+    '        G = 0.0\n'
+    '        for t in reversed(range(n)):\n'
+    '            G = float(rewards[b, t]) + gamma * G\n'
+    '            out[b, t] = G\n'
+    '    return out\n'
+    '\n'
+    '\n'
+    'def gae_loop(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,\n'
+    '             lam: float = 0.95) -> tuple[Tensor, Tensor]:\n'
+    '    """``gae`` as a plain double loop over Python floats (CleanRL\'s ``lastgaelam``; a test oracle)."""\n'
+    '    A = torch.zeros_like(rewards)\n'
+    '    R = torch.zeros_like(rewards)\n'
+    '    for b, n in enumerate(_row_lengths(mask)):\n'
+    '        lastgaelam = 0.0\n'
+    '        for t in reversed(range(n)):\n'
+    '            next_value = float(values[b, t + 1]) if t + 1 < n else 0.0\n'
+    '            delta = float(rewards[b, t]) + gamma * next_value - float(values[b, t])\n'
+    '            lastgaelam = delta + gamma * lam * lastgaelam\n'
+    '            A[b, t] = lastgaelam\n'
+    '            R[b, t] = lastgaelam + float(values[b, t])\n'
+    '    return A, R\n'
+]))
+
+VENDORED['refimpl.value_loss'] = (False, ''.join([
+    '"""The critic\'s loss, with PPO\'s optional value clipping.\n'
+    '\n'
+    'Sources\n'
+    '- Squared-error value loss: Schulman et al., "Proximal Policy Optimization Algorithms", 2017,\n'
+    '  arXiv:1707.06347, Sec. 5, Eq. 9 (the L^VF term, (V_theta(s_t) - V_t^targ)^2).\n'
+    "- Value clipping: introduced in OpenAI Baselines' ``ppo2``; described and studied by Engstrom et\n"
+    '  al., "Implementation Matters in Deep Policy Gradients: A Case Study on PPO and TRPO", ICLR 2020,\n'
+    '  arXiv:2005.12729 (the first of its code-level optimisations, value function clipping):\n'
+    '  L^V = max[(V_theta - V_targ)^2, (clip(V_theta, V_old - eps, V_old + eps) - V_targ)^2].\n'
+    '\n'
+    'Notation\n'
+    '| symbol  | argument   | shape  | meaning                                                 |\n'
+    '|---------|------------|--------|---------------------------------------------------------|\n'
+    "| V       | values     | (B, T) | current critic's predictions                            |\n"
+    "| V_old   | old_values | (B, T) | the critic's predictions when the batch was collected   |\n"
+    '| R       | returns    | (B, T) | regression targets (e.g. GAE returns)                   |\n'
+    '| e       | clip       | float  | value clip range (None: no clipping)                    |\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- The factor 0.5 is part of the loss (as in TRL, verl and OpenRLHF), so d loss / d V = V - R\n'
+    '  per token before aggregation.\n'
+    '- Clipping takes the *max* of the two squared errors (pessimistic, as Baselines): the gradient\n'
+    '  is zero exactly where the clipped prediction is further from R than the unclipped one and\n'
+    '  V has left [V_old - e, V_old + e].\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    'from refimpl.aggregation import AGG_MODES, aggregate\n'
+    'from refimpl.policy_loss import _token_inputs\n'
+    '\n'
+    '__all__ = ["value_loss"]\n'
+    '\n'
+    '\n'
+    'def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,\n'
+    '               clip: float | None = None, agg: str = "token-mean",\n'
+    '               norm_len: float | None = None) -> Tensor:\n'
+    '    """``aggregate(0.5 (V - R)^2)``; with ``clip=e``:\n'
+    '    ``aggregate(0.5 max((V - R)^2, (V_old + clamp(V - V_old, -e, e) - R)^2))``. A scalar."""\n'
+    '    m, x = _token_inputs(mask, values=values, old_values=old_values, returns=returns)\n'
+    '    _checks.one_of("agg", agg, AGG_MODES)\n'
+    '    V, V_old, R = x["values"], x["old_values"], x["returns"]\n'
+    '    loss = (V - R) ** 2                                                  # PPO Eq. 9\n'
+    '    if clip is not None:\n'
+    '        e = _checks.positive("clip", clip, allow_zero=True)\n'
+    '        V_clipped = V_old + torch.clamp(V - V_old, -e, e)\n'
+    '        loss = torch.maximum(loss, (V_clipped - R) ** 2)                 # Engstrom et al. 2020\n'
+    '    return aggregate(0.5 * loss, m, agg, norm_len)\n'
+]))
+
+VENDORED['refimpl.whitening'] = (False, ''.join([
+    '"""Advantage whitening over the whole batch (global normalisation).\n'
+    '\n'
+    'Sources\n'
+    '- REINFORCE++: Hu et al., "REINFORCE++: Stabilizing Critic-Free Policy Optimization with Global\n'
+    '  Normalization", 2025, arXiv:2501.03262v9 (earlier versions carry other titles), Sec. 3.1,\n'
+    '  Eq. 5: advantages normalised over the global batch.\n'
+    '- PPO implementations whiten GAE advantages per mini-batch the same way: Huang et al., "The 37\n'
+    '  Implementation Details of Proximal Policy Optimization", ICLR Blog Track 2022, detail 7;\n'
+    '  Engstrom et al., "Implementation Matters in Deep Policy Gradients", 2020, arXiv:2005.12729.\n'
+    '\n'
+    'Notation\n'
+    '| symbol | argument   | shape        | meaning                                            |\n'
+    '|--------|------------|--------------|----------------------------------------------------|\n'
+    '| A      | advantages | any; (B, T) with a mask | advantages to whiten                    |\n'
+    '| m      | mask       | (B, T) or None | which entries are real (None: all of them)       |\n'
+    '| mu     |            | scalar       | mean of the real entries                           |\n'
+    '| var    |            | scalar       | unbiased variance of the real entries (divisor n-1)|\n'
+    '\n'
+    'Choices the contract leaves to us, and what we chose\n'
+    '- ``(A - mu) * rsqrt(var + eps)``: eps inside the square root (as ``masked_whiten`` in TRL and\n'
+    '  verl), unbiased variance, and the mean is *not* added back (``shift_mean=True`` in those\n'
+    '  libraries). Padded entries are excluded from mu and var and are exactly 0 in the output.\n'
+    '- The reference sheet says the bias of global normalisation vanishes as the batch grows; the\n'
+    '  exact size of that bias for small batches is computed in ``refimpl.tabular`` and its tests.\n'
+    '"""\n'
+    '\n'
+    'from __future__ import annotations\n'
+    '\n'
+    'import torch\n'
+    'from torch import Tensor\n'
+    '\n'
+    'from refimpl import _checks\n'
+    '\n'
+    '__all__ = ["batch_normalized_advantages"]\n'
+    '\n'
+    '\n'
+    'def batch_normalized_advantages(advantages: Tensor, mask: Tensor | None = None,\n'
+    '                                eps: float = 1e-8) -> Tensor:\n'
+    '    """Whiten ``advantages`` over the real entries of the whole batch; same shape out.\n'
+    '\n'
+    '    A_hat = (A - mu) / sqrt(var + eps),   mu, var over real entries, var with divisor (n - 1).\n'
+    '    """\n'
+    '    _checks.float_tensor("advantages", advantages)\n'
+    '    eps = _checks.positive("eps", eps, allow_zero=True)\n'
+    '    if mask is None:\n'
+    '        m = torch.ones_like(advantages, dtype=torch.bool)\n'
+    '    else:\n'
+    '        m = _checks.bool_mask(mask, advantages.shape)\n'
+    '    n_real = int(m.sum())\n'
+    '    if n_real < 2:\n'
+    '        raise ValueError(f"advantages: whitening needs at least two real entries, got {n_real}")\n'
+    '\n'
+    '    zero = torch.zeros_like(advantages)\n'
+    '    A = torch.where(m, advantages, zero)\n'
+    '    n = torch.tensor(float(n_real), dtype=A.dtype, device=A.device)\n'
+    '    mu = A.sum() / n\n'
+    '    var = torch.where(m, (A - mu) ** 2, zero).sum() / (n - 1)        # unbiased\n'
+    '    return torch.where(m, (A - mu) * torch.rsqrt(var + eps), zero)\n'
+]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
