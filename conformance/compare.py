@@ -208,8 +208,13 @@ def _finding_lines(f: Finding, out_dir: Path) -> list[str]:
 def _size(row: dict) -> str:
     """The size of the difference on the failing sample, when the row has numbers."""
     if row.get("expected") is None and row.get("actual") is None:
-        return f"`{row['sample']}`" if row.get("sample") else ""
-    text = f"expected {_number(row.get('expected'))}, actual {_number(row.get('actual'))}"
+        # an input check: what it passed, and what came back (its message)
+        return (f"{row.get('message', '').split(' | declared: ')[0]} (sample `{row['sample']}`)"
+                if row.get("sample") else "")
+    e, a = row.get("expected"), row.get("actual")
+    digits = next((d for d in (6, 10, 17) if not (isinstance(e, float) and isinstance(a, float))
+                   or f"{e:.{d}g}" != f"{a:.{d}g}"), 17)
+    text = f"expected {_number(e, digits)}, actual {_number(a, digits)}"
     if row.get("abs_err") is not None:
         text += f", abs err {row['abs_err']:.3g}"
     if row.get("rel_err") is not None:
@@ -217,8 +222,9 @@ def _size(row: dict) -> str:
     return text + (f" (sample `{row['sample']}`)" if row.get("sample") else "")
 
 
-def _number(x) -> str:
-    return f"{x:.6g}" if isinstance(x, float) else str(x)
+def _number(x, digits: int = 6) -> str:
+    """A number with ``digits`` significant digits (enough to tell expected from actual)."""
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
 def _findings_sections(found: list[Finding], out_dir: Path) -> list[str]:
