@@ -7,8 +7,8 @@ own function, runnable by a maintainer who has torch and the framework but not r
 How a script is made (``write_repro``):
 
 1. The check runs once, in-process, as ``runner.run_check`` runs it (same ``Context``, same seed),
-   but with a ``RecordingContext`` that keeps a copy of every adapter call, its arguments taken
-   after ``ctx.resolve`` (the call the adapter really got).
+   and its ``Context.recorded`` keeps a copy of every adapter call, its arguments taken after
+   ``ctx.resolve`` (the call the adapter really got); the failing sample's calls come first.
 2. The failing sample is the first recorded call on which the adapter's output (and, for a
    function with differentiable inputs, ``templates.OPS[fn].diff``, the gradient of the output
    weighted as the gradient checks weight it) differs from ``refimpl``'s on the same inputs by
@@ -43,7 +43,7 @@ import json
 import math
 import sys
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import refimpl
 from conformance.checks import all_checks
 from conformance.checks.templates import OPS
-from conformance.context import CheckFailed, Context
+from conformance.context import CheckFailed, Context, RecordedCall
 from conformance.loading import (
     AdapterLoadError,
     _is_file_spec,
@@ -262,37 +262,11 @@ def _snapshot(x):
     return x.detach().clone() if isinstance(x, torch.Tensor) else x
 
 
-@dataclass
-class Call:
-    """One adapter call as the adapter got it (after ``ctx.resolve``)."""
-    sample: str | None
-    args: list
-    kwargs: dict
-
-
-@dataclass
-class RecordingContext(Context):
-    """``Context`` that keeps a copy of every call made to the adapter's estimator, through
-    ``ctx.call`` or directly through ``ctx.fn`` (the input checks' invalid call), in ``made``."""
-    made: list = field(default_factory=list)
-
-    @property
-    def fn(self):
-        fn = Context.fn.fget(self)
-
-        def recording(*args, **kwargs):
-            call = Call(self.sample, [_snapshot(a) for a in args],
-                        {k: _snapshot(v) for k, v in kwargs.items()})
-            out = fn(*args, **kwargs)
-            self.made.append(call)
-            return out
-        return recording
-
-
-def record_calls(chk: Check, adapter, seed: int = 0) -> list[Call]:
-    """Run ``chk`` on ``adapter`` as ``runner.run_check`` does and return every adapter call that
-    returned (whatever the check concluded)."""
-    ctx = RecordingContext(chk, adapter, seed=check_seed(seed, chk.id))
+def record_calls(chk: Check, adapter, seed: int = 0) -> list[RecordedCall]:
+    """Run ``chk`` on ``adapter`` as ``runner.run_check`` does and return every adapter call it
+    made (``Context.recorded``: after ``ctx.resolve``, inputs copied before the call), those of
+    the sample the check failed on first: that is the difference the report shows."""
+    ctx = Context(chk, adapter, seed=check_seed(seed, chk.id))
     torch.manual_seed(ctx.seed)
     failed = None
     try:
@@ -301,9 +275,8 @@ def record_calls(chk: Check, adapter, seed: int = 0) -> list[Call]:
         failed = exc.sample
     except Exception:                                                 # noqa: BLE001
         pass                        # the outcome is the runner's business; the calls are ours
-    # the calls of the sample the check failed on first: that is the difference the report shows
-    return ([c for c in ctx.made if failed is not None and c.sample == failed]
-            + [c for c in ctx.made if failed is None or c.sample != failed])
+    return ([c for c in ctx.recorded if failed is not None and c.sample == failed]
+            + [c for c in ctx.recorded if failed is None or c.sample != failed])
 
 
 # --- the failing sample ---------------------------------------------------------------------------
@@ -345,7 +318,7 @@ def _excess(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> float:
 class Finding:
     """The failing sample: the call, what the adapter and refimpl give on it, and by how much."""
     check: Check
-    call: Call
+    call: RecordedCall
     diff: tuple                              # positions of the differentiated arguments
     weights: list                            # gradient weights (empty without diff)
     value_excess: float
@@ -353,7 +326,7 @@ class Finding:
     tolerance: dict                          # "float64"/"float32" -> the check's tolerance
 
 
-def _differs(chk: Check, adapter, call: Call) -> Finding | None:
+def _differs(chk: Check, adapter, call: RecordedCall) -> Finding | None:
     name = chk.estimator
     op = OPS.get(name)
     diff = tuple(i for i in (op.diff if op else ())

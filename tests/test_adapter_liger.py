@@ -122,30 +122,11 @@ def test_kl_estimate_is_k3_loss_fn_alone_without_a_mask_shim():
     assert got[0, 1] != 0 and "kl_estimate" not in lg.liger.shims
 
 
-def _one_token_loss(c, clip_high, r, A):
-    """Liger's clipped loss (through the adapter) and its gradient for one token of ratio r and
-    advantage A; the contract's (refimpl) beside it."""
-    import math
-    old = torch.tensor([[-3.0]], dtype=torch.float64)     # a float32 number: the cast is exact
-    mask = torch.ones(1, 1, dtype=torch.bool)
-    adv = torch.tensor([A], dtype=torch.float64)
-    out = []
-    for fn in (lambda lp: lg.liger_grpo.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
-                                                      "seq-mean-token-mean"),
-               lambda lp: refimpl.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
-                                                "seq-mean-token-mean")):
-        lp = (old + math.log(r)).requires_grad_(True)
-        loss = fn(lp)
-        (g,) = torch.autograd.grad(loss, lp)
-        out.append((float(loss.detach()), float(g)))
-    return out
-
-
 def test_the_delta_example_is_what_liger_gives():
     """The example in the dual-clip-inside-clip-range declaration is re-run: Liger's delta, the
     contract's dual_clip, on one token with A = +1 and one with A = -1."""
     assert_delta_example(lg.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"],
-                         _one_token_loss)
+                         lg.liger_grpo.ppo_clip_loss)
 
 
 def test_the_float32_old_logp_example_is_what_liger_gives():

@@ -15,7 +15,8 @@ pytest.importorskip("openrlhf", reason="OpenRLHF is not installed "
                     "(bash conformance/adapters/openrlhf_install.sh)")
 
 from conformance.adapters import openrlhf as adapters  # noqa: E402
-from tests.adapter_suite import stated_numbers  # noqa: E402
+from tests.adapter_suite import (assert_log_ratio_clamp_example,  # noqa: E402
+                                 stated_numbers)
 from conformance.runner import certify  # noqa: E402
 
 CITATION = re.compile(r"[\w./-]+\.py:\d+")
@@ -99,25 +100,10 @@ def test_outputs_come_back_uncast():
 
 
 def test_the_ppo_log_ratio_clamp_example_is_what_openrlhf_gives():
-    """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run: one token at
-    the stated log-ratio and advantage gets, through PolicyLoss, the stated loss and gradient,
-    where the contract (refimpl) gives the stated ones (to the 6 digits the sentence gives)."""
-    import torch
-
-    import refimpl
-    sentence = adapters.openrlhf.known_deviations["ppo_clip_loss/log-ratios-beyond-20"]
-    l, a, got_loss, want_loss, got_grad, want_grad = map(float, stated_numbers(
-        r"log-ratio of ([\d.]+) with advantage (-?[\d.]+) the token's loss is ([\d.e+]+) instead "
-        r"of ([\d.e+]+), with gradient (-?[\d.e+]+) instead of ([\d.e+]+)", sentence))
-    mask = torch.ones(1, 1, dtype=torch.bool)
-    old, adv = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), a, dtype=torch.float64)
-    for fn, stated_loss, stated_grad in ((adapters.openrlhf.ppo_clip_loss, got_loss, got_grad),
-                                         (refimpl.ppo_clip_loss, want_loss, want_grad)):
-        logp = torch.full((1, 1), l, dtype=torch.float64, requires_grad=True)
-        loss = fn(logp, old, adv, mask)
-        (grad,) = torch.autograd.grad(loss, logp)
-        assert float(f"{loss.item():.6g}") == stated_loss, (fn, loss.item(), sentence)
-        assert float(f"{float(grad):.6g}") == stated_grad, (fn, float(grad), sentence)
+    """The example in the ppo_clip_loss/log-ratios-beyond-20 declaration is re-run (one token at
+    the stated log-ratio and advantage, the framework's and the contract's loss and gradient)."""
+    assert_log_ratio_clamp_example(adapters.openrlhf.known_deviations["ppo_clip_loss/log-ratios-beyond-20"],
+                                   adapters.openrlhf.ppo_clip_loss)
 
 
 def test_the_group_norm_all_equal_example_is_what_openrlhf_gives():

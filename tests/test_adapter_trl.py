@@ -96,30 +96,11 @@ def test_the_all_equal_group_example_is_what_trl_gives():
     assert bool((got == got[0]).all())                 # every member gets the same advantage
 
 
-def _one_token_loss(c, clip_high, r, A):
-    """TRL's clipped loss (through the adapter) and its gradient for one token of ratio r and
-    advantage A; the contract's (refimpl) beside it."""
-    import math
-    old = torch.tensor([[-3.0]], dtype=torch.float64)
-    mask = torch.ones(1, 1, dtype=torch.bool)
-    adv = torch.tensor([A], dtype=torch.float64)
-    out = []
-    for fn in (lambda lp: tr.trl_grpo.ppo_clip_loss(lp, old, adv, mask, 0.2, clip_high, c,
-                                                    "seq-mean-token-mean"),
-               lambda lp: refimpl.ppo_clip_loss(lp, old, adv.unsqueeze(-1), mask, 0.2, clip_high, c,
-                                                "seq-mean-token-mean")):
-        lp = (old + math.log(r)).requires_grad_(True)
-        loss = fn(lp)
-        (g,) = torch.autograd.grad(loss, lp)
-        out.append((float(loss.detach()), float(g)))
-    return out
-
-
 def test_the_delta_example_is_what_trl_gives():
     """The example in the dual-clip-inside-clip-range declaration is re-run: TRL's delta, the
     contract's dual_clip, on one token with A = +1 and one with A = -1."""
     assert_delta_example(tr.GRPO_DEVIATIONS["ppo_clip_loss/dual-clip-inside-clip-range"],
-                         _one_token_loss)
+                         tr.trl_grpo.ppo_clip_loss)
 
 
 def test_the_margin_example_is_what_trl_gives():

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conformance.context import Context
+
 import refimpl
 from conformance import repro
 from conformance.checks import all_checks
@@ -210,10 +212,10 @@ def test_recorded_calls_are_those_after_resolve():
     call is what the adapter got, not what the check asked for."""
     adapter = mutant_adapter("policy_gradient_loss~scaled")
     adapter.capabilities = {"agg": ["token-mean"]}
-    ctx = repro.RecordingContext(REGISTRY["policy_gradient_loss/matches-reference"], adapter)
+    ctx = Context(REGISTRY["policy_gradient_loss/matches-reference"], adapter)
     logp, adv, mask = torch.zeros(2, 3, dtype=F64), torch.ones(2, dtype=F64), _mask(2, 3)
     ctx.call(logp, adv, mask, agg="seq-mean-token-sum")
-    (call,) = ctx.made
+    (call,) = ctx.recorded
     assert call.kwargs == {"agg": "token-mean"} and torch.equal(call.args[2], mask)
 
 
