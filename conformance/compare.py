@@ -29,7 +29,7 @@ from conformance.report import check_writable, is_not_provided, md_table
 #: the grid's colours: the classes from the most serious (dark red) to the least
 GRID_COLOURS = {"gradient": "#b71c1c", "value": "#ef6c00", "padding": "#6a1b9a",
                 "validation": "#fbc02d", "precision": "#90caf9", "unclassified": "#9e9e9e",
-                "pass": "#66bb6a", None: "#eeeeee"}
+                "unverified": "#c5e1a5", "pass": "#66bb6a", None: "#eeeeee"}
 
 
 class ReportError(ValueError):
@@ -260,12 +260,16 @@ def _findings_sections(found: list[Finding], out_dir: Path) -> list[str]:
 def estimator_grid(reports: list[dict], found: list[Finding]) -> dict:
     """{framework: {estimator: (worst class or "pass" or None, {class: number of findings})}}:
     the worst class of the findings touching the estimator, "pass" when a check of it passed
-    and none failed, None when every check of it was skipped."""
+    and none failed ("unverified" when some of those passes are qualified: the input had to be
+    shaped so that a behaviour could not show), None when every check of it was skipped."""
     ran: dict[str, dict[str, bool]] = {}
+    qualified: set = set()                  # (framework, estimator) with a pass listed unverified
     for r in reports:
         cells = ran.setdefault(framework_of(r["adapter"]), {})
         for row in r["checks"]:
             cells[row["estimator"]] = cells.get(row["estimator"], False) or row["status"] != "skip"
+            if row["status"] == "pass" and row.get("qualified"):
+                qualified.add((framework_of(r["adapter"]), row["estimator"]))
     grid = {}
     for fw in sorted(ran, key=framework_order):
         grid[fw] = {}
@@ -274,7 +278,8 @@ def estimator_grid(reports: list[dict], found: list[Finding]) -> dict:
             for f in found:
                 if f.framework == fw and est in f.estimators:
                     counts[f.cls] = counts.get(f.cls, 0) + 1
-            worst = min(counts, key=RANK.__getitem__) if counts else ("pass" if any_ran else None)
+            passed = "unverified" if (fw, est) in qualified else "pass"
+            worst = min(counts, key=RANK.__getitem__) if counts else (passed if any_ran else None)
             grid[fw][est] = (worst, counts)
     return grid
 
@@ -285,7 +290,7 @@ def _grid_cell(cell) -> str:
     if worst is None:
         return "—"
     if not counts:
-        return "pass"
+        return "pass (some unverified)" if worst == "unverified" else "pass"
     others = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: RANK[x[0]])
                        if c != worst)
     return f"**{worst}** {counts[worst]}" + (f" ({others})" if others else "")
@@ -297,7 +302,9 @@ def _grid_section(grid: dict) -> list[str]:
             for e in estimators]
     return ["## Framework × estimator", "",
             "The worst class among the findings that touch each estimator, with the number of "
-            "findings of each class; pass: every check that ran passed; —: not provided.", "",
+            "findings of each class; pass: every check that ran passed (some unverified: a pass "
+            "that holds only because the input was shaped so that a behaviour could not show); "
+            "—: not provided.", "",
             "![framework x estimator](comparison.png)", "",
             md_table(["estimator", *[NAMES.get(fw, fw) for fw in grid]], rows), ""]
 
@@ -401,7 +408,7 @@ def _grid_picture(grid: dict, path: Path):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    order = [*RANK, "pass", None]
+    order = [*RANK, "unverified", "pass", None]
     frameworks = list(grid)
     estimators = sorted({e for cells in grid.values() for e in cells})
     values = [[order.index(grid[fw].get(e, (None, {}))[0]) for fw in frameworks]
@@ -423,7 +430,8 @@ def _grid_picture(grid: dict, path: Path):
     ax.set_yticks([y - 0.5 for y in range(1, len(estimators))], minor=True)
     ax.grid(which="minor", color="white", linewidth=2)
     ax.tick_params(which="minor", length=0)
-    ax.legend(handles=[Patch(color=GRID_COLOURS[c], label=c or "not provided") for c in order],
+    labels = {"unverified": "pass, some unverified", None: "not provided"}
+    ax.legend(handles=[Patch(color=GRID_COLOURS[c], label=labels.get(c, c)) for c in order],
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=11, frameon=False,
               title="worst class (number of findings)", title_fontsize=11)
     ax.set_title("What differs from the contract, per framework", fontsize=13)

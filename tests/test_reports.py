@@ -350,3 +350,12 @@ def test_a_gradient_finding_only_through_constants_says_training_is_unchanged():
     found = {f.sentence: f for f in findings([_report("trl", rows)])}
     assert "never takes" in found[no_grad].effect
     assert found[TRL_SENTENCE].effect.startswith("Training changes")
+
+
+def test_the_grid_marks_an_estimator_whose_passes_are_unverified():
+    from conformance.compare import _grid_cell, estimator_grid
+    rows = [_row("dpo_loss/matches-reference", "pass", qualified="one pair per call (x.py:1)"),
+            _row("ipo_loss/matches-reference", "pass")]
+    grid = estimator_grid([_report("trl", rows)], [])
+    assert _grid_cell(grid["trl"]["dpo_loss"]) == "pass (some unverified)"
+    assert _grid_cell(grid["trl"]["ipo_loss"]) == "pass"
