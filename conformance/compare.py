@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from conformance.context import digits_apart
 from conformance.findings import (NAMES, RANK, Finding, findings, framework_of, framework_order,
                                   qualified_passes)
 from conformance.registry import REGISTRY, STATUSES
@@ -212,8 +213,7 @@ def _size(row: dict) -> str:
         return (f"{row.get('message', '').split(' | declared: ')[0]} (sample `{row['sample']}`)"
                 if row.get("sample") else "")
     e, a = row.get("expected"), row.get("actual")
-    digits = next((d for d in (6, 10, 17) if not (isinstance(e, float) and isinstance(a, float))
-                   or f"{e:.{d}g}" != f"{a:.{d}g}"), 17)
+    digits = digits_apart(a, e)
     text = f"expected {_number(e, digits)}, actual {_number(a, digits)}"
     if row.get("abs_err") is not None:
         text += f", abs err {row['abs_err']:.3g}"

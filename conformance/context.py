@@ -89,13 +89,17 @@ def relative_errors(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tenso
     return torch.where(same, torch.zeros_like(err), err.nan_to_num(nan=math.inf))
 
 
+def digits_apart(actual, expected) -> int:
+    """Significant digits enough to print two numbers so that they read apart (6, 10 or 17)."""
+    if not (isinstance(actual, float) and isinstance(expected, float)):
+        return 6
+    return next((d for d in (6, 10) if f"{actual:.{d}g}" != f"{expected:.{d}g}"), 17)
+
+
 def _digits(actual: float, expected: float) -> str:
     """"a, but should be e" with as many digits as it takes to tell them apart."""
-    for digits in (6, 10, 17):
-        a, e = f"{actual:.{digits}g}", f"{expected:.{digits}g}"
-        if a != e:
-            break
-    return f"{a}, but should be {e}"
+    d = digits_apart(actual, expected)
+    return f"{actual:.{d}g}, but should be {expected:.{d}g}"
 
 
 @dataclass(frozen=True)

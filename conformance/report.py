@@ -111,10 +111,15 @@ def reproduce_line(adapter: str, check_id: str, seed: int = 0) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def repro_file(adapter: str, check_id: str) -> str:
+    """A check's standalone script, relative to the scripts' directory (``reports/repro``)."""
+    return f"{adapter}/{check_id.replace('/', '__')}.py"
+
+
 def repro_path(adapter: str, check_id: str) -> str:
     """Where ``rlconform repro`` writes the standalone script of a check, relative to the
     reports' directory."""
-    return f"repro/{adapter}/{check_id.replace('/', '__')}.py"
+    return f"repro/{repro_file(adapter, check_id)}"
 
 
 def error_advice(row: dict) -> str:

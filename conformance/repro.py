@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 import refimpl
 from conformance.checks import all_checks
-from conformance.checks.templates import OPS
-from conformance.context import CheckFailed, Context, RecordedCall
+from conformance.checks.templates import OPS, gradient_weights, weighted_grads
+from conformance.context import CheckFailed, Context, RecordedCall, relative_errors
 from conformance.loading import (
     AdapterLoadError,
     _is_file_spec,
@@ -60,6 +60,7 @@ from conformance.loading import (
     registered_adapters,
 )
 from conformance.registry import REGISTRY, Check
+from conformance.report import repro_file
 from conformance.runner import _declared, check_seed
 
 #: the packages of this project that a script carries inlined (never the framework, never torch)
@@ -285,31 +286,12 @@ def _outputs(out) -> list:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _weights(refs: list) -> list[torch.Tensor]:
-    """The weights of the gradient checks (``templates._weights``): the gradient compared is that
-    of sum_k <output_k, w_k>."""
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(r.shape, generator=g, dtype=torch.float64).to(r.dtype) for r in refs]
-
-
-def _grads(outs, inputs, weights):
-    total = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights))
-    if not isinstance(total, torch.Tensor) or not total.requires_grad:
-        return [torch.zeros_like(x) for x in inputs]
-    gs = torch.autograd.grad(total, inputs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gs)]
-
-
 def _excess(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> float:
-    """The worst error scaled as ``Context.compare`` scales it (|a - e| / max(1, |e|)), with a
-    non-finite value where the expected one is finite counting as infinite; 0 when within tol."""
-    a = actual.detach().to(torch.float64)
-    e = expected.detach().to(torch.float64)
-    if a.shape != e.shape:
+    """The worst error as ``Context.compare`` scales it (``relative_errors``: |a - e| /
+    max(1, |e|), a non-finite value that differs counting as infinite); 0 when within tol."""
+    if actual.shape != expected.shape:
         return float("inf")
-    if bool((~torch.isfinite(a) & torch.isfinite(e)).any()):
-        return float("inf")
-    err = ((a - e).abs() / e.abs().clamp(min=1.0)).nan_to_num(0.0)
+    err = relative_errors(actual, expected)
     worst = float(err.max()) if err.numel() else 0.0
     return worst if worst > tol else 0.0
 
@@ -355,9 +337,9 @@ def _differs(chk: Check, adapter, call: RecordedCall) -> Finding | None:
     value = max(_excess(o, r, chk.tol.of(o.dtype)) for o, r in zip(outs, refs))
     gradient, weights = 0.0, []
     if diff:
-        weights = _weights(refs)
-        got = _grads(outs, [args[i] for i in diff], weights)
-        want = _grads(refs, [ref_args[i] for i in diff], weights)
+        weights = gradient_weights(refs)
+        got = weighted_grads(outs, [args[i] for i in diff], weights)
+        want = weighted_grads(refs, [ref_args[i] for i in diff], weights)
         gradient = max(_excess(g, w, chk.tol.of(outs[0].dtype)) for g, w in zip(got, want))
     if value == 0.0 and gradient == 0.0:
         return None
@@ -502,7 +484,7 @@ def _value_literal(v, indent="    ", comment=True) -> str:
 
 def script_path(out_dir: str | Path, adapter: str, check_id: str) -> Path:
     """Where the bulk mode (and the comparison report's link) puts a script."""
-    return Path(out_dir) / adapter / (check_id.replace("/", "__") + ".py")
+    return Path(out_dir) / repro_file(adapter, check_id)
 
 
 def _equation_sources(name: str) -> str:

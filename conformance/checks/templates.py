@@ -165,7 +165,9 @@ def _calls(ctx: Context, op: Op, dtypes=(torch.float64, torch.float32)):
             yield sample, {**kwargs, **variant}, list(args), tuple(variant)
 
 
-def _weights(outs, seed=0):
+def gradient_weights(outs, seed=0):
+    """The weights w_k of the gradient checks: the gradient compared is that of
+    sum_k <output_k, w_k> (seeded, so ``rlconform repro`` writes the same ones)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
 
@@ -207,14 +209,15 @@ def reference_grads32(op: Op, args, kwargs, weights) -> list | None:
         return None
     refs = list(ref) if isinstance(ref, tuple) else [ref]
     weights32 = [w.to(r.dtype) for w, r in zip(weights, refs)]
-    return _grads(refs, [args32[i] for i in op.diff], weights32)
+    return weighted_grads(refs, [args32[i] for i in op.diff], weights32)
 
 
 def _nth(xs, i):
     return None if xs is None else xs[i]
 
 
-def _grads(outs, inputs, weights):
+def weighted_grads(outs, inputs, weights):
+    """d sum_k <outs_k, weights_k> / d inputs (zeros where the outputs do not depend on one)."""
     total = sum((o * w).sum() for o, w in zip(outs, weights))
     if not total.requires_grad:
         return [torch.zeros_like(x) for x in inputs]
@@ -258,10 +261,10 @@ def _register_generic(op: Op):
                     outs = _outputs(ctx, op, sample, ctx.call(*args, **kwargs), sample.dtype)
                     ref = op.reference(*args, **kwargs)
                     refs = list(ref) if isinstance(ref, tuple) else [ref]
-                    w = _weights(refs)
+                    w = gradient_weights(refs)
                     inputs = [args[i] for i in op.diff]
-                    got = _grads(outs, inputs, w)
-                    want = _grads(refs, inputs, w)
+                    got = weighted_grads(outs, inputs, w)
+                    want = weighted_grads(refs, inputs, w)
                     want32 = reference_grads32(op, args, kwargs, w)
                     for k, (i, g, r) in enumerate(zip(op.diff, got, want)):
                         ctx.compare(g, r, f"d {name} / d argument {i}", expected32=_nth(want32, k))
@@ -306,9 +309,9 @@ def _register_generic(op: Op):
                                             f"output {k} at padded positions (padding = {fill})",
                                             nan_is_failure=True)
                         if op.diff:
-                            w = _weights(clean)
-                            g_clean = _grads(clean, [args[i] for i in op.diff], w)
-                            g_dirty = _grads(outs, [dirty[i] for i in op.diff], w)
+                            w = gradient_weights(clean)
+                            g_clean = weighted_grads(clean, [args[i] for i in op.diff], w)
+                            g_dirty = weighted_grads(outs, [dirty[i] for i in op.diff], w)
                             for i, gd, gc in zip(op.diff, g_dirty, g_clean):
                                 ctx.compare(gd[~mask], torch.zeros(int((~mask).sum())),
                                             f"d/d argument {i} at padded positions (padding = {fill})",
@@ -464,9 +467,9 @@ def _levels(ctx: Context, op: Op, call: RecordedCall) -> tuple[int, bool] | None
             real = max(real, _level(ctx, o_re, r_re, None if r32 is None else split(r32)[0]))
             padded |= _level(ctx, o_pad, r_pad, None) > 0
         if op.diff:
-            w = [x.to(r.device) for x, r in zip(_weights(refs), refs)]
+            w = [x.to(r.device) for x, r in zip(gradient_weights(refs), refs)]
             w = [x * mask if mask is not None and x.shape == mask.shape else x for x in w]
-            got, want = _grads(outs, leaves[0], w), _grads(refs, leaves[1], w)
+            got, want = weighted_grads(outs, leaves[0], w), weighted_grads(refs, leaves[1], w)
             want32 = reference_grads32(op, theirs[0], theirs[1], w) or [None] * len(want)
             for g, r, r32 in zip(got, want, want32):
                 (g_re, g_pad), (r_re, r_pad) = split(g), split(r)
@@ -480,7 +483,7 @@ def _levels(ctx: Context, op: Op, call: RecordedCall) -> tuple[int, bool] | None
 
 
 def _same_gradient(ctx: Context, op: Op, call: RecordedCall) -> bool | None:
-    """Whether the adapter's gradients of ``call`` (weighted as in ``_grads``) equal refimpl's
+    """Whether the adapter's gradients of ``call`` (weighted as in ``weighted_grads``) equal refimpl's
     within the check's tolerance (float32 arithmetic accepted as in ``Context.compare``); None
     where the adapter refuses the call (``Unsupported``)."""
     names = list(inspect.signature(getattr(refimpl, op.name)).parameters)
@@ -499,8 +502,8 @@ def _same_gradient(ctx: Context, op: Op, call: RecordedCall) -> bool | None:
         refs = list(refs) if isinstance(refs, tuple) else [refs]
         if len(outs) != len(refs):
             return False
-        w = [x.to(r.device) for x, r in zip(_weights(refs), refs)]
-        got, want = _grads(outs, leaves[0], w), _grads(refs, leaves[1], w)
+        w = [x.to(r.device) for x, r in zip(gradient_weights(refs), refs)]
+        got, want = weighted_grads(outs, leaves[0], w), weighted_grads(refs, leaves[1], w)
         want32 = reference_grads32(op, theirs[0], theirs[1], w)
     except Unsupported:
         return None
