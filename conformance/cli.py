@@ -1,4 +1,4 @@
-"""The ``rlconform`` command: certify, compare, list, explain, setup.
+"""The ``rlconform`` command: certify, compare, list, explain, setup, repro, train.
 
     rlconform certify ADAPTER --out DIR [-k GLOB] [--timeout S] [--seed N] [--thorough]
                       [--device cpu|cuda] [--in-process] [-v] [-q]
@@ -7,6 +7,8 @@
     rlconform explain CHECK_ID
     rlconform setup FRAMEWORK [--dry-run]
     rlconform repro ADAPTER CHECK_ID --out FILE [--seed N]
+    rlconform train ALGO --out DIR [--task T] [--steps N] [--seed S] [--model PATH]
+                    [--device D] [--set FIELD=VALUE ...] [--preset NAME] [--tensorboard] [-q]
     rlconform --version
 
 Exit status of ``certify`` (docs/contract.md, "Certification and statuses"): 0 when no check is
@@ -280,6 +282,57 @@ def _cmd_setup(args) -> int:
     return setup(args.framework, dry_run=args.dry_run)
 
 
+# --- train ------------------------------------------------------------------------------------------
+
+TRAIN_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo",
+                    "reward_model", "ppo_rm")
+TRAIN_PRESETS = ("kl-explosion", "degenerate-groups", "reward-hacking")
+
+
+def _cmd_train(args) -> int:
+    """Run one of refimpl's training loops; every mistake in the arguments is one line, exit 2."""
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _error(f"--set expects FIELD=VALUE, got {item!r}")
+        overrides[key] = value
+    if args.model is not None and not Path(args.model).is_dir():
+        return _error(f"--model {args.model}: not a local directory (a saved transformers model)")
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            return _error(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        check_writable(Path(args.out))
+    except ReportWriteError as exc:
+        return _error(str(exc))
+    from refimpl import train
+    from refimpl.tasks import TASKS
+    from refimpl.train.common import apply_overrides
+    if args.task is not None and args.task not in TASKS:
+        return _error(f"--task {args.task}: not a task (one of {', '.join(TASKS)})")
+    fields = {k: v for k, v in (("task", args.task), ("steps", args.steps), ("model", args.model),
+                                ("tensorboard", args.tensorboard or None)) if v is not None}
+    try:
+        config = train.config_for(args.algorithm, args.preset, seed=args.seed, device=args.device,
+                                  **fields)
+        config = apply_overrides(config, overrides)
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.tensorboard:
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            return _error("--tensorboard needs the tensorboard package (pip install tensorboard)")
+    rows = train.run(config, args.out, progress=False if args.quiet else None)
+    last = {k: v for k, v in rows[-1].items() if isinstance(v, float)}
+    evals = [r["eval_accuracy"] for r in rows if isinstance(r.get("eval_accuracy"), float)]
+    summary = f"eval_accuracy {evals[0]:.3f} -> {evals[-1]:.3f}, " if len(evals) > 1 else ""
+    print(f"{args.algorithm}: {len(rows) - 1} steps, {summary}{last.get('time_s', 0):.0f} s; "
+          f"{args.out}/metrics.jsonl, {args.out}/curves.png, {args.out}/model")
+    return 0
+
+
 def _frameworks_help() -> str:
     how = {name: ("pip install " + " ".join(what)) if kind == "pip"
            else f"scripted minimal install, {what}" for name, (kind, what) in FRAMEWORKS.items()}
@@ -334,6 +387,25 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed the inputs are drawn with (default 0, as certify's)")
     r.set_defaults(func=_cmd_repro)
+    t = sub.add_parser("train", help="run one of refimpl's reference training loops on a tiny "
+                                     "causal LM (metrics.jsonl, curves.png, the model)")
+    t.add_argument("algorithm", choices=TRAIN_ALGORITHMS, metavar="ALGO",
+                   help="one of: " + ", ".join(TRAIN_ALGORITHMS))
+    t.add_argument("--out", required=True, metavar="DIR", help="directory for the run")
+    t.add_argument("--task", metavar="T", help="reverse, addition, sort or decisive "
+                                               "(default: the loop's)")
+    t.add_argument("--steps", type=int, metavar="N", help="optimisation steps (default: the loop's)")
+    t.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    t.add_argument("--model", metavar="PATH", help="a local transformers causal LM to start from "
+                                                   "(default: the task's SFT warm-up)")
+    t.add_argument("--device", default="cpu", metavar="D", help="cpu (default) or cuda")
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="set any field of the loop's config dataclass (repeatable)")
+    t.add_argument("--preset", choices=TRAIN_PRESETS, metavar="NAME",
+                   help="a run built to make a red flag fire: " + ", ".join(TRAIN_PRESETS))
+    t.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
     e = sub.add_parser("explain", help="equation, contract section, source and fix for one check")
     e.add_argument("check_id", help="a check id, as `rlconform list` prints it")
     e.set_defaults(func=_cmd_explain)

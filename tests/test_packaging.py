@@ -53,6 +53,11 @@ def test_dependencies_and_extras_say_what_is_used_where():
     assert "hypothesis" not in test, "hypothesis is a run-time dependency; not again in the test extra"
     assert "jsonschema>=4" in deps, "compare validates reports with jsonschema"
     assert "import-linter>=2" in test
+    from packaging.requirements import Requirement
+    reqs = {Requirement(r).name: Requirement(r).specifier for r in PROJECT["dependencies"]}
+    for name, pinned in (("transformers", ("5.10.4", "5.24.0")), ("tokenizers", ("0.22.2", "0.23.3"))):
+        for version in pinned:          # what the verl and TRL environments pin (FRAMEWORKS.md)
+            assert reqs[name].contains(version), f"{name}{reqs[name]} refuses {version}"
     build = PYPROJECT["build-system"]["requires"]
     assert any(r.replace(" ", "").startswith("setuptools>=") for r in build)
     assert any(r.startswith("setuptools>=") for r in PROJECT["optional-dependencies"]["test"]), (

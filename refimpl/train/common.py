@@ -1,0 +1,384 @@
+"""What every training loop shares: encoding, sampling, evaluation, the SFT warm-up, the red
+flags, and the run's record (metrics.jsonl, curves, the final model).
+
+The algorithm itself is not here: each loop (``grpo.py``, ``ppo.py``, ...) shows its own step,
+and takes its loss from ``refimpl.recipes``.
+
+Red flags (computed on every step, thresholds stated here and written with the run)
+| flag              | figure                                             | fires when                      |
+|-------------------|----------------------------------------------------|---------------------------------|
+| KL explosion      | ``kl``: mean over samples of sum_t k(logp, ref),   | kl > ``KL_EXPLOSION`` (nats)    |
+|                   | the loop's estimator k (GRPO k3, PPO k1)           |                                 |
+| mode collapse     | ``entropy`` (mean token entropy, nats) and         | entropy < ``COLLAPSE_ENTROPY``  |
+|                   | ``distinct`` (distinct completions per group / G)  | or distinct < ``COLLAPSE_DISTINCT`` |
+| degenerate groups | ``degenerate``: share of groups with equal rewards | degenerate > ``DEGENERATE``     |
+| reward hacking    | ``proxy_reward`` vs ``true_reward`` (ppo_rm)       | proxy up by ``HACK_PROXY_RISE`` while true falls by ``HACK_TRUE_FALL`` |
+| credit assignment | ``credit_share``: share of |A| on the deciding token | reported (task ``decisive``)    |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from transformers.utils import logging as hf_logging
+
+from refimpl import models
+from refimpl.recipes import completion_logprobs
+from refimpl.tasks import Task
+
+__all__ = ["KL_EXPLOSION", "COLLAPSE_ENTROPY", "COLLAPSE_DISTINCT", "DEGENERATE",
+           "HACK_PROXY_RISE", "HACK_TRUE_FALL", "reward_hacking", "seed_everything", "encode_prompts",
+           "encode_completions", "sample", "greedy_accuracy", "sft_policy", "red_flags",
+           "credit_share", "Run", "apply_overrides"]
+
+KL_EXPLOSION = 10.0        # nats per sequence: the reference's samples become ~e^-10 likely
+COLLAPSE_ENTROPY = 0.05    # nats per token: sampling at temperature 1 is nearly greedy
+COLLAPSE_DISTINCT = 0.2    # fewer than one in five completions of a group differ
+DEGENERATE = 0.5           # half the groups carry no learning signal
+HACK_PROXY_RISE = 0.5      # the proxy reward (reward-model units) rises by at least this ...
+HACK_TRUE_FALL = 0.1       # ... while the rule-based reward falls by at least this
+
+
+hf_logging.disable_progress_bar()          # the loops show their own
+hf_logging.set_verbosity_error()           # a value head "newly initialized" is the intent
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+def encode_prompts(tokenizer, prompts: list[str], device="cpu") -> tuple[Tensor, Tensor]:
+    """``<bos> prompt``, left-padded: ``(ids, mask)``, each ``(B, P)``."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def encode_completions(tokenizer, completions: list[str], device="cpu") -> tuple[Tensor, Tensor]:
+    """``completion <eos>``, right-padded, without ``<bos>``: ``(ids, mask)``, each ``(B, T)``."""
+    rows = [[tokenizer.convert_tokens_to_ids(c) for c in text] + [tokenizer.eos_token_id]
+            for text in completions]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _decode(tokenizer, ids: Tensor, mask: Tensor) -> list[str]:
+    eos = tokenizer.eos_token_id
+    out = []
+    for row, m in zip(ids.tolist(), mask.tolist()):
+        row = [t for t, keep in zip(row, m) if keep and t != eos]
+        out.append(tokenizer.decode(row, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+           greedy: bool = False) -> dict:
+    """Complete ``prompts``: ``prompt_ids/prompt_mask`` (left-padded), ``completion_ids/
+    completion_mask`` (right-padded; the mask covers the tokens up to and including the first
+    ``<eos>``), and the decoded ``completions``. Sampling is ancestral at ``temperature`` with
+    no top-k/top-p, so the policy's log-probabilities at that temperature are the sampling
+    probabilities."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                       top_k=0, top_p=1.0)
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+    completion_ids = out[:, prompt_ids.shape[1]:]
+    is_eos = completion_ids == tokenizer.eos_token_id
+    before_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0    # up to the first eos
+    completion_mask = before_eos.long()
+    completion_ids = completion_ids.masked_fill(~before_eos, tokenizer.pad_token_id)
+    if completion_ids.shape[1] == 0 or completion_mask.sum(dim=1).min() == 0:
+        raise RuntimeError("a completion has no token")
+    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                completion_mask=completion_mask,
+                completions=_decode(tokenizer, completion_ids, completion_mask))
+
+
+def greedy_accuracy(model, tokenizer, task: Task, prompts: list[str] | None = None,
+                    batch_size: int = 256) -> float:
+    """Strict accuracy of greedy decoding on held-out prompts (the task's ``eval_prompts``)."""
+    prompts = task.eval_prompts if prompts is None else prompts
+    right = 0.0
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        out = sample(model, tokenizer, chunk, task.max_new_tokens, greedy=True)
+        right += sum(task.strict_reward(p, c) for p, c in zip(chunk, out["completions"]))
+    return right / len(prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The SFT warm-up: the reference policy every RL run starts from
+# ---------------------------------------------------------------------------------------------
+
+#: SFT steps per task that leave a middling policy, room for RL to show a rise. Measured (seed 0,
+#: 200 held-out prompts): reverse 100 steps: greedy 0.515, sampled at temperature 1 0.105 (120:
+#: 0.63 / 0.205); sort 100: 0.635 / 0.24 (150: 0.89 / 0.535).
+SFT_STEPS = {"reverse": 100, "sort": 100, "decisive": 60, "addition": 925}
+
+
+#: Part of the cache key: bump it when the warm-up's code changes, so no stale model is reused.
+SFT_VERSION = 1
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("RLCONFORM_CACHE") or Path.home() / ".cache" / "rlconform"
+    return Path(root) / "sft"
+
+
+def sft_policy(task: Task, seed: int = 0, steps: int | None = None, arch: str = "llama",
+               batch_size: int = 64, lr: float = 1e-3, log=None) -> Path:
+    """Train a tiny causal LM from random weights on (prompt, target) pairs of ``task`` for
+    ``steps`` AdamW steps (cross-entropy on the completion tokens and ``<eos>``), save it with its
+    tokenizer, and return the path. Cached on disk per (task, seed, steps, arch), written
+    atomically (a temporary directory renamed into place), so parallel tests share one copy."""
+    steps = SFT_STEPS.get(task.name, 300) if steps is None else steps
+    key = f"{task.name}-seed{seed}-steps{steps}-{arch}-bs{batch_size}-lr{lr:g}-v{SFT_VERSION}"
+    path = _cache_dir() / key
+    if (path / "config.json").exists():
+        return path
+    tokenizer = models.build_tokenizer()
+    gen = torch.Generator().manual_seed(seed)
+    model = models.causal_lm(tokenizer, arch, seed=seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    prompts = task.train_prompts
+    for _ in range(steps):
+        idx = torch.randint(len(prompts), (batch_size,), generator=gen).tolist()
+        chosen = [prompts[i] for i in idx]
+        p_ids, p_mask = encode_prompts(tokenizer, chosen)
+        c_ids, c_mask = encode_completions(tokenizer, [task.targets[p] for p in chosen])
+        logp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+        loss = -(logp * c_mask).sum() / c_mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+    models.save(model, tokenizer, tmp)
+    try:
+        os.rename(tmp, path)                 # atomic; loses the race harmlessly
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Red flags
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def token_entropy(model, rollout: dict, temperature: float) -> float:
+    """Mean entropy (nats) of the policy's next-token distribution over real completion tokens."""
+    from refimpl.recipes import _inputs
+    ids, attn, pos = _inputs(rollout["prompt_ids"], rollout["prompt_mask"],
+                             rollout["completion_ids"], rollout["completion_mask"])
+    P, T = rollout["prompt_ids"].shape[1], rollout["completion_ids"].shape[1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+    logp = torch.log_softmax(logits[:, P - 1:P - 1 + T].float() / temperature, dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    m = rollout["completion_mask"].bool()
+    return float(ent[m].mean())
+
+
+def red_flags(rewards: Tensor, group_ids: Tensor, completions: list[str], kl: Tensor,
+              entropy: float) -> dict:
+    """The per-step red-flag figures of an online loop (see the module docstring)."""
+    degenerate, distinct = [], []
+    for g in torch.unique(group_ids):
+        members = (group_ids == g).nonzero().flatten().tolist()
+        r = rewards[members]
+        degenerate.append(float(bool((r == r[0]).all())))
+        distinct.append(len({completions[i] for i in members}) / len(members))
+    out = dict(kl=float(kl.mean()), entropy=entropy,
+               distinct=sum(distinct) / len(distinct),
+               degenerate=sum(degenerate) / len(degenerate))
+    out["flag_kl_explosion"] = out["kl"] > KL_EXPLOSION
+    out["flag_mode_collapse"] = entropy < COLLAPSE_ENTROPY or out["distinct"] < COLLAPSE_DISTINCT
+    out["flag_degenerate_groups"] = out["degenerate"] > DEGENERATE
+    return out
+
+
+def reward_hacking(rows: list[dict], window: int = 10) -> bool:
+    """Reward hacking, on the rows so far: over the last ``window`` steps against the first
+    ``window``, the proxy reward rose by ``HACK_PROXY_RISE`` while the rule-based reward fell by
+    ``HACK_TRUE_FALL``."""
+    rows = [r for r in rows if "proxy_reward" in r]
+    if len(rows) < 2 * window:
+        return False
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
+    first, last = rows[:window], rows[-window:]
+    return (mean(last, "proxy_reward") - mean(first, "proxy_reward") >= HACK_PROXY_RISE and
+            mean(first, "true_reward") - mean(last, "true_reward") >= HACK_TRUE_FALL)
+
+
+def credit_share(advantages: Tensor, mask: Tensor, position: int) -> float:
+    """Share of the advantage mass sum |A_t| that sits on completion position ``position``,
+    averaged over samples whose completion reaches it (1/T for a sequence-level advantage)."""
+    m = mask.bool()
+    a = torch.where(m, advantages.abs(), torch.zeros_like(advantages))
+    total = a.sum(dim=1)
+    keep = (m.sum(dim=1) > position) & (total > 0)
+    if not keep.any():
+        return float("nan")
+    return float((a[keep, position] / total[keep]).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's record
+# ---------------------------------------------------------------------------------------------
+
+def apply_overrides(config, overrides: dict[str, str]):
+    """Set dataclass fields from ``FIELD=VALUE`` strings, parsed to the field's current type."""
+    known = {f.name: f for f in fields(config)}
+    for key, text in overrides.items():
+        if key not in known:
+            raise ValueError(f"--set {key}: not a field of {type(config).__name__} "
+                             f"(fields: {', '.join(sorted(known))})")
+        current = getattr(config, key)
+        try:
+            if text.lower() in ("none", "null"):
+                value = None
+            elif isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(current, int):
+                value = int(text)
+            elif isinstance(current, float) or current is None:
+                value = float(text) if current is not None or _is_number(text) else text
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"--set {key}={text}: expected a {type(current).__name__}") from None
+        setattr(config, key, value)
+    return config
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+class Run:
+    """Writes ``metrics.jsonl`` (one JSON object per step, flushed), ``config.json``, the curves
+    (``curves.png``) and the final model; shows a progress bar on a terminal."""
+
+    def __init__(self, out_dir, config, total_steps: int, progress: bool | None = None):
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.rows: list[dict] = []
+        self._file = None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(asdict(config), indent=2,
+                                                             default=str) + "\n")
+            self._file = open(self.out / "metrics.jsonl", "w")
+        show = sys.stderr.isatty() if progress is None else progress
+        self._bar = None
+        if show:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=total_steps, desc=type(config).__name__, leave=False)
+        self._tb = None
+        if getattr(config, "tensorboard", False) and self.out is not None:
+            from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def log(self, row: dict) -> None:
+        row = {k: (float(v) if isinstance(v, Tensor) else v) for k, v in row.items()}
+        for k, v in row.items():
+            if isinstance(v, float) and math.isnan(v):
+                row[k] = None                                  # JSON has no NaN
+        self.rows.append(row)
+        if self._file:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        if self._tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self._tb.add_scalar(k, v, row["step"])
+        if self._bar:
+            self._bar.update(1)
+            shown = {k: f"{row[k]:.3g}" for k in ("loss", "reward", "kl", "eval_accuracy")
+                     if isinstance(row.get(k), float)}
+            self._bar.set_postfix(shown)
+
+    def finish(self, model=None, tokenizer=None, title: str = "") -> list[dict]:
+        if self._bar:
+            self._bar.close()
+        if self._file:
+            self._file.close()
+        if self._tb:
+            self._tb.close()
+        if self.out is not None:
+            plot_curves(self.rows, self.out / "curves.png", title)
+            if model is not None:
+                models.save(model, tokenizer, self.out / "model")
+        return self.rows
+
+
+_PANELS = (("reward", "true_reward", "proxy_reward", "eval_accuracy", "margin", "pair_accuracy"),
+           ("kl",), ("entropy", "distinct", "degenerate"), ("loss",))
+_FLAGS = {"flag_kl_explosion": ("kl", "KL explosion"),
+          "flag_mode_collapse": ("entropy", "mode collapse"),
+          "flag_degenerate_groups": ("degenerate", "degenerate groups"),
+          "flag_reward_hacking": ("reward", "reward hacking")}
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """One panel per family of figures; a step where a red flag fires is marked on its panel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [[k for k in keys if any(isinstance(r.get(k), (int, float)) and not
+                                      isinstance(r.get(k), bool) for r in rows)]
+              for keys in _PANELS]
+    panels = [p for p in panels if p]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True,
+                             squeeze=False)
+    for ax, keys in zip(axes[:, 0], panels):
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+            ax.plot(*zip(*pts), label=k, marker="o" if k == "eval_accuracy" else None,
+                    markersize=3)
+        for flag, (key, label) in _FLAGS.items():
+            hits = [r["step"] for r in rows if r.get(flag)]
+            if hits and any(k == key or (key == "reward" and k in ("true_reward", "proxy_reward"))
+                            for k in keys):
+                ax.axvspan(hits[0], hits[-1], color="red", alpha=0.12)
+                ax.text(hits[0], ax.get_ylim()[1], f" {label}", color="red", va="top",
+                        fontsize=8)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    if title:
+        axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
