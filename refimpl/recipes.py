@@ -161,7 +161,7 @@ def sequence_scores(reward_model, prompt_ids: Tensor, prompt_mask: Tensor, compl
 
 def micro_slices(batch_size: int, grad_accum: int) -> list[slice]:
     """The ``grad_accum`` contiguous, equal micro-batches of a batch of ``batch_size`` rows."""
-    if not isinstance(grad_accum, int) or grad_accum < 1:
+    if not isinstance(grad_accum, int) or isinstance(grad_accum, bool) or grad_accum < 1:
         raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
     if batch_size % grad_accum:
         raise ValueError(f"grad_accum must divide the batch size {batch_size}, got {grad_accum}")
@@ -181,7 +181,12 @@ def _rows(batch: dict, rows: slice) -> dict:
     return {k: v[rows] for k, v in batch.items()}
 
 
-def _check(batch: dict, config: dict, keys: tuple[str, ...]) -> None:
+def _check(batch: dict, config: dict, keys: tuple[str, ...], batch_keys=None) -> None:
+    if not isinstance(batch, dict):
+        raise ValueError(f"batch must be a dict of tensors, got {type(batch).__name__}")
+    missing = [k for k in (batch_keys or ()) if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing {missing} (docs/contract.md, Training steps, Batch)")
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
     missing = [k for k in keys if k not in config]
@@ -195,7 +200,8 @@ def _check(batch: dict, config: dict, keys: tuple[str, ...]) -> None:
 
 _ONLINE_KEYS = ("beta", "kl_kind", "clip_low", "clip_high", "dual_clip", "agg", "norm_len",
                 "grad_accum", "temperature")
-_BATCH = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logp")
+_BATCH = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logp", "scores")
+_PAIRS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
 
 def _logps(model, batch: dict, temperature: float) -> Tensor:
@@ -258,7 +264,7 @@ def grpo(model, ref_model, batch: dict, config: dict) -> StepLoss:
 
     with ``s = scores`` (KL in the loss, as the paper) or ``s = scores - beta * sum_t k(old_logp,
     ref_logp)`` (``kl_in="reward"``). Dr. GRPO and DAPO are this recipe with their options."""
-    _check(batch, config, _ONLINE_KEYS + ("scale", "eps", "kl_in"))
+    _check(batch, config, _ONLINE_KEYS + ("scale", "eps", "kl_in"), _BATCH + ("group_ids",))
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     s = _group_scores(batch, ref_logp, config)
@@ -285,7 +291,7 @@ def rloo(model, ref_model, batch: dict, config: dict) -> StepLoss:
     """RLOO (Ahmadian et al. 2024, Sec. 3.2): A_i = s_i - mean_{j != i} s_j within i's group,
     then GRPO's clipped loss and KL term. With ``old_logp = logp`` (one epoch) the clip is inactive
     and this is the REINFORCE leave-one-out estimator."""
-    _check(batch, config, _ONLINE_KEYS + ("kl_in",))
+    _check(batch, config, _ONLINE_KEYS + ("kl_in",), _BATCH + ("group_ids",))
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     s = _group_scores(batch, ref_logp, config)
@@ -301,7 +307,7 @@ def reinforce_pp(model, ref_model, batch: dict, config: dict) -> StepLoss:
 
         r_t = -beta k(old_logp_t, ref_logp_t) (+ score at the last token)
         A_t = whiten(sum_{l >= t} gamma^(l-t) r_l)"""
-    _check(batch, config, _ONLINE_KEYS + ("gamma", "eps"))
+    _check(batch, config, _ONLINE_KEYS + ("gamma", "eps"), _BATCH)
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     scores = batch["scores"].to(batch["old_logp"].dtype)
@@ -323,7 +329,7 @@ def ppo(model, ref_model, batch: dict, config: dict) -> StepLoss:
 
     ``config["value_model"]`` is the critic; ``batch["old_values"]`` its rollout values."""
     _check(batch, config, _ONLINE_KEYS + ("gamma", "lam", "vf_coef", "value_clip", "whiten",
-                                          "value_model"))
+                                          "value_model"), _BATCH + ("old_values",))
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     dtype = batch["old_logp"].dtype
@@ -376,7 +382,7 @@ def _pairwise(model, ref_model, batch: dict, config: dict, per_pair) -> StepLoss
 def dpo(model, ref_model, batch: dict, config: dict) -> StepLoss:
     """DPO (Rafailov et al. 2023, Eq. 7; conservative label smoothing of cDPO): the mean over
     pairs of ``dpo_loss`` on sequence sums of log-probabilities."""
-    _check(batch, config, ("beta", "label_smoothing", "grad_accum"))
+    _check(batch, config, ("beta", "label_smoothing", "grad_accum"), _PAIRS)
     return _pairwise(model, ref_model, batch, config, lambda pc, pr, rc, rr: dpo_loss(
         pc, pr, rc, rr, config["beta"], config["label_smoothing"]))
 
@@ -384,7 +390,7 @@ def dpo(model, ref_model, batch: dict, config: dict) -> StepLoss:
 def ipo(model, ref_model, batch: dict, config: dict) -> StepLoss:
     """IPO (Azar et al. 2023, Eq. 17): the mean over pairs of ``(h - 1/(2 tau))^2`` with h the
     log-ratio margin of the sequence sums (not normalised by length)."""
-    _check(batch, config, ("tau", "grad_accum"))
+    _check(batch, config, ("tau", "grad_accum"), _PAIRS)
     return _pairwise(model, ref_model, batch, config,
                      lambda pc, pr, rc, rr: ipo_loss(pc, pr, rc, rr, config["tau"]))
 
@@ -393,7 +399,7 @@ def reward_model(model, ref_model, batch: dict, config: dict) -> StepLoss:
     """Reward modelling (Bradley-Terry; Ouyang et al. 2022, Eq. 1): the mean over pairs of
     ``-log sigmoid(r(chosen) - r(rejected))``, r the classifier at the last real token.
     ``ref_model`` is unused (None is fine)."""
-    _check(batch, config, ("grad_accum",))
+    _check(batch, config, ("grad_accum",), _PAIRS)
     n = batch["prompt_ids"].shape[0]
     micro, margins = [], []
     for rows in micro_slices(n, config["grad_accum"]):

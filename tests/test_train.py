@@ -58,8 +58,8 @@ def kl_term_dropped(clipped_steps):
     return wrapper
 
 
-def _short_run(algorithm, monkeypatch=None, mutant=None, **fields):
-    config = train.config_for(algorithm, **{**SHORT, **fields})
+def _short_run(algorithm, monkeypatch=None, mutant=None, base=SHORT, **fields):
+    config = train.config_for(algorithm, **{**base, **fields})
     if mutant is not None:
         monkeypatch.setattr(recipes, *mutant)
     try:
@@ -148,7 +148,12 @@ def test_red_flag_figures_on_hand_made_groups():
     assert flags["degenerate"] == pytest.approx(2 / 3)        # groups 0 and 2 are all-equal
     assert flags["distinct"] == pytest.approx((1 / 2 + 1 + 1) / 3)
     assert flags["kl"] == 11.5 and flags["flag_kl_explosion"]
-    assert flags["flag_mode_collapse"] and flags["flag_degenerate_groups"]
+    assert flags["flag_mode_collapse"]
+    assert not flags["flag_degenerate_groups"]                 # 2/3 <= DEGENERATE = 0.8
+    all_equal = common.red_flags(torch.zeros(6), groups, ["1", "2", "3", "4", "5", "6"],
+                                 kl=torch.tensor([0.1]), entropy=1.0)
+    assert all_equal["degenerate"] == 1.0 and all_equal["flag_degenerate_groups"]
+    assert not all_equal["flag_mode_collapse"] and not all_equal["flag_kl_explosion"]
 
 
 def test_credit_share_of_a_sequence_level_advantage_is_one_over_length():
@@ -157,3 +162,38 @@ def test_credit_share_of_a_sequence_level_advantage_is_one_over_length():
     assert common.credit_share(A, mask, 1) == pytest.approx((1 / 4 + 1 / 2) / 2)
     only = torch.tensor([[0.0, 3.0, 0.0, 0.0]])
     assert common.credit_share(only, torch.ones(1, 4), 1) == 1.0
+
+
+# --- preference loops: chosen and rejected swapped ----------------------------------------------
+
+def _swapped(loss):
+    """MUTANT: the loss sees the rejected completion as the chosen one (the batch's labels
+    swapped); the held-out margins are measured by the recipe apart from the loss, unswapped."""
+    def wrapper(pc, pr, rc=None, rr=None, *args, **kwargs):
+        if rc is None:                       # bradley_terry_loss(chosen, rejected, ...)
+            return loss(pr, pc, *args, **kwargs)
+        return loss(pr, pc, rr, rc, *args, **kwargs)
+    return wrapper
+
+
+# Held-out margin (200 pairs on eval prompts) after 20 steps, correct / swapped, seeds 0, 1, 2:
+#   dpo           1.257 / -5.724,  0.896 / -5.664,  1.193 / -6.000   (log-ratio units, from 0)
+#   ipo           1.189 / -4.636,  0.919 / -4.159,  1.066 / -4.224
+#   reward_model  0.190 / -0.787,  0.540 / -0.511,  0.428 / -0.386   (score units, from ~0)
+@pytest.mark.parametrize("algorithm, loss, rise", [
+    ("dpo", "dpo_loss", 0.5),
+    ("ipo", "ipo_loss", 0.5),
+    ("reward_model", "bradley_terry_loss", 0.1),
+])
+def test_preference_loop_widens_the_held_out_margin_and_swapped_labels_reverse_it(
+        algorithm, loss, rise, monkeypatch):
+    fields = dict(base={}, seed=0, steps=20, eval_every=20)
+    correct = _short_run(algorithm, **fields)
+    swapped = _short_run(algorithm, monkeypatch, (loss, _swapped(getattr(recipes, loss))),
+                         **fields)
+    figure = "eval_margin"
+    first, last = correct[0][figure], correct[-1][figure]
+    assert last > first + rise, f"{algorithm}: held-out margin {first:.3f} -> {last:.3f} in 20 steps"
+    assert swapped[-1][figure] < first - rise, (
+        f"{algorithm}: with chosen and rejected swapped the margin went {first:.3f} -> "
+        f"{swapped[-1][figure]:.3f}: the test cannot tell swapped labels")

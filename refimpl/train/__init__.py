@@ -46,7 +46,7 @@ ALGORITHMS = tuple(LOOPS)
 PRESETS = {
     "kl-explosion": ("grpo", {"beta": 0.0, "lr": 3e-3, "steps": 60},
                      "no KL penalty and a learning rate 30x the default: the policy runs away "
-                     "from the reference (KL explosion) and collapses (mode collapse)"),
+                     "from the reference (KL explosion) and its reward falls to 0"),
     "degenerate-groups": ("grpo", {"task": "addition", "sft_steps": 150, "group_size": 2,
                                    "steps": 40},
                           "a task the warm-up barely knows, two samples per prompt: almost every "

@@ -40,12 +40,12 @@ from refimpl.tasks import Task
 __all__ = ["KL_EXPLOSION", "COLLAPSE_ENTROPY", "COLLAPSE_DISTINCT", "DEGENERATE",
            "HACK_PROXY_RISE", "HACK_TRUE_FALL", "reward_hacking", "seed_everything", "encode_prompts",
            "encode_completions", "sample", "greedy_accuracy", "sft_policy", "red_flags",
-           "credit_share", "Run", "apply_overrides"]
+           "credit_share", "process_advantages", "Run", "apply_overrides"]
 
-KL_EXPLOSION = 10.0        # nats per sequence: the reference's samples become ~e^-10 likely
+KL_EXPLOSION = 5.0         # nats per sequence (healthy default runs stay below ~2; measured)
 COLLAPSE_ENTROPY = 0.05    # nats per token: sampling at temperature 1 is nearly greedy
 COLLAPSE_DISTINCT = 0.2    # fewer than one in five completions of a group differ
-DEGENERATE = 0.5           # half the groups carry no learning signal
+DEGENERATE = 0.8           # four groups in five carry no learning signal
 HACK_PROXY_RISE = 0.5      # the proxy reward (reward-model units) rises by at least this ...
 HACK_TRUE_FALL = 0.1       # ... while the rule-based reward falls by at least this
 
@@ -235,6 +235,23 @@ def reward_hacking(rows: list[dict], window: int = 10) -> bool:
             mean(first, "true_reward") - mean(last, "true_reward") >= HACK_TRUE_FALL)
 
 
+def process_advantages(task, prompts: list[str], completions: list[str], group_ids: Tensor,
+                       shape: torch.Size) -> Tensor:
+    """Advantages from the task's per-token process reward: ``A_t = r_t - mean_g(r_t)``, the
+    reward of token t against the mean reward at position t over the completion's group (no
+    propagation to earlier tokens). A sketch of what a process reward model gives a token-level
+    method; used only to measure credit assignment."""
+    r = torch.zeros(shape)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        values = task.process_reward(p, c)[:shape[1]]
+        r[i, :len(values)] = torch.tensor(values)
+    A = torch.zeros_like(r)
+    for g in torch.unique(group_ids):
+        rows = group_ids == g
+        A[rows] = r[rows] - r[rows].mean(dim=0, keepdim=True)
+    return A
+
+
 def credit_share(advantages: Tensor, mask: Tensor, position: int) -> float:
     """Share of the advantage mass sum |A_t| that sits on completion position ``position``,
     averaged over samples whose completion reaches it (1/T for a sequence-level advantage)."""
@@ -342,8 +359,10 @@ class Run:
         return self.rows
 
 
-_PANELS = (("reward", "true_reward", "proxy_reward", "eval_accuracy", "margin", "pair_accuracy"),
-           ("kl",), ("entropy", "distinct", "degenerate"), ("loss",))
+_PANELS = (("reward", "true_reward", "eval_accuracy", "pair_accuracy", "eval_pair_accuracy",
+            "strict_pair_accuracy"),
+           ("proxy_reward", "margin", "eval_margin"), ("kl",), ("entropy", "distinct", "degenerate"),
+           ("loss",))
 _FLAGS = {"flag_kl_explosion": ("kl", "KL explosion"),
           "flag_mode_collapse": ("entropy", "mode collapse"),
           "flag_degenerate_groups": ("degenerate", "degenerate groups"),
@@ -365,12 +384,11 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     for ax, keys in zip(axes[:, 0], panels):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-            ax.plot(*zip(*pts), label=k, marker="o" if k == "eval_accuracy" else None,
+            ax.plot(*zip(*pts), label=k, marker="o" if k.startswith("eval_") or k == "strict_pair_accuracy" else None,
                     markersize=3)
         for flag, (key, label) in _FLAGS.items():
             hits = [r["step"] for r in rows if r.get(flag)]
-            if hits and any(k == key or (key == "reward" and k in ("true_reward", "proxy_reward"))
-                            for k in keys):
+            if hits and any(k == key or (key == "reward" and k == "true_reward") for k in keys):
                 ax.axvspan(hits[0], hits[-1], color="red", alpha=0.12)
                 ax.text(hits[0], ax.get_ylim()[1], f" {label}", color="red", va="top",
                         fontsize=8)

@@ -167,5 +167,8 @@ def train(cfg: GRPOConfig, out_dir=None, progress: bool | None = None) -> list[d
         decisive = getattr(task, "decisive_index", None)
         if decisive is not None:              # credit assignment: one token decides the reward
             row["credit_share"] = common.credit_share(first.advantages, mask, decisive)
+            process = common.process_advantages(task, batch["prompts"], batch["completions"],
+                                                batch["group_ids"].cpu(), mask.shape)
+            row["credit_share_process"] = common.credit_share(process, mask.cpu(), decisive)
         run.log(row | {"time_s": time.time() - t0})
     return run.finish(policy, tokenizer, f"{cfg.algorithm} on {cfg.task}, seed {cfg.seed}")
