@@ -297,16 +297,8 @@ def _cmd_train(args) -> int:
         if not sep or not key:
             return _error(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[key] = value
-    if args.model is not None and not Path(args.model).is_dir():
-        return _error(f"--model {args.model}: not a local directory (a saved transformers model)")
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            return _error(f"--device {args.device}: CUDA is not available on this machine")
-    try:
-        check_writable(Path(args.out))
-    except ReportWriteError as exc:
-        return _error(str(exc))
+    if args.steps is not None and args.steps < 1:
+        return _error(f"--steps {args.steps}: must be at least 1")
     from refimpl import train
     from refimpl.tasks import TASKS
     from refimpl.train.common import apply_overrides
@@ -318,7 +310,12 @@ def _cmd_train(args) -> int:
         config = train.config_for(args.algorithm, args.preset, seed=args.seed, device=args.device,
                                   **fields)
         config = apply_overrides(config, overrides)
+        train.validate(config)
     except ValueError as exc:
+        return _error(str(exc))
+    try:
+        check_writable(Path(args.out))
+    except ReportWriteError as exc:
         return _error(str(exc))
     if args.tensorboard:
         import importlib.util

@@ -19,6 +19,16 @@ Every function of the canonical contract (docs/contract.md) is exported here:
 | tabular          | an exactly enumerable tabular policy: J, grad J, V/Q/A, KL, the |
 |                  | five baselines, exact expected gradients (not part of the contract) |
 
+Training on tiny causal LMs (submodules, imported on demand: they need transformers):
+
+| module           | what                                                           |
+|------------------|----------------------------------------------------------------|
+| models           | a character tokenizer and tiny Llama/GPT-2 models built in code |
+| tasks            | verifiable tasks with strict, partial and per-token rewards    |
+| recipes          | the loss of one training step per algorithm (docs/contract.md, |
+|                  | "Training steps"), with gradient accumulation                  |
+| train            | the training loops, one file per algorithm, and the red flags  |
+
 ``python -m refimpl.demo`` prints a few identities verified exactly on the tabular policy.
 """
 

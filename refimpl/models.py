@@ -35,7 +35,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaConfig, PreTrainedTokenizerFast)
 
 __all__ = ["CHARS", "ARCHS", "build_tokenizer", "config", "causal_lm", "value_model",
-           "reward_model", "save", "load_causal_lm", "load_reward_model", "load_tokenizer", "n_parameters"]
+           "reward_model", "save", "check_causal_lm", "load_causal_lm", "load_reward_model", "load_tokenizer", "n_parameters"]
 
 #: The characters every task writes with (digits, operators, separators).
 CHARS = "0123456789+-*=>%:|,"
@@ -96,14 +96,13 @@ def value_model(tokenizer, arch: str = "llama", seed: int = 0, **sizes):
     """PPO's critic: a token classifier with one output, V(s_t) at every position."""
     cfg = config(tokenizer, arch, **sizes)
     cfg.num_labels = 1
-    if arch == "gpt2":
-        cfg.classifier_dropout = 0.0
+    cfg.classifier_dropout = 0.0          # transformers' token-classifier head defaults to 0.1
     return _seeded(lambda: AutoModelForTokenClassification.from_config(cfg), seed)
 
 
 def reward_model(tokenizer, arch: str = "llama", seed: int = 0, **sizes):
     """A Bradley-Terry reward model: a sequence classifier with one output, read at the last real
-    token (transformers finds it from ``pad_token_id``)."""
+    token (``refimpl.recipes.sequence_scores`` finds it from the attention mask)."""
     cfg = config(tokenizer, arch, **sizes)
     cfg.num_labels = 1
     return _seeded(lambda: AutoModelForSequenceClassification.from_config(cfg), seed)
@@ -124,6 +123,32 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
+def check_causal_lm(path: str | os.PathLike) -> None:
+    """Refuse, with a ValueError naming ``path``, a directory the loops cannot start from: no
+    saved causal LM, or a tokenizer that does not write every task character as one token with
+    pad, bos and eos set (the loops encode completions character by character)."""
+    from transformers import AutoConfig
+    if not Path(path).is_dir():
+        raise ValueError(f"model must be a local directory, got {str(path)!r}")
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {path}: not a saved transformers model with its tokenizer "
+                         f"({first})") from None
+    names = cfg.architectures or []
+    if not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
+        raise ValueError(f"model {path}: not a causal LM (architectures {names})")
+    if None in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        raise ValueError(f"model {path}: its tokenizer lacks a pad, bos or eos token")
+    unknown = [c for c in CHARS if len(tokenizer.tokenize(c)) != 1 or
+               tokenizer.convert_tokens_to_ids(c) in (None, tokenizer.unk_token_id)]
+    if unknown:
+        raise ValueError(f"model {path}: its tokenizer does not write {''.join(unknown)!r} as "
+                         f"one token each (the loops encode completions by character)")
+
+
 def load_causal_lm(path: str | os.PathLike):
     """The causal LM saved at a local path, in float32 and eval mode."""
     if not Path(path).is_dir():
@@ -139,6 +164,16 @@ def load_reward_model(path: str | os.PathLike):
         raise ValueError(f"path must be a local directory, got {str(path)!r}")
     return AutoModelForSequenceClassification.from_pretrained(
         str(path), local_files_only=True, dtype=torch.float32).eval()
+
+
+def dropout_probabilities(model) -> list[float]:
+    """Every dropout probability in ``model`` (modules and the attention's ``attention_dropout``):
+    the contract's models have dropout 0."""
+    out = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    out += [float(getattr(model.config, k)) for k in ("attention_dropout", "attn_pdrop",
+            "resid_pdrop", "embd_pdrop", "classifier_dropout", "summary_first_dropout")
+            if getattr(model.config, k, None) is not None]
+    return out
 
 
 def n_parameters(model) -> int:

@@ -9,7 +9,7 @@ call these recipes for their loss, so the code that trains is the code that cert
 | algorithm                   | paper                                                             |
 |-----------------------------|-------------------------------------------------------------------|
 | grpo                        | Shao et al., "DeepSeekMath", 2024, arXiv:2402.03300, Sec. 4.1 (Eq. 3) |
-| dr_grpo                     | Liu et al., "Understanding R1-Zero-Like Training", 2025, arXiv:2503.20783, Sec. 3 |
+| dr_grpo                     | Liu et al., "Understanding R1-Zero-Like Training", 2025, arXiv:2503.20783, Sec. 3.1 |
 | dapo                        | Yu et al., "DAPO", 2025, arXiv:2503.14476, Sec. 3.1 and 3.3          |
 | rloo                        | Ahmadian et al., "Back to Basics", 2024, arXiv:2402.14740, Sec. 3.2  |
 | reinforce_pp                | Hu, "REINFORCE++", 2025, arXiv:2501.03262, Sec. 3                    |
@@ -60,11 +60,21 @@ ONLINE = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo")
 PREFERENCE = ("dpo", "ipo", "reward_model")
 ALGORITHMS = ONLINE + PREFERENCE
 
-#: What each algorithm's name means as options (contract, "Config and recipes"). A recipe reads
-#: only ``config``; these are what ``default_config`` puts there.
+#: What each algorithm's name means as options: Dr. GRPO's and DAPO's are the contract's
+#: ("Config and recipes"); the others are where each paper puts its KL and how it aggregates. A
+#: recipe reads only ``config``; these are what ``default_config`` puts there.
 OPTIONS = {
     "dr_grpo": {"scale": "none", "agg": "seq-mean-token-sum-norm"},
     "dapo": {"clip_high": 0.28, "beta": 0.0, "agg": "token-mean"},
+    # Ahmadian et al. 2024, Sec. 2-3: the KL (the sequence log-ratio) in the reward, REINFORCE on
+    # the sequence log-probability (a sum over tokens, not a per-response mean)
+    "rloo": {"kl_in": "reward", "kl_kind": "k1", "agg": "seq-mean-token-sum"},
+    # Hu 2025, Sec. 3: a per-token k1 penalty in the reward, a token-level loss
+    "reinforce_pp": {"kl_in": "reward", "kl_kind": "k1", "beta": 0.01, "eps": 1e-8,
+                     "agg": "token-mean"},
+    # Ouyang et al. 2022, Eq. 2: the per-token log-ratio in the reward
+    "ppo": {"kl_in": "reward", "kl_kind": "k1", "agg": "token-mean"},
+    "dpo": {"beta": 0.1},
 }
 
 #: The reference sheet's typical values (epsilon 0.2, beta 0.04, lambda 0.95, gamma 1.0).
@@ -80,10 +90,6 @@ def default_config(algorithm: str, **overrides) -> dict:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     config = {"algorithm": algorithm, **_DEFAULTS, **OPTIONS.get(algorithm, {})}
-    if algorithm in ("ppo", "reinforce_pp"):
-        config.update(beta=0.05, kl_kind="k1", kl_in="reward", agg="token-mean")
-    if algorithm == "dpo":
-        config["beta"] = 0.1
     extra = set(overrides) - set(config) - {"value_model", "model_path", "ref_model_path",
                                             "value_model_path"}
     if extra:
@@ -204,6 +210,12 @@ _BATCH = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old
 _PAIRS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
 
+def _kl_in_reward(config: dict) -> None:
+    if config.get("kl_in", "reward") != "reward":
+        raise ValueError(f"config['kl_in'] must be 'reward' for {config.get('algorithm')}: its "
+                         f"recipe puts the KL in the per-token reward, got {config['kl_in']!r}")
+
+
 def _logps(model, batch: dict, temperature: float) -> Tensor:
     return completion_logprobs(model, batch["prompt_ids"], batch["prompt_mask"],
                                batch["completion_ids"], batch["completion_mask"], temperature)
@@ -275,7 +287,7 @@ def grpo(model, ref_model, batch: dict, config: dict) -> StepLoss:
 
 
 def dr_grpo(model, ref_model, batch: dict, config: dict) -> StepLoss:
-    """Dr. GRPO (Liu et al. 2025, Sec. 3.2): GRPO without the std division and without the
+    """Dr. GRPO (Liu et al. 2025, Sec. 3.1): GRPO without the std division and without the
     per-response length normalisation; ``config`` carries ``OPTIONS["dr_grpo"]``."""
     return grpo(model, ref_model, batch, config)
 
@@ -289,8 +301,10 @@ def dapo(model, ref_model, batch: dict, config: dict) -> StepLoss:
 
 def rloo(model, ref_model, batch: dict, config: dict) -> StepLoss:
     """RLOO (Ahmadian et al. 2024, Sec. 3.2): A_i = s_i - mean_{j != i} s_j within i's group,
-    then GRPO's clipped loss and KL term. With ``old_logp = logp`` (one epoch) the clip is inactive
-    and this is the REINFORCE leave-one-out estimator."""
+    then GRPO's clipped loss and KL term. With ``old_logp = logp`` (one epoch) the clip is
+    inactive, and with ``agg="seq-mean-token-sum"`` (the sequence log-probability, ``OPTIONS``)
+    this is the REINFORCE leave-one-out estimator; a per-response token mean would weight each
+    response by 1/length."""
     _check(batch, config, _ONLINE_KEYS + ("kl_in",), _BATCH + ("group_ids",))
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
@@ -308,6 +322,7 @@ def reinforce_pp(model, ref_model, batch: dict, config: dict) -> StepLoss:
         r_t = -beta k(old_logp_t, ref_logp_t) (+ score at the last token)
         A_t = whiten(sum_{l >= t} gamma^(l-t) r_l)"""
     _check(batch, config, _ONLINE_KEYS + ("gamma", "eps"), _BATCH)
+    _kl_in_reward(config)
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     scores = batch["scores"].to(batch["old_logp"].dtype)
@@ -330,6 +345,7 @@ def ppo(model, ref_model, batch: dict, config: dict) -> StepLoss:
     ``config["value_model"]`` is the critic; ``batch["old_values"]`` its rollout values."""
     _check(batch, config, _ONLINE_KEYS + ("gamma", "lam", "vf_coef", "value_clip", "whiten",
                                           "value_model"), _BATCH + ("old_values",))
+    _kl_in_reward(config)
     mask = batch["completion_mask"].bool()
     ref_logp = _ref_logp(ref_model, batch, config)
     dtype = batch["old_logp"].dtype

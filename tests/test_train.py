@@ -8,17 +8,20 @@ both sides. The full learning runs are ``tests/test_train_slow.py`` (``tox -e sl
 Bounds come from a sweep over seeds 0, 1, 2 (20 steps, 16 prompts x G 8, reverse task, one
 thread); the tests run seed 0, which reproduces bit for bit.
 
-| loop         | last-5-step sampled reward, correct / flipped (seeds 0, 1, 2)        |
-|--------------|----------------------------------------------------------------------|
-| grpo         | 0.134 / 0.005, 0.161 / 0.006, 0.184 / 0.036                           |
-| rloo         | 0.113 / 0.000, 0.134 / 0.000, 0.119 / 0.000                           |
-| reinforce_pp | 0.142 / 0.000, 0.177 / 0.000, 0.167 / 0.000                           |
-| ppo          | 0.156 / 0.000, 0.227 / 0.000, 0.159 / 0.002                           |
-The start policy's sampled reward (800 samples) is ~0.1-0.15. Rules that hold on every seed:
-correct >= 0.8 x start; flipped < 0.5 x start and < 0.5 x correct.
+| loop         | last-5-step sampled reward, correct / flipped | KL, last 5 steps, correct  |
+|--------------|-----------------------------------------------|----------------------------|
+| grpo         | 0.134 / 0.008, 0.139 / 0.006, 0.180 / 0.020   | 0.563, 0.627, 0.798        |
+| rloo         | 0.105 / 0.000, 0.131 / 0.000, 0.114 / 0.000   | 0.799, 0.806, 1.030        |
+| reinforce_pp | 0.141 / 0.000, 0.169 / 0.000, 0.147 / 0.000   | 1.070, 0.991, 1.293        |
+| ppo          | 0.108 / 0.000, 0.216 / 0.000, 0.175 / 0.000   | 0.499, 0.335, 0.675        |
+The start policy's sampled reward (800 samples) is 0.111, 0.156, 0.104. Rules that hold on every
+seed: correct >= 0.8 x start; flipped < 0.5 x start and < 0.5 x correct. A loop that never updates
+would keep the reward too, so the correct run must also have moved: KL to the reference over
+the last 5 steps > 0.1 (a loop that never steps has exactly 0, shown by
+``test_a_loop_that_never_steps_stays_at_the_reference``).
 
-KL (grpo, KL in the loss), mean over the last 5 steps, beta = 1 / beta = 0: 0.087 / 0.841,
-0.160 / 0.792, 0.089 / 0.949 (ratios 0.10, 0.20, 0.09). Rule: beta = 1 < 0.5 x beta = 0.
+KL (grpo, KL in the loss), mean over the last 5 steps, beta = 1 / beta = 0: 0.089 / 0.788,
+0.136 / 0.684, 0.098 / 1.023 (ratios 0.11, 0.20, 0.10). Rule: beta = 1 < 0.5 x beta = 0.
 """
 
 from __future__ import annotations
@@ -92,7 +95,10 @@ def start_reward():
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp", "ppo"])
 def test_online_loop_keeps_reward_and_flipped_advantage_collapses_it(algorithm, monkeypatch,
                                                                    start_reward):
-    correct = _last5(_short_run(algorithm))
+    rows = _short_run(algorithm)
+    correct, moved = _last5(rows), _last5(rows, "kl")
+    assert moved > 0.1, (f"{algorithm}: KL to the reference {moved:.3f} after 20 steps: the policy "
+                         f"barely moved (a loop that never steps keeps it at exactly 0)")
     flipped = _last5(_short_run(algorithm, monkeypatch,
                                 ("ppo_clip_loss", advantage_sign_flipped)))
     assert correct >= 0.8 * start_reward, (
@@ -146,7 +152,7 @@ def test_red_flag_figures_on_hand_made_groups():
     flags = common.red_flags(rewards, groups, ["12", "12", "3", "4", "5", "6"],
                              kl=torch.tensor([11.0, 12.0]), entropy=0.01)
     assert flags["degenerate"] == pytest.approx(2 / 3)        # groups 0 and 2 are all-equal
-    assert flags["distinct"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+    assert flags["distinct"] == pytest.approx((0 + 1 + 1) / 3)    # (distinct - 1) / (G - 1)
     assert flags["kl"] == 11.5 and flags["flag_kl_explosion"]
     assert flags["flag_mode_collapse"]
     assert not flags["flag_degenerate_groups"]                 # 2/3 <= DEGENERATE = 0.8
@@ -197,3 +203,103 @@ def test_preference_loop_widens_the_held_out_margin_and_swapped_labels_reverse_i
     assert swapped[-1][figure] < first - rise, (
         f"{algorithm}: with chosen and rejected swapped the margin went {first:.3f} -> "
         f"{swapped[-1][figure]:.3f}: the test cannot tell swapped labels")
+
+
+# --- the loops read as the papers do ------------------------------------------------------------
+
+def test_every_loop_config_field_has_a_docstring_and_every_loop_cites_a_paper():
+    import ast
+    import importlib
+    import inspect
+    import re
+
+    missing = []
+    for algorithm, (module_name, class_name, _) in train.LOOPS.items():
+        module = importlib.import_module(f"refimpl.train.{module_name}")
+        if not re.search(r"arXiv:\d{4}\.\d{4,5}", module.__doc__ or ""):
+            missing.append(f"refimpl/train/{module_name}.py cites no arXiv paper")
+        tree = ast.parse(inspect.getsource(getattr(module, class_name)))
+        body = tree.body[0].body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                after = body[i + 1] if i + 1 < len(body) else None
+                if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                        and isinstance(after.value.value, str)):
+                    missing.append(f"{class_name}.{node.target.id} has no docstring")
+    assert not missing, "\n".join(missing)
+
+
+def test_loop_defaults_are_the_reference_sheets_typical_values():
+    grpo, ppo = train.config_for("grpo"), train.config_for("ppo")
+    assert (grpo.clip_low, grpo.clip_high, grpo.beta, grpo.group_size, grpo.temperature) == (
+        0.2, 0.2, 0.04, 8, 1.0)
+    assert (ppo.clip_low, ppo.lam, ppo.gamma, ppo.temperature) == (0.2, 0.95, 1.0, 1.0)
+    dapo, dr = train.config_for("dapo"), train.config_for("dr_grpo")
+    assert (dapo.clip_high, dapo.beta, dapo.agg) == (0.28, 0.0, "token-mean")
+    assert (dr.scale, dr.agg) == ("none", "seq-mean-token-sum-norm")
+
+
+def optimizer_never_steps(self, closure=None):
+    """MUTANT: gradients are computed, the weights never change."""
+    return None
+
+
+def test_a_loop_that_never_steps_stays_at_the_reference(monkeypatch):
+    monkeypatch.setattr(torch.optim.Adam, "step", optimizer_never_steps)
+    rows = train.run(train.config_for("grpo", **{**SHORT, "steps": 3}), None, progress=False)
+    assert [r["kl"] for r in rows if "kl" in r] == [0.0, 0.0, 0.0]
+
+
+def test_process_advantages_put_all_their_mass_on_the_deciding_token():
+    task = make_task("decisive", seed=0)
+    prompt = task.eval_prompts[0]
+    right = task.targets[prompt]
+    wrong = right[:2] + str((int(right[2]) + 1) % 10) + right[3:]
+    A = common.process_advantages(task, [prompt, prompt], [right, wrong], torch.tensor([0, 0]),
+                                  torch.Size([2, 5]))
+    assert A[:, 2].tolist() == [0.5, -0.5] and A[:, [0, 1, 3, 4]].abs().sum() == 0
+    assert common.credit_share(A, torch.ones(2, 5), 2) == 1.0
+
+
+def test_every_model_the_loops_build_or_load_has_dropout_zero():
+    tok = models.build_tokenizer()
+    for arch in models.ARCHS:
+        for build in (models.causal_lm, models.value_model, models.reward_model):
+            assert set(models.dropout_probabilities(build(tok, arch))) == {0.0}, (arch, build)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--set", "eval_every=0"], "eval_every must be an int >= 1"),
+    (["--set", "sft_steps=1.5"], "--set sft_steps=1.5: expected int or none"),
+    (["--set", "extra=x"], "--set extra: not a field of GRPOConfig that can be set"),
+    (["--set", "lr=none"], "--set lr: may not be None"),
+    (["--set", "agg=foo"], "agg must be one of"),
+    (["--set", "group_size=1"], "group_size must be an int >= 2"),
+    (["--set", "grad_accum=3"], "grad_accum must divide prompts_per_step * group_size = 256"),
+    (["--set", "reward=foo"], "reward must be one of"),
+    (["--set", "nope"], "--set expects FIELD=VALUE"),
+    (["--device", "foo"], "device must be cpu or cuda"),
+    (["--task", "foo"], "--task foo: not a task"),
+    (["--preset", "reward-hacking"], "preset 'reward-hacking' is a ppo_rm run, not grpo"),
+])
+def test_train_command_mistakes_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    from conformance.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "grpo", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlconform: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists(), "a refused command created its output directory"
+
+
+def test_train_command_refuses_a_model_directory_that_is_not_a_causal_lm(tmp_path, capsys):
+    from conformance.cli import main
+
+    tok = models.build_tokenizer()
+    models.save(models.reward_model(tok), tok, tmp_path / "rm")
+    assert main(["train", "grpo", "--out", str(tmp_path / "o"), "--model",
+                 str(tmp_path / "rm")]) == 2
+    assert "not a causal LM" in capsys.readouterr().err

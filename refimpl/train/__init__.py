@@ -21,17 +21,18 @@ This package imports refimpl, torch and transformers, never the conformance harn
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import replace
 
-__all__ = ["LOOPS", "PRESETS", "ALGORITHMS", "config_for", "run"]
+from refimpl.recipes import OPTIONS
+
+__all__ = ["LOOPS", "PRESETS", "ALGORITHMS", "config_for", "validate", "run"]
 
 #: algorithm -> (module, config class, fixed options of the name)
 LOOPS = {
     "grpo": ("grpo", "GRPOConfig", {}),
-    "dr_grpo": ("grpo", "GRPOConfig", {"algorithm": "dr_grpo", "scale": "none",
-                                       "agg": "seq-mean-token-sum-norm"}),
-    "dapo": ("grpo", "GRPOConfig", {"algorithm": "dapo", "clip_high": 0.28, "beta": 0.0,
-                                    "agg": "token-mean"}),
+    "dr_grpo": ("grpo", "GRPOConfig", {"algorithm": "dr_grpo", **OPTIONS["dr_grpo"]}),
+    "dapo": ("grpo", "GRPOConfig", {"algorithm": "dapo", **OPTIONS["dapo"]}),
     "rloo": ("rloo", "RLOOConfig", {}),
     "reinforce_pp": ("reinforce_pp", "ReinforcePPConfig", {}),
     "ppo": ("ppo", "PPOConfig", {}),
@@ -80,6 +81,69 @@ def config_for(algorithm: str, preset: str | None = None, **fields):
     if unknown:
         raise ValueError(f"{type(config).__name__} has no field {sorted(unknown)}")
     return replace(config, **fields)
+
+
+_CHOICES = {"reward": ("strict", "partial"), "kl_in": ("loss", "reward"),
+            "kl_kind": ("k1", "k2", "k3"), "scale": ("group", "batch", "none"),
+            "bias": (None, "longer"), "rm_bias": (None, "longer"), "arch": ("llama", "gpt2")}
+_AT_LEAST_ONE = ("steps", "eval_every", "epochs", "prompts_per_step", "pairs_per_step",
+                 "n_pairs", "n_eval_pairs", "grad_accum", "rm_steps")
+_POSITIVE = ("lr", "critic_lr", "temperature", "max_grad_norm", "tau")
+_NON_NEGATIVE = ("beta", "clip_low", "clip_high", "vf_coef", "label_smoothing")
+
+
+def validate(config) -> None:
+    """Refuse, before any training, a config a loop cannot run: a ValueError naming the field."""
+    import torch
+
+    from refimpl import models
+    from refimpl.aggregation import AGG_MODES
+    from refimpl.tasks import TASKS
+
+    get = lambda k: getattr(config, k, None)
+    if get("task") not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {get('task')!r}")
+    for key, choices in _CHOICES.items():
+        if hasattr(config, key) and get(key) not in choices:
+            raise ValueError(f"{key} must be one of {choices}, got {get(key)!r}")
+    if hasattr(config, "agg") and get("agg") not in AGG_MODES:
+        raise ValueError(f"agg must be one of {AGG_MODES}, got {get('agg')!r}")
+    for key in _AT_LEAST_ONE:
+        if hasattr(config, key) and not (isinstance(get(key), int) and get(key) >= 1):
+            raise ValueError(f"{key} must be an int >= 1, got {get(key)!r}")
+    for key in _POSITIVE:
+        if hasattr(config, key) and not (isinstance(get(key), (int, float)) and get(key) > 0):
+            raise ValueError(f"{key} must be > 0, got {get(key)!r}")
+    for key in _NON_NEGATIVE:
+        if hasattr(config, key) and not (isinstance(get(key), (int, float)) and get(key) >= 0):
+            raise ValueError(f"{key} must be >= 0, got {get(key)!r}")
+    if get("dual_clip") is not None and not get("dual_clip") > 1:
+        raise ValueError(f"dual_clip must be > 1 or None, got {get('dual_clip')!r}")
+    if get("sft_steps") is not None and not (isinstance(get("sft_steps"), int)
+                                             and get("sft_steps") >= 0):
+        raise ValueError(f"sft_steps must be an int >= 0 or None, got {get('sft_steps')!r}")
+    if hasattr(config, "group_size"):
+        if not (isinstance(get("group_size"), int) and get("group_size") >= 2):
+            raise ValueError(f"group_size must be an int >= 2 (a group needs a baseline), got "
+                             f"{get('group_size')!r}")
+        rows = get("prompts_per_step") * get("group_size")
+        if rows % get("grad_accum"):
+            raise ValueError(f"grad_accum must divide prompts_per_step * group_size = {rows}")
+    elif hasattr(config, "pairs_per_step") and get("pairs_per_step") % get("grad_accum"):
+        raise ValueError(f"grad_accum must divide pairs_per_step = {get('pairs_per_step')}")
+    try:
+        device = torch.device(get("device"))
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu or cuda[:N], got {get('device')!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {get('device')}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {get('device')!r}")
+    if get("model") is not None:
+        models.check_causal_lm(get("model"))
+    for key in ("reward_model", "rm_path"):
+        if get(key) is not None and not os.path.isdir(get(key)):
+            raise ValueError(f"{key} must be a local directory, got {get(key)!r}")
 
 
 def run(config, out_dir=None, progress: bool | None = None) -> list[dict]:

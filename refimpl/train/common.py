@@ -10,7 +10,8 @@ Red flags (computed on every step, thresholds stated here and written with the r
 | KL explosion      | ``kl``: mean over samples of sum_t k(logp, ref),   | kl > ``KL_EXPLOSION`` (nats)    |
 |                   | the loop's estimator k (GRPO k3, PPO k1)           |                                 |
 | mode collapse     | ``entropy`` (mean token entropy, nats) and         | entropy < ``COLLAPSE_ENTROPY``  |
-|                   | ``distinct`` (distinct completions per group / G)  | or distinct < ``COLLAPSE_DISTINCT`` |
+|                   | ``distinct``: (distinct completions - 1) / (G - 1) | or distinct < ``COLLAPSE_DISTINCT`` |
+|                   | per group, 0 when all G are the same, 1 when all differ |                          |
 | degenerate groups | ``degenerate``: share of groups with equal rewards | degenerate > ``DEGENERATE``     |
 | reward hacking    | ``proxy_reward`` vs ``true_reward`` (ppo_rm)       | proxy up by ``HACK_PROXY_RISE`` while true falls by ``HACK_TRUE_FALL`` |
 | credit assignment | ``credit_share``: share of |A| on the deciding token | reported (task ``decisive``)    |
@@ -18,6 +19,7 @@ Red flags (computed on every step, thresholds stated here and written with the r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,12 +27,14 @@ import random
 import shutil
 import sys
 import tempfile
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
 from refimpl import models
@@ -44,7 +48,7 @@ __all__ = ["KL_EXPLOSION", "COLLAPSE_ENTROPY", "COLLAPSE_DISTINCT", "DEGENERATE"
 
 KL_EXPLOSION = 5.0         # nats per sequence (healthy default runs stay below ~2; measured)
 COLLAPSE_ENTROPY = 0.05    # nats per token: sampling at temperature 1 is nearly greedy
-COLLAPSE_DISTINCT = 0.2    # fewer than one in five completions of a group differ
+COLLAPSE_DISTINCT = 0.15   # (distinct - 1) / (G - 1): at most 2 distinct completions of 8
 DEGENERATE = 0.8           # four groups in five carry no learning signal
 HACK_PROXY_RISE = 0.5      # the proxy reward (reward-model units) rises by at least this ...
 HACK_TRUE_FALL = 0.1       # ... while the rule-based reward falls by at least this
@@ -83,11 +87,16 @@ def encode_completions(tokenizer, completions: list[str], device="cpu") -> tuple
 
 
 def _decode(tokenizer, ids: Tensor, mask: Tensor) -> list[str]:
+    """The completions as the reward sees them: every real token but the final ``<eos>``; a
+    sampled ``<pad>`` or ``<bos>`` stays in the text (as ``<pad>``), so it makes the completion
+    wrong instead of vanishing from what is scored."""
     eos = tokenizer.eos_token_id
     out = []
     for row, m in zip(ids.tolist(), mask.tolist()):
-        row = [t for t, keep in zip(row, m) if keep and t != eos]
-        out.append(tokenizer.decode(row, skip_special_tokens=True))
+        row = [t for t, keep in zip(row, m) if keep]
+        if row and row[-1] == eos:
+            row = row[:-1]
+        out.append(tokenizer.decode(row, skip_special_tokens=False))
     return out
 
 
@@ -103,16 +112,20 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
                                                        top_k=0, top_p=1.0)
+    # an explicit generation config: nothing a checkpoint's own (repetition penalty, min length,
+    # ...) may change the distribution the log-probabilities score
+    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, **kwargs)
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+                         generation_config=config)
     completion_ids = out[:, prompt_ids.shape[1]:]
     is_eos = completion_ids == tokenizer.eos_token_id
     before_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0    # up to the first eos
     completion_mask = before_eos.long()
     completion_ids = completion_ids.masked_fill(~before_eos, tokenizer.pad_token_id)
-    if completion_ids.shape[1] == 0 or completion_mask.sum(dim=1).min() == 0:
-        raise RuntimeError("a completion has no token")
+    if completion_ids.shape[1] == 0:
+        raise RuntimeError("generation returned no token")
     return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                 completion_mask=completion_mask,
                 completions=_decode(tokenizer, completion_ids, completion_mask))
@@ -156,7 +169,9 @@ def sft_policy(task: Task, seed: int = 0, steps: int | None = None, arch: str = 
     tokenizer, and return the path. Cached on disk per (task, seed, steps, arch), written
     atomically (a temporary directory renamed into place), so parallel tests share one copy."""
     steps = SFT_STEPS.get(task.name, 300) if steps is None else steps
-    key = f"{task.name}-seed{seed}-steps{steps}-{arch}-bs{batch_size}-lr{lr:g}-v{SFT_VERSION}"
+    prompts = hashlib.sha1("\n".join(task.train_prompts).encode()).hexdigest()[:10]
+    key = (f"{task.name}-{prompts}-seed{seed}-steps{steps}-{arch}-bs{batch_size}-lr{lr:g}"
+           f"-v{SFT_VERSION}")
     path = _cache_dir() / key
     if (path / "config.json").exists():
         return path
@@ -178,10 +193,12 @@ def sft_policy(task: Task, seed: int = 0, steps: int | None = None, arch: str = 
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
-    models.save(model, tokenizer, tmp)
     try:
+        models.save(model, tokenizer, tmp)
         os.rename(tmp, path)                 # atomic; loses the race harmlessly
     except OSError:
+        pass
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
@@ -210,12 +227,14 @@ def red_flags(rewards: Tensor, group_ids: Tensor, completions: list[str], kl: Te
     degenerate, distinct = [], []
     for g in torch.unique(group_ids):
         members = (group_ids == g).nonzero().flatten().tolist()
+        if len(members) < 2:                  # a group of one has no spread to measure
+            continue
         r = rewards[members]
         degenerate.append(float(bool((r == r[0]).all())))
-        distinct.append(len({completions[i] for i in members}) / len(members))
-    out = dict(kl=float(kl.mean()), entropy=entropy,
-               distinct=sum(distinct) / len(distinct),
-               degenerate=sum(degenerate) / len(degenerate))
+        distinct.append((len({completions[i] for i in members}) - 1) / (len(members) - 1))
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    out = dict(kl=float(kl.mean()), entropy=entropy, distinct=mean(distinct),
+               degenerate=mean(degenerate))
     out["flag_kl_explosion"] = out["kl"] > KL_EXPLOSION
     out["flag_mode_collapse"] = entropy < COLLAPSE_ENTROPY or out["distinct"] < COLLAPSE_DISTINCT
     out["flag_degenerate_groups"] = out["degenerate"] > DEGENERATE
@@ -269,38 +288,38 @@ def credit_share(advantages: Tensor, mask: Tensor, position: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def apply_overrides(config, overrides: dict[str, str]):
-    """Set dataclass fields from ``FIELD=VALUE`` strings, parsed to the field's current type."""
-    known = {f.name: f for f in fields(config)}
+    """Set dataclass fields from ``FIELD=VALUE`` strings, parsed by the field's annotation
+    (``int``, ``float``, ``bool``, ``str``, any of them ``| None``); ValueError naming the field."""
+    hints = typing.get_type_hints(type(config))
+    settable = {f.name for f in fields(config)} - {"algorithm", "extra"}
     for key, text in overrides.items():
-        if key not in known:
-            raise ValueError(f"--set {key}: not a field of {type(config).__name__} "
-                             f"(fields: {', '.join(sorted(known))})")
-        current = getattr(config, key)
+        if key not in settable:
+            raise ValueError(f"--set {key}: not a field of {type(config).__name__} that can be "
+                             f"set (fields: {', '.join(sorted(settable))})")
+        args = typing.get_args(hints[key]) or (hints[key],)
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None))
+        if text.lower() in ("none", "null"):
+            if not optional:
+                raise ValueError(f"--set {key}: may not be None")
+            setattr(config, key, None)
+            continue
         try:
-            if text.lower() in ("none", "null"):
-                value = None
-            elif isinstance(current, bool):
+            if base is bool:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
                 value = text.lower() in ("true", "1")
-            elif isinstance(current, int):
-                value = int(text)
-            elif isinstance(current, float) or current is None:
-                value = float(text) if current is not None or _is_number(text) else text
+            elif base in (int, float):
+                value = base(text)
+                if not math.isfinite(value):
+                    raise ValueError(text)
             else:
                 value = text
         except ValueError:
-            raise ValueError(f"--set {key}={text}: expected a {type(current).__name__}") from None
+            raise ValueError(f"--set {key}={text}: expected {base.__name__}"
+                             f"{' or none' if optional else ''}") from None
         setattr(config, key, value)
     return config
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 class Run:

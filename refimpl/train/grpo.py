@@ -70,7 +70,7 @@ class GRPOConfig:
     agg: str = "seq-mean-token-mean"
     """loss aggregation (refimpl.aggregation): GRPO's Eq. 3 is seq-mean-token-mean"""
     norm_len: float | None = None
-    """the constant length of seq-mean-token-sum-norm (default: the padded width)"""
+    """the constant length of seq-mean-token-sum-norm (default: the task's max_new_tokens)"""
     gamma: float = 1.0
     """discount (REINFORCE++ returns)"""
     grad_accum: int = 1
@@ -89,12 +89,17 @@ class GRPOConfig:
     """free-form notes written with the config (e.g. the preset)"""
 
 
-def recipe_config(cfg) -> dict:
-    """The contract's config for the recipe, from the loop's fields."""
+def recipe_config(cfg, task) -> dict:
+    """The contract's config for the recipe, from the loop's fields. Dr. GRPO's constant
+    normaliser defaults to the generation budget (``task.max_new_tokens``), not to the padded
+    width of each batch, which varies with the longest completion sampled."""
+    norm_len = cfg.norm_len
+    if norm_len is None and cfg.agg == "seq-mean-token-sum-norm":
+        norm_len = float(task.max_new_tokens)
     return recipes.default_config(
         cfg.algorithm, beta=cfg.beta, kl_kind=cfg.kl_kind, kl_in=cfg.kl_in,
         clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-        scale=cfg.scale, eps=cfg.eps, agg=cfg.agg, norm_len=cfg.norm_len, gamma=cfg.gamma,
+        scale=cfg.scale, eps=cfg.eps, agg=cfg.agg, norm_len=norm_len, gamma=cfg.gamma,
         grad_accum=cfg.grad_accum, temperature=cfg.temperature)
 
 
@@ -130,7 +135,7 @@ def train(cfg: GRPOConfig, out_dir=None, progress: bool | None = None) -> list[d
     policy = models.load_causal_lm(start).to(cfg.device)
     reference = models.load_causal_lm(start).to(cfg.device).requires_grad_(False)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    recipe, rcfg = recipes.RECIPES[cfg.algorithm], recipe_config(cfg)
+    recipe, rcfg = recipes.RECIPES[cfg.algorithm], recipe_config(cfg, task)
     prompt_rng = torch.Generator().manual_seed(cfg.seed)
     run = common.Run(out_dir, cfg, cfg.steps, progress)
     t0 = time.time()
@@ -145,6 +150,7 @@ def train(cfg: GRPOConfig, out_dir=None, progress: bool | None = None) -> list[d
         idx = torch.randint(len(task.train_prompts), (cfg.prompts_per_step,),
                             generator=prompt_rng).tolist()
         batch = rollout(policy, tokenizer, task, [task.train_prompts[i] for i in idx], cfg)
+        entropy = common.token_entropy(policy, batch, cfg.temperature)   # the rollout policy's
 
         for epoch in range(cfg.epochs):       # epoch 0 is on-policy: ratio 1
             policy.train()
@@ -162,8 +168,7 @@ def train(cfg: GRPOConfig, out_dir=None, progress: bool | None = None) -> list[d
         row.update(loss=first.loss.item(), reward=batch["scores"].mean().item(),
                    grad_norm=float(grad_norm), length=mask.sum(1).float().mean().item(),
                    **common.red_flags(batch["scores"], batch["group_ids"], batch["completions"],
-                                      first.stats["kl"],
-                                      common.token_entropy(policy, batch, cfg.temperature)))
+                                      first.stats["kl"], entropy))
         decisive = getattr(task, "decisive_index", None)
         if decisive is not None:              # credit assignment: one token decides the reward
             row["credit_share"] = common.credit_share(first.advantages, mask, decisive)

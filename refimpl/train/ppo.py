@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForTokenClassification
+from transformers import AutoConfig, AutoModelForTokenClassification
 
 from refimpl import models, recipes
 from refimpl.tasks import make_task
@@ -118,8 +118,11 @@ def train(cfg: PPOConfig, out_dir=None, progress: bool | None = None) -> list[di
     tokenizer = models.load_tokenizer(start)
     policy = models.load_causal_lm(start).to(cfg.device)
     reference = models.load_causal_lm(start).to(cfg.device).requires_grad_(False)
+    critic_config = AutoConfig.from_pretrained(str(start), local_files_only=True, num_labels=1)
+    critic_config.classifier_dropout = 0.0    # the token-classifier head defaults to 0.1
     critic = AutoModelForTokenClassification.from_pretrained(
-        str(start), num_labels=1, local_files_only=True).to(cfg.device).eval()
+        str(start), config=critic_config, local_files_only=True,
+        dtype=torch.float32).to(cfg.device).eval()
     scorer = None
     if cfg.reward_model:
         scorer = models.load_reward_model(cfg.reward_model).to(cfg.device).requires_grad_(False)
@@ -151,6 +154,8 @@ def train(cfg: PPOConfig, out_dir=None, progress: bool | None = None) -> list[di
                 critic, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
                 batch["completion_mask"])
 
+        entropy = common.token_entropy(policy, batch, cfg.temperature)   # the rollout policy's
+
         for epoch in range(cfg.epochs):
             policy.train(), critic.train()
             out = recipes.ppo(policy, reference, tensors(batch), rcfg)
@@ -169,8 +174,7 @@ def train(cfg: PPOConfig, out_dir=None, progress: bool | None = None) -> list[di
                    grad_norm=float(grad_norm), length=mask.sum(1).float().mean().item(),
                    value_mean=batch["old_values"][mask.bool()].mean().item(),
                    **common.red_flags(true_reward, batch["group_ids"], batch["completions"],
-                                      first.stats["kl"],
-                                      common.token_entropy(policy, batch, cfg.temperature)))
+                                      first.stats["kl"], entropy))
         if scorer is not None:
             row.update(proxy_reward=batch["scores"].mean().item(),
                        true_reward=true_reward.mean().item())

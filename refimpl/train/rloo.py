@@ -7,7 +7,8 @@ policy (one epoch: the clip never binds, the loss is REINFORCE's); the KL to the
 subtracted from the score (Sec. 2, the RLHF reward).
 
 The loop is ``grpo.train`` (sampling, epochs, clipping, logging); the loss is
-``refimpl.recipes.rloo``. Defaults differ: one epoch, the KL in the reward, learning rate 3e-4
+``refimpl.recipes.rloo``. Defaults differ: one epoch, the KL in the reward, the loss summed over
+each completion's tokens (the sequence log-probability of the paper), learning rate 3e-4
 (measured: RLOO tolerates it on the tiny tasks).
 """
 
@@ -30,5 +31,7 @@ class RLOOConfig(GRPOConfig):
     """the KL is part of the reward (Ahmadian et al., Sec. 2)"""
     kl_kind: str = "k1"
     """the sequence log-ratio sum, the RLHF reward's KL"""
+    agg: str = "seq-mean-token-sum"
+    """REINFORCE on the sequence log-probability (a per-response token mean weights by 1/length)"""
     lr: float = 3e-4
     """Adam learning rate"""
