@@ -12,7 +12,7 @@ thread); the tests run seed 0, which reproduces bit for bit.
 |--------------|-----------------------------------------------|----------------------------|
 | grpo         | 0.134 / 0.008, 0.139 / 0.006, 0.180 / 0.020   | 0.563, 0.627, 0.798        |
 | rloo         | 0.105 / 0.000, 0.131 / 0.000, 0.114 / 0.000   | 0.799, 0.806, 1.030        |
-| reinforce_pp | 0.141 / 0.000, 0.169 / 0.000, 0.147 / 0.000   | 1.070, 0.991, 1.293        |
+| reinforce_pp | 0.141 / 0.000, 0.155 / 0.000, 0.175 / 0.000   | 0.782, 0.671, 0.789        |
 | ppo          | 0.108 / 0.000, 0.216 / 0.000, 0.175 / 0.000   | 0.499, 0.335, 0.675        |
 The start policy's sampled reward (800 samples) is 0.111, 0.156, 0.104. Rules that hold on every
 seed: correct >= 0.8 x start; flipped < 0.5 x start and < 0.5 x correct. A loop that never updates

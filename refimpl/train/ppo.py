@@ -34,6 +34,8 @@ from refimpl.train.grpo import rollout, tensors
 
 @dataclass
 class PPOConfig:
+    algorithm: str = "ppo"
+    """the recipe: refimpl.recipes.ppo"""
     task: str = "reverse"
     """the verifiable task (refimpl.tasks.TASKS)"""
     reward: str = "strict"
@@ -183,4 +185,4 @@ def train(cfg: PPOConfig, out_dir=None, progress: bool | None = None) -> list[di
         if decisive is not None:
             row["credit_share"] = common.credit_share(first.advantages, mask, decisive)
         run.log(row | {"time_s": time.time() - t0})
-    return run.finish(policy, tokenizer, f"ppo on {cfg.task}, seed {cfg.seed}")
+    return run.finish(policy, tokenizer, f"{cfg.algorithm} on {cfg.task}, seed {cfg.seed}")

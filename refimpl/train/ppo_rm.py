@@ -45,6 +45,8 @@ __all__ = ["PPORMConfig", "train"]
 
 @dataclass
 class PPORMConfig(PPOConfig):
+    algorithm: str = "ppo_rm"
+    """PPO (refimpl.recipes.ppo) against a learned reward model"""
     rm_bias: str | None = "longer"
     """the labeller of the reward model's pairs: "longer" (a length-biased proxy) or None"""
     rm_steps: int = 100

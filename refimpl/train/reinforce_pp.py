@@ -33,5 +33,6 @@ class ReinforcePPConfig(GRPOConfig):
     """token-level loss"""
     eps: float = 1e-8
     """added to the variance of the batch whitening"""
-    lr: float = 3e-4
-    """Adam learning rate"""
+    lr: float = 1e-4
+    """Adam learning rate (measured on reverse, seed 0, 150 steps: 1e-4 reaches greedy 0.745,
+    2e-4 0.725, 3e-4 plateaus near 0.6 with twice the KL)"""
