@@ -175,7 +175,8 @@ def train(cfg: PPOConfig, out_dir=None, progress: bool | None = None) -> list[di
         row.update(loss=first.loss.item(), reward=true_reward.mean().item(),
                    grad_norm=float(grad_norm), length=mask.sum(1).float().mean().item(),
                    value_mean=batch["old_values"][mask.bool()].mean().item(),
-                   **common.red_flags(true_reward, batch["group_ids"], batch["completions"],
+                   # degenerate groups: of the reward that drives the advantages (the proxy)
+                   **common.red_flags(batch["scores"], batch["group_ids"], batch["completions"],
                                       first.stats["kl"], entropy))
         if scorer is not None:
             row.update(proxy_reward=batch["scores"].mean().item(),
