@@ -120,7 +120,9 @@ def train(cfg: RewardModelConfig, out_dir=None, progress: bool | None = None) ->
         row = {"step": step}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             h = _margins(model, heldout, rcfg)
-            row.update(eval_pair_accuracy=(h > 0).float().mean().item(),
+            # eval_accuracy, the figure every loop logs, is the held-out pair accuracy here
+            row["eval_accuracy"] = (h > 0).float().mean().item()
+            row.update(eval_pair_accuracy=row["eval_accuracy"],
                        eval_margin=h.mean().item(),
                        strict_pair_accuracy=(_margins(model, strict, rcfg) > 0).float().mean().item())
         if step == cfg.steps:                 # the last row only evaluates
