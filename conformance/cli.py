@@ -286,7 +286,7 @@ def _cmd_setup(args) -> int:
 
 TRAIN_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo",
                     "reward_model", "ppo_rm")
-TRAIN_PRESETS = ("kl-explosion", "degenerate-groups", "reward-hacking")
+TRAIN_PRESETS = ("kl-explosion", "mode-collapse", "degenerate-groups", "reward-hacking")
 
 
 def _cmd_train(args) -> int:
@@ -313,14 +313,14 @@ def _cmd_train(args) -> int:
         train.validate(config)
     except ValueError as exc:
         return _error(str(exc))
+    if getattr(config, "tensorboard", False):
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            return _error("--tensorboard needs the tensorboard package (pip install tensorboard)")
     try:
         check_writable(Path(args.out))
     except ReportWriteError as exc:
         return _error(str(exc))
-    if args.tensorboard:
-        import importlib.util
-        if importlib.util.find_spec("tensorboard") is None:
-            return _error("--tensorboard needs the tensorboard package (pip install tensorboard)")
     rows = train.run(config, args.out, progress=False if args.quiet else None)
     last = {k: v for k, v in rows[-1].items() if isinstance(v, float)}
     evals = [r["eval_accuracy"] for r in rows if isinstance(r.get("eval_accuracy"), float)]

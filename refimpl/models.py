@@ -117,16 +117,23 @@ def save(model, tokenizer, path: str | os.PathLike) -> Path:
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """The tokenizer saved at a local path (never a hub name)."""
+    """The tokenizer saved at a local path (never a hub name), left-padding; a tokenizer without
+    a pad token (GPT-2's, Llama 3's) pads with its eos token, as trainers commonly do."""
+    from transformers import AutoTokenizer
     if not Path(path).is_dir():
         raise ValueError(f"path must be a local directory, got {str(path)!r}")
-    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def check_causal_lm(path: str | os.PathLike) -> None:
     """Refuse, with a ValueError naming ``path``, a directory the loops cannot start from: no
-    saved causal LM, or a tokenizer that does not write every task character as one token with
-    pad, bos and eos set (the loops encode completions character by character)."""
+    saved causal LM, a tokenizer without an eos token (a completion ends there), or one that does
+    not have every task character as a token of its own (the loops encode completions character
+    by character). A missing pad token is fine (eos pads); bos is optional."""
     from transformers import AutoConfig
     if not Path(path).is_dir():
         raise ValueError(f"model must be a local directory, got {str(path)!r}")
@@ -140,10 +147,10 @@ def check_causal_lm(path: str | os.PathLike) -> None:
     names = cfg.architectures or []
     if not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
         raise ValueError(f"model {path}: not a causal LM (architectures {names})")
-    if None in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id):
-        raise ValueError(f"model {path}: its tokenizer lacks a pad, bos or eos token")
-    unknown = [c for c in CHARS if len(tokenizer.tokenize(c)) != 1 or
-               tokenizer.convert_tokens_to_ids(c) in (None, tokenizer.unk_token_id)]
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"model {path}: its tokenizer has no eos token")
+    unknown = [c for c in CHARS if tokenizer.convert_tokens_to_ids(c) in
+               (None, tokenizer.unk_token_id)]
     if unknown:
         raise ValueError(f"model {path}: its tokenizer does not write {''.join(unknown)!r} as "
                          f"one token each (the loops encode completions by character)")

@@ -303,3 +303,23 @@ def test_train_command_refuses_a_model_directory_that_is_not_a_causal_lm(tmp_pat
     assert main(["train", "grpo", "--out", str(tmp_path / "o"), "--model",
                  str(tmp_path / "rm")]) == 2
     assert "not a causal LM" in capsys.readouterr().err
+
+
+def test_train_command_without_tensorboard_installed_says_so(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from conformance.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert main(["train", "grpo", "--out", str(tmp_path / "o"), "--tensorboard"]) == 2
+    assert "--tensorboard needs the tensorboard package" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_command_offers_exactly_the_loops_and_presets_refimpl_has():
+    from conformance import cli
+
+    assert cli.TRAIN_ALGORITHMS == train.ALGORITHMS
+    assert cli.TRAIN_PRESETS == tuple(train.PRESETS)

@@ -14,9 +14,10 @@ Thresholds and what was measured (reports/training/README.md has every run's num
   seeds 0/1/2: SWEEP.
 - reward model: held-out pair accuracy >= 0.75.
 - ppo_rm: the proxy (reward-model) reward rises.
-- red flags: KL explosion fires on the kl-explosion preset, degenerate groups on the
-  degenerate-groups preset, reward hacking on the reward-hacking preset; none of the three, nor
-  mode collapse, fires on the healthy GRPO run.
+- red flags: KL explosion fires on the kl-explosion preset, mode collapse on the mode-collapse
+  preset, degenerate groups on the degenerate-groups preset, reward hacking on the
+  reward-hacking preset; none of the first three fires on the healthy GRPO run, nor reward
+  hacking on PPO against a healthy reward model.
 - credit assignment (task ``decisive``): the share of advantage mass on the deciding token, for
   GRPO (1/length), a process reward (1) and PPO with GAE (measured).
 """
@@ -51,8 +52,9 @@ RUNS = {
     "dpo-seed2": ("dpo", None, {"seed": 2}),
     "ipo": ("ipo", None, {}),
     "reward_model": ("reward_model", None, {}),
-    "ppo_rm": ("ppo_rm", None, {"rm_bias": None}),
+    "ppo_rm": ("ppo_rm", None, {}),
     "kl-explosion": ("grpo", "kl-explosion", {}),
+    "mode-collapse": ("grpo", "mode-collapse", {}),
     "degenerate-groups": ("grpo", "degenerate-groups", {}),
     "reward-hacking": ("ppo_rm", "reward-hacking", {}),
     "credit-grpo": ("grpo", None, {"task": "decisive"}),
@@ -140,6 +142,13 @@ def test_ppo_against_a_healthy_reward_model_raises_proxy_without_hacking(tmp_pat
 def test_kl_explosion_fires_without_kl_and_with_a_high_learning_rate(tmp_path):
     rows = _run("kl-explosion", tmp_path)
     assert any(r.get("flag_kl_explosion") for r in rows)
+
+
+def test_mode_collapse_fires_without_kl_and_with_a_high_learning_rate(tmp_path):
+    rows = _run("mode-collapse", tmp_path)
+    fired = [r["step"] for r in rows if r.get("flag_mode_collapse")]
+    assert fired, "mode collapse never fired"
+    assert _series(rows, "distinct")[-1] < _series(rows, "distinct")[0] / 4
 
 
 def test_degenerate_groups_fire_on_a_task_too_hard_for_the_group(tmp_path):

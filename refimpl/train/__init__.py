@@ -9,7 +9,7 @@
 | ppo            | ppo.py            | PPO with a value model and GAE, KL in the reward            |
 | dpo, ipo       | dpo.py, ipo.py    | offline preference optimisation against a frozen reference  |
 | reward_model   | reward_model.py   | a Bradley-Terry reward model (sequence classifier)          |
-| ppo_rm         | ppo_rm.py         | PPO against a learned (here: deliberately biased) reward model |
+| ppo_rm         | ppo_rm.py         | PPO against a learned reward model (biased: the reward-hacking preset) |
 
 Every loop takes its loss from ``refimpl.recipes`` and starts from a supervised warm-up of the
 task (``common.sft_policy``, cached on disk). ``run(algorithm, ...)`` is what ``rlconform train``
@@ -49,8 +49,13 @@ ALGORITHMS = tuple(LOOPS)
 #: The runs built to make a red flag fire: preset -> (algorithm it applies to, fields, what fires).
 PRESETS = {
     "kl-explosion": ("grpo", {"beta": 0.0, "lr": 3e-3, "steps": 60},
-                     "no KL penalty and a learning rate 30x the default: the policy runs away "
-                     "from the reference (KL explosion) and its reward falls to 0"),
+                     "no KL penalty and a learning rate 30x the default: the first updates carry "
+                     "the policy about 7 nats from the reference (KL explosion) and its reward "
+                     "falls to 0"),
+    "mode-collapse": ("grpo", {"beta": 0.0, "lr": 2e-3, "reward": "partial", "steps": 100},
+                      "no KL penalty, a learning rate 20x the default and a dense reward: the "
+                      "policy settles on one completion per prompt (entropy and distinct "
+                      "completions fall towards 0: mode collapse)"),
     "degenerate-groups": ("grpo", {"task": "addition", "sft_steps": 150, "group_size": 2,
                                    "steps": 40},
                           "a task the warm-up barely knows, two samples per prompt: almost every "

@@ -14,18 +14,19 @@ model (``proxy_reward``), still logs the task's rule-based reward (``true_reward
 ``flag_reward_hacking`` (``common.reward_hacking``) once the proxy has risen by
 ``common.HACK_PROXY_RISE`` while the true reward fell by ``common.HACK_TRUE_FALL``. Unless
 ``rm_path`` names one, the reward model is trained first with ``reward_model.train`` on the
-task's pairs labelled with ``rm_bias``: with "longer" (the default) the labeller prefers the
+task's pairs labelled with ``rm_bias``: with "longer" (the ``reward-hacking`` preset) the labeller prefers the
 longer completion whether it is right or not, the reward model learns length, and PPO learns to
-append digits: the proxy climbs while the true reward falls. With ``rm_bias=None`` (a healthy
-reward model: the target beats its corruptions) the flag stays silent.
+append digits: the proxy climbs while the true reward falls. With ``rm_bias=None`` (the default:
+a healthy reward model, the target beats its corruptions) the flag stays silent.
 
-Measured (reverse, defaults, one CPU thread, ~40 s with the reward model): the "longer" reward
-model orders 100% of held-out length-biased pairs as its labeller does and 52% of
-correct-vs-corrupted ones (chance); against it the proxy reward goes -0.01 -> 2.9 within 10 steps
-while the true (strict) reward goes 0.625 -> 0 and greedy eval accuracy 0.945 -> 0.0;
-``flag_reward_hacking`` fires from step 19, the first step its two 10-step windows allow (seed 1:
-the same). A healthy reward model (``rm_bias=None``, 97% held-out pair accuracy) over 120 steps:
-proxy 1.14 -> 1.44, true 0.625 -> 0.69 (first vs. last 10 steps), the flag silent.
+Measured (reverse, seed 0, 60 PPO steps, one CPU thread; reports/training/reward-hacking and
+reports/training/ppo_rm): the "longer" reward model orders 100% of held-out length-biased pairs as
+its labeller does and about half of correct-vs-corrupted ones (chance); against it the proxy
+reward goes -0.01 -> 2.85 while the true (strict) reward goes 0.625 -> 0 and greedy eval accuracy
+0.945 -> 0.01; ``flag_reward_hacking`` fires from step 19, the first step its two 10-step windows
+allow. A healthy reward model (``rm_bias=None``, 98.5% held-out pair accuracy): proxy 1.12 ->
+1.31 (first vs. last step), true reward about level (0.639 -> 0.651, first vs. last 10 steps),
+greedy accuracy 0.945 -> 0.905, the flag silent.
 
     from refimpl.train import ppo_rm; ppo_rm.train(ppo_rm.PPORMConfig(), out_dir="runs/ppo_rm")
 """
@@ -47,8 +48,9 @@ __all__ = ["PPORMConfig", "train"]
 class PPORMConfig(PPOConfig):
     algorithm: str = "ppo_rm"
     """PPO (refimpl.recipes.ppo) against a learned reward model"""
-    rm_bias: str | None = "longer"
-    """the labeller of the reward model's pairs: "longer" (a length-biased proxy) or None"""
+    rm_bias: str | None = None
+    """the labeller of the reward model's pairs: None (the target beats its corruptions) or
+    "longer" (a length-biased proxy: the reward-hacking preset)"""
     rm_steps: int = 100
     """steps of the reward model's training (when rm_path is None)"""
     rm_path: str | None = None
