@@ -20,8 +20,10 @@ would keep the reward too, so the correct run must also have moved: KL to the re
 the last 5 steps > 0.1 (a loop that never steps has exactly 0, shown by
 ``test_a_loop_that_never_steps_stays_at_the_reference``).
 
-KL (grpo, KL in the loss), mean over the last 5 steps, beta = 1 / beta = 0: 0.089 / 0.788,
-0.136 / 0.684, 0.098 / 1.023 (ratios 0.11, 0.20, 0.10). Rule: beta = 1 < 0.5 x beta = 0.
+KL, mean over the last 5 steps, beta = 1 / beta = 0 (seeds 0, 1, 2). grpo (KL in the loss):
+0.089 / 0.788, 0.136 / 0.684, 0.098 / 1.023 (ratios 0.11, 0.20, 0.10); reinforce_pp (KL in
+the per-token reward): 0.101 / 0.780, 0.145 / 0.811, 0.105 / 0.903 (ratios 0.13, 0.18, 0.12).
+Rule: beta = 1 < 0.5 x beta = 0; each mutant that drops the term reproduces the beta = 0 run.
 """
 
 from __future__ import annotations
@@ -109,12 +111,22 @@ def test_online_loop_keeps_reward_and_flipped_advantage_collapses_it(algorithm, 
         f"(start {start_reward:.3f}, correct {correct:.3f}): the test cannot tell a broken loop")
 
 
-def test_kl_term_holds_the_policy_near_the_reference(monkeypatch):
-    free = _last5(_short_run("grpo", beta=0.0), "kl")
-    held = _last5(_short_run("grpo", beta=1.0), "kl")
-    dropped = _last5(_short_run("grpo", monkeypatch,
-                                ("_clipped_steps", kl_term_dropped(recipes._clipped_steps)),
-                                beta=1.0), "kl")
+def kl_dropped_from_the_reward(kl_penalized_rewards):
+    """MUTANT: the per-token reward carries the score but no KL penalty, whatever beta says."""
+    def wrapper(scores, logp, ref_logp, mask, beta, kind="k1"):
+        return kl_penalized_rewards(scores, logp, ref_logp, mask, 0.0, kind)
+    return wrapper
+
+
+@pytest.mark.parametrize("algorithm, mutant", [
+    ("grpo", ("_clipped_steps", kl_term_dropped(recipes._clipped_steps))),           # in the loss
+    ("reinforce_pp", ("kl_penalized_rewards",
+                      kl_dropped_from_the_reward(recipes.kl_penalized_rewards))),     # in the reward
+])
+def test_kl_term_holds_the_policy_near_the_reference(algorithm, mutant, monkeypatch):
+    free = _last5(_short_run(algorithm, beta=0.0), "kl")
+    held = _last5(_short_run(algorithm, beta=1.0), "kl")
+    dropped = _last5(_short_run(algorithm, monkeypatch, mutant, beta=1.0), "kl")
     assert held < 0.5 * free, f"KL with beta = 1 is {held:.3f}, beta = 0 {free:.3f}"
     assert not dropped < 0.5 * free, (
         f"the mutant without its KL term reached KL {dropped:.3f} < 0.5 x {free:.3f}: the test "

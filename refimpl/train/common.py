@@ -323,6 +323,15 @@ def apply_overrides(config, overrides: dict[str, str]):
     return config
 
 
+def _portable(fields_: dict, out: Path) -> dict:
+    """The config as written with the run: a path inside the run's parent directory (a reward
+    model trained beside the run) is written relative to the run, so the record holds no
+    machine's absolute path."""
+    parent = str(out.resolve().parent)
+    return {k: os.path.relpath(v, out.resolve()) if isinstance(v, str) and
+            v.startswith(parent + os.sep) else v for k, v in fields_.items()}
+
+
 class Run:
     """Writes ``metrics.jsonl`` (one JSON object per step, flushed), ``config.json``, the curves
     (``curves.png``) and the final model; shows a progress bar on a terminal."""
@@ -333,8 +342,8 @@ class Run:
         self._file = None
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(asdict(config), indent=2,
-                                                             default=str) + "\n")
+            (self.out / "config.json").write_text(
+                json.dumps(_portable(asdict(config), self.out), indent=2, default=str) + "\n")
             self._file = open(self.out / "metrics.jsonl", "w")
         show = sys.stderr.isatty() if progress is None else progress
         self._bar = None
