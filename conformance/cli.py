@@ -32,6 +32,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from refimpl import train as _train
+
 from conformance.install import FRAMEWORKS
 from conformance.loading import AdapterLoadError, glob_error, load_adapter
 from conformance.registry import CONTRACT, KINDS, REGISTRY
@@ -284,9 +286,10 @@ def _cmd_setup(args) -> int:
 
 # --- train ------------------------------------------------------------------------------------------
 
-TRAIN_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo",
-                    "reward_model", "ppo_rm")
-TRAIN_PRESETS = ("kl-explosion", "mode-collapse", "degenerate-groups", "reward-hacking")
+# the loops' and presets' names, from refimpl (importing refimpl.train pulls in neither
+# transformers nor matplotlib: the loops themselves load when a run starts)
+TRAIN_ALGORITHMS = _train.ALGORITHMS
+TRAIN_PRESETS = tuple(_train.PRESETS)
 
 
 def _cmd_train(args) -> int:

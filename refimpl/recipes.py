@@ -53,7 +53,7 @@ from refimpl.value_loss import value_loss
 from refimpl.whitening import batch_normalized_advantages
 
 __all__ = ["ALGORITHMS", "ONLINE", "PREFERENCE", "OPTIONS", "RECIPES", "StepLoss", "default_config",
-           "completion_logprobs", "completion_values", "sequence_scores", "micro_slices",
+           "completion_logits", "completion_logprobs", "completion_values", "sequence_scores", "micro_slices",
            "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo", "reward_model"]
 
 ONLINE = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo")
@@ -120,11 +120,10 @@ def _inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
     return input_ids, attention_mask, position_ids
 
 
-def completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                        completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
-    """``(B, T)``: log pi(y_t | x, y_<t) of each completion token, the logits at position
-    ``P - 1 + t`` divided by ``temperature``. Padded entries are computed too (masks say which
-    count)."""
+def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """``(B, T, V)``: the logits that score each completion token, those at position ``P - 1 + t``,
+    in float32, divided by ``temperature``."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     input_ids, attention_mask, position_ids = _inputs(prompt_ids, prompt_mask, completion_ids,
@@ -132,7 +131,16 @@ def completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, completi
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids).logits
-    logits = logits[:, P - 1:P - 1 + T].float() / temperature
+    return logits[:, P - 1:P - 1 + T].float() / temperature
+
+
+def completion_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                        completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """``(B, T)``: log pi(y_t | x, y_<t) of each completion token, the logits at position
+    ``P - 1 + t`` divided by ``temperature``. Padded entries are computed too (masks say which
+    count)."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                               temperature)
     return token_logprobs(logits, completion_ids)
 
 

@@ -39,7 +39,7 @@ from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
 from refimpl import models
-from refimpl.recipes import completion_logprobs
+from refimpl.recipes import completion_logits, completion_logprobs
 from refimpl.tasks import Task
 
 __all__ = ["KL_EXPLOSION", "COLLAPSE_ENTROPY", "COLLAPSE_DISTINCT", "DEGENERATE",
@@ -211,12 +211,9 @@ def sft_policy(task: Task, seed: int = 0, steps: int | None = None, arch: str = 
 @torch.no_grad()
 def token_entropy(model, rollout: dict, temperature: float) -> float:
     """Mean entropy (nats) of the policy's next-token distribution over real completion tokens."""
-    from refimpl.recipes import _inputs
-    ids, attn, pos = _inputs(rollout["prompt_ids"], rollout["prompt_mask"],
-                             rollout["completion_ids"], rollout["completion_mask"])
-    P, T = rollout["prompt_ids"].shape[1], rollout["completion_ids"].shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-    logp = torch.log_softmax(logits[:, P - 1:P - 1 + T].float() / temperature, dim=-1)
+    logits = completion_logits(model, rollout["prompt_ids"], rollout["prompt_mask"],
+                               rollout["completion_ids"], rollout["completion_mask"], temperature)
+    logp = torch.log_softmax(logits, dim=-1)
     ent = -(logp.exp() * logp).sum(-1)
     m = rollout["completion_mask"].bool()
     return float(ent[m].mean())
