@@ -1,6 +1,6 @@
 """The ``rlconform`` command: certify, compare, list, explain, setup, repro, train.
 
-    rlconform certify ADAPTER --out DIR [-k GLOB] [--timeout S] [--seed N] [--thorough]
+    rlconform certify ADAPTER --out DIR [-k GLOB] [--timeout S] [--seed N] [--thorough] [--slow]
                       [--device cpu|cuda] [--in-process] [-v] [-q]
     rlconform compare REPORT.json|ADAPTER ... --out DIR [--seed N]
     rlconform list [-k GLOB] [--kind KIND]
@@ -73,7 +73,7 @@ def _cmd_certify(args) -> int:
         import torch
         if not torch.cuda.is_available():
             return _error("--device cuda, but torch sees no CUDA device here")
-    problem = glob_error(args.k, thorough=args.thorough)
+    problem = glob_error(args.k, thorough=args.thorough, slow=args.slow)
     if problem:
         return _error(problem)
     try:
@@ -85,15 +85,18 @@ def _cmd_certify(args) -> int:
     except ReportWriteError as exc:
         return _error(str(exc))
     from conformance.runner import certify
+    if args.slow and not os.environ.get("RLCONFORM_RUNS_DIR"):
+        os.environ["RLCONFORM_RUNS_DIR"] = str(Path(args.out) / "runs")   # curves of the runs
     started = time.time()
     try:
         data = certify(args.adapter, args.out, args.k, args.timeout, args.seed, args.thorough,
                        args.device, isolate=not args.in_process,
-                       progress=sys.stderr.isatty() and not args.quiet)
+                       progress=sys.stderr.isatty() and not args.quiet, slow=args.slow)
     except (AdapterLoadError, ReportWriteError) as exc:
         return _error(str(exc))
     except KeyboardInterrupt:
-        return _interrupted(args, adapter, len(all_checks(args.k, thorough=args.thorough)),
+        return _interrupted(args, adapter, len(all_checks(args.k, thorough=args.thorough,
+                                                          slow=args.slow)),
                             started)
     for row in data["checks"]:
         if row["status"] in ("fail", "error") or (args.verbose and row["status"] != "pass"):
@@ -355,6 +358,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds per check before it is an error (default 60)")
     c.add_argument("--seed", type=int, default=0, help="seed the inputs are drawn with (default 0)")
     c.add_argument("--thorough", action="store_true", help="add the Hypothesis tier")
+    c.add_argument("--slow", action="store_true",
+                   help="add the training runs (train_run: minutes per algorithm)")
     c.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="device every input is moved to at the adapter call (default cpu)")
     c.add_argument("--in-process", action="store_true",

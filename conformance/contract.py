@@ -42,6 +42,10 @@ CAPABILITIES: dict[str, tuple[object, str]] = {
     "margin": (True, "bradley_terry_loss takes `margin`"),
     "label_smoothing": (True, "dpo_loss takes a nonzero `label_smoothing`"),
     "eps": (True, "an `eps` other than the default in group and batch normalisation"),
+    # train_step (docs/contract.md, "Training steps"); narrowed per algorithm as "<algorithm>.agg"
+    "algorithms": (ALGORITHMS, "the algorithms `train_step` implements"),
+    "kl_in": (("loss", "reward"), "where `train_step` may put the KL (`config[\"kl_in\"]`)"),
+    "temperature": (True, "`train_step` takes a `temperature` other than 1"),
 }
 
 #: the keys of ``framework_defaults()``: one vocabulary for every framework, so the comparison
@@ -143,7 +147,7 @@ def declaration_errors(adapter) -> list[str]:
             continue
         default = CAPABILITIES[name][0]
         if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)) or not value:
+            if not isinstance(value, (list, tuple)) or not (value or name == "algorithms"):
                 out.append(f"capabilities[{key!r}] should be a non-empty list of {default}")
             else:
                 out += [f"capabilities[{key!r}]: {v!r} is not one of {default}"

@@ -112,6 +112,21 @@ def render() -> str:
             lines.append(f"| `{c.id}` | {c.kind}{' (thorough)' if c.thorough else ''} | "
                          f"`{c.file}:{c.line}` | {mutants} | {deviating or '—'} |")
         lines.append("")
+    training = [c for c in all_checks(thorough=True, slow=True) if c.kind == "training"]
+    lines += ["## Training steps and runs (`train_step`, `train_run`)", "",
+              "One optimisation step through the adapter's `train_step`, against "
+              "`refimpl.recipes` (the contract's recipe table), on tiny Llama and GPT-2 models; "
+              "the `--slow` tier adds short real runs through `train_run`. Contract: "
+              "[`docs/contract.md#training-steps`](contract.md#training-steps)", "",
+              "| check | algorithm | defined at | rejects | declared deviations |",
+              "|---|---|---|---|---|"]
+    for c in sorted(training, key=lambda c: (c.estimator, c.id)):
+        deviating = _by_framework(a for a, decl in declared.items()
+                                  if any(fnmatch.fnmatchcase(c.id, p) for p in decl))
+        mutants = ", ".join(f"`{m}`" for m in c.mutants)
+        lines.append(f"| `{c.id}` | {c.estimator}{' (slow)' if c.slow else ''} | "
+                     f"`{c.file}:{c.line}` | {mutants} | {deviating or '—'} |")
+    lines.append("")
     lines += ["## Mutants", "", "| mutant | replaces | bug | defined at |", "|---|---|---|---|"]
     for m in sorted(_harness_mutants(), key=lambda m: (m.replaces, m.name)):
         lines.append(f"| `{m.name}` | `{m.replaces}` | {m.bug} | `{_mutant_where(m.name)}` |")

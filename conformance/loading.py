@@ -120,7 +120,8 @@ def _resolve(spec: str):
             "importable module; name one as module:attribute or path/to/file.py:NAME") from None
 
 
-def glob_error(pattern: str | None, thorough: bool = False, option: str = "-k") -> str | None:
+def glob_error(pattern: str | None, thorough: bool = False, option: str = "-k",
+               slow: bool = False) -> str | None:
     """One line saying that ``pattern`` (a ``-k`` glob over check ids; ``option`` is how the
     user gave it) selects no check, with the close matches among the check ids and their
     estimator prefixes (``dpo_loss/*``); None when it selects at least one check (or there is
@@ -130,9 +131,9 @@ def glob_error(pattern: str | None, thorough: bool = False, option: str = "-k") 
 
     from conformance.checks import all_checks
 
-    if not pattern or all_checks(pattern, thorough=thorough):
+    if not pattern or all_checks(pattern, thorough=thorough, slow=slow):
         return None
-    everything = all_checks(thorough=True)
+    everything = all_checks(thorough=True, slow=True)
     if not thorough and any(fnmatch.fnmatchcase(c.id, pattern) for c in everything):
         return f"{option} {pattern!r} matches only checks of the thorough tier; add --thorough"
     prefixes = sorted({f"{c.estimator}/*" for c in everything})

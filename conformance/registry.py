@@ -61,6 +61,8 @@ class Check:
     file: str = ""                          # where the check is defined (repository-relative)
     line: int = 0
     cls: str | None = ""                    # class of a failure (CLASSES); "": derived, None: none
+    slow: bool = False                      # a training run (--slow): minutes, not milliseconds
+    timeout: float = 0.0                    # seconds a worker may take on it (0: the run's default)
 
     def __post_init__(self):
         if not self.consequence:
@@ -144,7 +146,8 @@ def _relative(path: str, line: int) -> tuple[str, int]:
 def check(id: str, *, estimator: str | None = None, kind: str, section: str, equation: str,
           hint: str, source: str = "", tol: Tolerance = DEFAULT_TOL, mutants: tuple[str, ...] = (),
           thorough: bool = False, derivation: str = "", consequence: str = "",
-          defined_at: tuple[str, int] | None = None, cls: str | None = ""):
+          defined_at: tuple[str, int] | None = None, cls: str | None = "", slow: bool = False,
+          timeout: float = 0.0):
     """Register the decorated function as a check (one entry of the registry). ``defined_at``
     (file, line) overrides where the check is said to be defined (a helper that registers a
     check passes its caller's line). ``cls`` is the class of its failures (``CLASSES``;
@@ -157,15 +160,16 @@ def check(id: str, *, estimator: str | None = None, kind: str, section: str, equ
                              section=section, source=source, equation=equation, hint=hint,
                              body=body, tol=tol, mutants=tuple(mutants), thorough=thorough,
                              derivation=derivation, consequence=consequence, file=file, line=line,
-                             cls=cls)
+                             cls=cls, slow=slow, timeout=timeout)
         return body
     return register
 
 
-def select(pattern: str | None = None, thorough: bool = False) -> list[Check]:
-    """Registered checks in a stable order; ``pattern`` is a glob over ids. Only what has been
-    registered so far: ``conformance.checks.all_checks`` imports every check module first."""
-    out = [c for c in REGISTRY.values() if thorough or not c.thorough]
+def select(pattern: str | None = None, thorough: bool = False, slow: bool = False) -> list[Check]:
+    """Registered checks in a stable order; ``pattern`` is a glob over ids; the Hypothesis tier
+    with ``thorough``, the training runs with ``slow``. Only what has been registered so far:
+    ``conformance.checks.all_checks`` imports every check module first."""
+    out = [c for c in REGISTRY.values() if (thorough or not c.thorough) and (slow or not c.slow)]
     if pattern:
         out = [c for c in out if fnmatch.fnmatchcase(c.id, pattern)]
     return sorted(out, key=lambda c: c.id)

@@ -185,7 +185,7 @@ def _worker_main(spec: str, seed: int, device: str, conn) -> None:
     torch.set_num_threads(1)
     try:
         adapter = load_adapter(spec)
-        all_checks(thorough=True)
+        all_checks(thorough=True, slow=True)
     except Exception as exc:                                          # noqa: BLE001
         conn.send(("load-error", f"{exc}"))
         return
@@ -252,8 +252,9 @@ class WorkerPool:
                 self.restarts += 1
             self._start()
         start = time.perf_counter()
+        timeout = max(self.timeout, chk.timeout)
         self.conn.send(chk.id)
-        if self.conn.poll(self.timeout):
+        if self.conn.poll(timeout):
             try:
                 kind, row = self.conn.recv()
                 return row
@@ -268,7 +269,7 @@ class WorkerPool:
                                   "this check; the worker was restarted", time.perf_counter() - start)
         self._kill()
         self.restarts += 1
-        return error_row(chk, f"timed out after {self.timeout:g} s (the worker was killed and "
+        return error_row(chk, f"timed out after {timeout:g} s (the worker was killed and "
                               "restarted)", time.perf_counter() - start)
 
     def framework_defaults(self) -> tuple[dict, list[str]]:
@@ -311,13 +312,13 @@ class WorkerPool:
 
 def certify(spec_or_adapter, out, pattern: str | None = None, timeout: float = 60.0,
             seed: int = 0, thorough: bool = False, device: str = "cpu", isolate: bool = True,
-            progress: bool = False) -> dict:
+            progress: bool = False, slow: bool = False) -> dict:
     """Certify an adapter (a spec string, run in a worker process; or an object, in-process)
     and write ``out/<name>.json`` and ``.md``. Returns the report data.
 
     Ctrl-C (``KeyboardInterrupt``) stops the run: both reports are written with
     ``"complete": false`` and the interrupt is raised again for the caller."""
-    checks = all_checks(pattern, thorough=thorough)
+    checks = all_checks(pattern, thorough=thorough, slow=slow)
     if not checks:                         # a typo in a CI's -k must not read as "conforms"
         raise ValueError(glob_error(pattern, thorough) or "no check selected")
     adapter = load_adapter(spec_or_adapter) if isinstance(spec_or_adapter, str) else spec_or_adapter

@@ -42,6 +42,10 @@ from refimpl.returns import discounted_returns, gae
 from refimpl.value_loss import value_loss
 from refimpl.whitening import batch_normalized_advantages
 
+# one training step by refimpl's recipe: what every adapter's train_step is certified against
+from refimpl.recipes import train_step  # noqa: E402  (after the functions it composes)
+from refimpl.train import train_run  # noqa: E402  (a short run of refimpl's loop)
+
 __version__ = "0.1.0"
 
 #: The canonical functions of the contract, in the contract's order.
@@ -52,4 +56,5 @@ CANONICAL = (
     "ipo_loss", "token_logprobs", "sequence_logprob",
 )
 
-__all__ = list(CANONICAL) + ["CANONICAL", "__version__"]
+
+__all__ = list(CANONICAL) + ["CANONICAL", "__version__", "train_step", "train_run"]

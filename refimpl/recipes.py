@@ -53,6 +53,7 @@ from refimpl.value_loss import value_loss
 from refimpl.whitening import batch_normalized_advantages
 
 __all__ = ["ALGORITHMS", "ONLINE", "PREFERENCE", "OPTIONS", "RECIPES", "StepLoss", "default_config",
+           "train_step",
            "completion_logits", "completion_logprobs", "completion_values", "sequence_scores", "micro_slices",
            "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo", "reward_model"]
 
@@ -439,3 +440,31 @@ def reward_model(model, ref_model, batch: dict, config: dict) -> StepLoss:
 RECIPES = {"grpo": grpo, "dr_grpo": dr_grpo, "dapo": dapo, "rloo": rloo,
            "reinforce_pp": reinforce_pp, "ppo": ppo, "dpo": dpo, "ipo": ipo,
            "reward_model": reward_model}
+
+
+def train_step(model, ref_model, batch: dict, config: dict):
+    """One optimisation step's loss, as an adapter's ``train_step`` returns it (docs/contract.md,
+    "Training steps", "Returns"): the recipe of ``config["algorithm"]``. With ``grad_accum = 1``
+    the 0-dim loss attached to the parameters (the caller runs backward); otherwise the trainer's
+    way: backward on each micro-batch's loss, the gradients summed in ``.grad``, returned as
+    ``{"loss": float, "grads": {name: tensor}}`` (for ``ppo`` the value model's as
+    ``value_model.<name>``) and ``.grad`` left as it was found. No optimizer step."""
+    if not isinstance(config, dict) or config.get("algorithm") not in RECIPES:
+        raise ValueError(f"config['algorithm'] must be one of {ALGORITHMS}, got "
+                         f"{config.get('algorithm') if isinstance(config, dict) else config!r}")
+    step = RECIPES[config["algorithm"]](model, ref_model, batch, config)
+    if config.get("grad_accum", 1) == 1:
+        return step.loss
+    named = dict(model.named_parameters())
+    if config["algorithm"] == "ppo":
+        named.update({f"value_model.{n}": p for n, p in config["value_model"].named_parameters()})
+    found = {n: p.grad for n, p in named.items()}
+    for p in named.values():
+        p.grad = None
+    for loss in step.micro:               # micro-batch by micro-batch, as a trainer accumulates
+        loss.backward(retain_graph=True)
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else None)
+             for n, p in named.items()}
+    for n, p in named.items():
+        p.grad = found[n]
+    return {"loss": float(step.loss.detach()), "grads": grads}

@@ -126,3 +126,101 @@ def test_advantages_are_float32_for_float64_scores(adapter):
     ids = torch.tensor([0, 0, 1, 1])
     fn = getattr(adapter, "group_normalized_advantages", None) or adapter.leave_one_out_advantages
     assert fn(scores, ids).dtype == torch.float32
+
+
+# --- train_step: the trainers' real step (conformance/adapters/trl_train.py) ----------------------
+
+def _step_case(adapter, alg, arch="llama", equal_prompts=False, **overrides):
+    """(adapter's loss and grads, recipe's loss and grads) on the training fixtures."""
+    from conformance import training as T
+    from refimpl import recipes
+    fx = T.fixture(arch)
+    models = fx.models()
+    config = T.config_for(alg, fx, models, **overrides)
+    batch = (T.online_batch(fx, alg, config["temperature"]) if alg in recipes.ONLINE
+             else T.preference_batch(fx))
+    if equal_prompts:                     # every prompt as long as the longest: no left padding
+        batch["prompt_ids"] = torch.where(batch["prompt_mask"].bool(), batch["prompt_ids"],
+                                          torch.full_like(batch["prompt_ids"], 5))
+        batch["prompt_mask"] = torch.ones_like(batch["prompt_mask"])
+        batch = {**batch, **({} if alg not in recipes.ONLINE else {
+            "old_logp": T.online_batch(fx, alg, config["temperature"])["old_logp"]})}
+    model = models["reward"] if alg == "reward_model" else models["policy"]
+    got = adapter.train_step(model, models["reference"], batch, dict(config))
+    assert all(p.grad is None for p in model.parameters())        # .grad left as found
+    fresh = fx.models()
+    model = fresh["reward"] if alg == "reward_model" else fresh["policy"]
+    step = recipes.RECIPES[alg](model, fresh["reference"], batch, config)
+    step.loss.backward()
+    want = {n: p.grad for n, p in model.named_parameters()}
+    num = sum(float((got["grads"][n] - g).pow(2).sum()) for n, g in want.items())
+    den = sum(float(g.pow(2).sum()) for g in want.values())
+    return abs(got["loss"] - float(step.loss)) / abs(float(step.loss)), (num / den) ** 0.5
+
+
+def test_grpo_step_is_the_recipe_where_trl_has_the_recipes_options():
+    """TRL's real GRPO step (advantages, clipped objective with the rollout's old_logp, the
+    loss_type normalisation, the fused LM head at the temperature) equals the recipe on Llama when
+    the options TRL lacks cannot show: beta 0 (no importance-weighted KL) and scale 'none' (no
+    1e-4 eps)."""
+    for temperature in (1.0, 0.7):
+        loss_err, grad_err = _step_case(tr.trl_grpo, "grpo", beta=0.0, scale="none",
+                                        temperature=temperature)
+        assert loss_err < 1e-5 and grad_err < 1e-5, (temperature, loss_err, grad_err)
+    # the declared deviations of the default options show
+    assert _step_case(tr.trl_grpo, "grpo")[1] > 1e-4                 # KL bias correction, eps
+
+
+def test_gpt2_step_fails_only_through_left_padding():
+    """The declared cause of the GPT-2 step deviation: TRL passes no position_ids. Without left
+    padding the GPT-2 step is the recipe's; with it, it is far off."""
+    assert _step_case(tr.trl_dr_grpo, "dr_grpo", "gpt2", beta=0.0)[1] > 0.1
+    loss_err, grad_err = _step_case(tr.trl_dr_grpo, "dr_grpo", "gpt2", equal_prompts=True, beta=0.0)
+    assert loss_err < 1e-5 and grad_err < 1e-5
+
+
+def test_ipo_step_is_length_normalised_and_dpo_is_not():
+    """DPOTrainer's sigmoid loss is the recipe's DPO; its IPO divides by completion lengths
+    (the ipo/step-matches-recipe-* declaration), seen on multi-token completions."""
+    assert max(_step_case(tr.trl_dpo, "dpo")) < 1e-5
+    assert _step_case(tr.trl_dpo, "ipo")[1] > 0.1
+    assert "ipo/step-matches-recipe-*" in tr.trl_dpo.known_deviations
+
+
+def test_rloo_step_clips_the_sequence_ratio():
+    """RLOO on policy (old_logp = the policy's own) has the recipe's gradient (the k1 KL in the
+    reward included); off policy it clips the sequence-level ratio (declared)."""
+    from conformance import training as T
+    from refimpl import recipes
+    fx = T.fixture("llama")
+    models = fx.models()
+    config = T.config_for("rloo", fx, models, beta=0.05)
+    batch = T.online_batch(fx, "rloo")
+    with torch.no_grad():
+        logp = recipes.completion_logprobs(models["policy"], batch["prompt_ids"], batch["prompt_mask"],
+                                           batch["completion_ids"], batch["completion_mask"])
+    batch["old_logp"] = torch.where(batch["completion_mask"].bool(), logp, torch.zeros_like(logp))
+    got = tr.trl_rloo.train_step(models["policy"], models["reference"], batch, config)
+    step = recipes.rloo(models["policy"], models["reference"], batch, config)
+    step.loss.backward()
+    want = {n: p.grad for n, p in models["policy"].named_parameters()}
+    num = sum(float((got["grads"][n] - g).pow(2).sum()) for n, g in want.items())
+    den = sum(float(g.pow(2).sum()) for g in want.values())
+    assert (num / den) ** 0.5 < 1e-5
+    assert _step_case(tr.trl_rloo, "rloo")[1] > 0.1
+
+
+def test_train_step_capabilities_and_unsupported():
+    assert tr.trl_grpo.capabilities["algorithms"] == ["grpo"]
+    assert tr.trl_dr_grpo.capabilities["algorithms"] == ["dr_grpo"]
+    assert tr.trl_bnpo.capabilities["algorithms"] == ["dapo"]
+    assert set(tr.trl.capabilities["algorithms"]) == {"dapo", "rloo", "dpo", "ipo", "reward_model"}
+    from conformance import training as T
+    fx = T.fixture("llama")
+    models = fx.models()
+    with pytest.raises(Unsupported):           # GRPO puts the KL in the loss only
+        tr.trl_grpo.train_step(models["policy"], models["reference"], T.online_batch(fx),
+                               T.config_for("grpo", fx, models, kl_in="reward"))
+    with pytest.raises(Unsupported):
+        tr.trl_grpo.train_step(models["policy"], models["reference"], T.online_batch(fx),
+                               T.config_for("dapo", fx, models))

@@ -5,6 +5,7 @@ Skipped unless verl is installed (its own environment: pip install torch==2.13.0
 `rlconform setup verl`, i.e. conformance/adapters/verl_install.sh: verl 0.9.1 without its
 dependencies, plus the few that its core_algos needs)."""
 
+import math
 import re
 
 import pytest
@@ -198,3 +199,106 @@ def test_one_cause_one_sentence():
     assert d["kl_estimate/large-log-ratios"] is d["kl_estimate/log-ratios-beyond-20"]
     assert vl.verl.upstream["kl_estimate/large-log-ratios"] == vl.verl.upstream[
         "kl_estimate/log-ratios-beyond-20"]
+
+
+# --- train_step: verl's PPO trainer path (conformance/adapters/verl_train.py) ---------------------
+# Needs verl's worker dependencies beyond the minimal install (peft, torchdata, datasets, uvicorn,
+# fastapi, cachetools); skipped without them.
+
+def _train_deps():
+    try:
+        vl_train = __import__("conformance.adapters.verl_train", fromlist=["_verl"])
+        return vl_train._verl()
+    except Unsupported as exc:
+        pytest.skip(str(exc))
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def _recipe_and_verl(adapter, alg, arch="gpt2", **overrides):
+    from conformance.training import config_for, fixture, online_batch, trainable
+    from refimpl import recipes
+    fx = fixture(arch)
+    models = fx.models()
+    config = config_for(alg, fx, models, **overrides)
+    batch = online_batch(fx, alg, config["temperature"])
+    before = {n: p.detach().clone() for n, p in trainable(alg, models, config).items()}
+    got = adapter.train_step(models["policy"], models["reference"], batch, dict(config))
+    named = trainable(alg, models, config)
+    assert all(p.grad is None for p in named.values()), "train_step left .grad behind"
+    assert all(torch.equal(before[n], p.detach()) for n, p in named.items()), "weights changed"
+    fresh = fx.models()
+    want_config = dict(config, value_model=fresh["value"]) if alg == "ppo" else config
+    step = recipes.RECIPES[alg](fresh["policy"], fresh["reference"], batch, want_config)
+    step.loss.backward()
+    want = {n: p.grad for n, p in trainable(alg, fresh, want_config).items()}
+    return got, float(step.loss.detach()), want
+
+
+@pytest.mark.parametrize("adapter,arch,agg,grad_accum,temperature", [
+    (vl.verl, "gpt2", "token-mean", 4, 0.7),                      # rmpad (verl's default)
+    (vl.verl_no_rmpad, "gpt2", "token-mean", 2, 1.0),
+    (vl.verl_seq_mean_token_sum_norm, "llama", "seq-mean-token-sum-norm", 2, 1.0),
+])
+def test_train_step_is_the_recipe_for_grpo(adapter, arch, agg, grad_accum, temperature):
+    """verl's step (ref log-probs, advantages, micro-batched update with its global-token
+    scaling) equals refimpl's GRPO recipe, loss and every gradient, with unequal real-token
+    counts per micro-batch, the KL in the loss (k3) and a temperature."""
+    _train_deps()
+    got, want_loss, want = _recipe_and_verl(adapter, "grpo", arch, agg=agg, grad_accum=grad_accum,
+                                            temperature=temperature)
+    assert abs(got["loss"] - want_loss) <= 1e-5 * abs(want_loss)
+    assert set(got["grads"]) == set(want)
+    assert max(_rel(got["grads"][n], want[n]) for n in want) < 1e-5
+
+
+def test_train_step_sees_a_wrong_kl_coefficient():
+    """The comparison above can fail: verl run with another beta than the recipe's differs."""
+    _train_deps()
+    from conformance.training import config_for, fixture, online_batch
+    from refimpl import recipes
+    fx = fixture("gpt2")
+    models = fx.models()
+    config = config_for("grpo", fx, models, agg="token-mean")
+    batch = online_batch(fx, "grpo")
+    got = vl.verl.train_step(models["policy"], models["reference"], batch,
+                             dict(config, beta=config["beta"] * 1.01))
+    step = recipes.RECIPES["grpo"](models["policy"], models["reference"], batch, config)
+    step.loss.backward()
+    worst = max(_rel(got["grads"][n], p.grad) for n, p in models["policy"].named_parameters())
+    assert worst > 1e-4
+
+
+def test_train_step_kl_in_reward_turns_nan_padding_into_nan():
+    """The declared */nan-old-logp-ignored deviation: apply_kl_penalty multiplies by the response
+    mask (ray_trainer.py:103), so NaN padding in old_log_probs reaches the rewards."""
+    _train_deps()
+    from conformance.training import config_for, fixture, online_batch
+    fx = fixture("gpt2")
+    models = fx.models()
+    config = config_for("rloo", fx, models, agg="token-mean")
+    batch = online_batch(fx, "rloo")
+    batch["old_logp"] = batch["old_logp"].masked_fill(~batch["completion_mask"].bool(), math.nan)
+    got = vl.verl.train_step(models["policy"], models["reference"], batch, config)
+    assert math.isnan(got["loss"])
+    assert "ray_trainer.py:100-103" in vl.verl.known_deviations["rloo/nan-old-logp-ignored"]
+
+
+def test_ppo_critic_gradient_is_the_value_loss_alone():
+    """The declared ppo deviation, re-run: verl's policy gradients are the recipe's; its value
+    gradients are the recipe's divided by vf_coef (0.5: relative L2 1.00, cosine 1), since the
+    critic steps on value_loss alone (ray_trainer.py:1378)."""
+    _train_deps()
+    sentence = vl.verl.known_deviations["ppo/step-matches-recipe-*"]
+    assert "at vf_coef 0.5: relative L2 1.00, cosine 1.000000" in sentence
+    got, _, want = _recipe_and_verl(vl.verl, "ppo", "gpt2", agg="token-mean")
+    value = [n for n in want if n.startswith("value_model.")]
+    policy = [n for n in want if not n.startswith("value_model.")]
+    assert value and policy
+    assert max(_rel(got["grads"][n], want[n]) for n in policy) < 1e-5
+    assert max(_rel(got["grads"][n], 2 * want[n]) for n in value) < 1e-5
+    rel = _rel(torch.cat([got["grads"][n].flatten() for n in value]),
+               torch.cat([want[n].flatten() for n in value]))
+    assert f"{rel:.2f}" == "1.00"

@@ -111,7 +111,8 @@ def test_a_capability_narrowed_for_one_function_applies_to_that_function_only():
 
 
 def test_an_adapter_without_capabilities_is_called_exactly_as_before():
-    rows = [run_check(c, _strict("everything", {})) for c in CHECKS]
+    # (the training checks call train_step, which this adapter of canonical functions lacks)
+    rows = [run_check(c, _strict("everything", {})) for c in CHECKS if c.kind != "training"]
     bad = [f"{r['id']}: {r['status']} {r['message']}" for r in rows if r["status"] != "pass"]
     assert not bad, "\n".join(bad)
 

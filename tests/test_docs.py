@@ -22,7 +22,7 @@ def test_every_check_id_can_be_found_by_grep():
     assert not missing, f"check ids missing from docs/checks.md: {missing}"
     # hand-written ids appear literally in their module; generated ones in docs/checks.md
     for c in all_checks(thorough=True):
-        if not c.file.endswith("templates.py"):
+        if not c.file.endswith(("templates.py", "training.py")):   # those two generate ids
             assert f'"{c.id}"' in sources, f"{c.id}: not literally in conformance/checks/"
             assert (ROOT / c.file).read_text().splitlines()[c.line - 1].lstrip().startswith(
                 ("@check", "input_check", "def ")) or f'"{c.id}"' in "\n".join(

@@ -38,7 +38,9 @@ COMPANIONS: dict[str, dict[str, str]] = {
 #: goes in with ``--no-deps`` (the install scripts read these too)
 SCRIPT_REQUIREMENTS: dict[str, list[str]] = {
     "verl": ["numpy", "packaging", "ray", "tensordict==0.10.0", "omegaconf", "codetiming",
-             "orjson", "transformers>=5.5.3,<5.11"],
+             "orjson", "transformers>=5.5.3,<5.11",
+             # what verl's trainer path imports (train_step: RayPPOTrainer, the engine workers)
+             "peft", "torchdata", "datasets", "uvicorn", "fastapi", "cachetools"],
     "skyrl": ["ray==2.51.1", "loguru==0.7.3", "omegaconf==2.4.0", "jaxtyping==0.3.11"],
     "openrlhf": [],
 }

@@ -14,7 +14,7 @@ class RefimplAdapter:
     known_deviations: dict = {}
 
 
-for _name in refimpl.CANONICAL:
+for _name in refimpl.CANONICAL + ("train_step", "train_run"):
     setattr(RefimplAdapter, _name, staticmethod(getattr(refimpl, _name)))
 
 adapter = RefimplAdapter()

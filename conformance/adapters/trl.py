@@ -425,6 +425,7 @@ def framework_defaults(loss_type: str | None = None, trainer: str = "grpo") -> d
         "gamma": None,
         "group_size": support.field_default(G, "num_generations"),
         "grpo_scale": support.field_default(G, "scale_rewards"),
+        "max_completion_length": support.field_default(G, "max_completion_length"),  # dr_grpo's norm_len
         "adv_eps": _probe_eps(),                                    # a constant in code
         "rloo_normalize_advantages": support.field_default(R, "normalize_advantages"),
         "dpo_loss_type": support.field_default(t.DPOConfig, "loss_type"),
@@ -622,7 +623,9 @@ GRPO_SHIMS = {
 #: passes that hold only because the adapter shapes the input so that TRL's behaviour cannot show
 _IPO_LENGTH = ("one-token completions: TRL divides each IPO log-ratio by its completion's token count "
                "(chosen_scores / chosen_mask.sum(dim=1)), which is 1 here, so whether that length "
-               f"normalisation is right cannot show ({_at(DT + ':1399-1402')})")
+               f"normalisation is right cannot show ({_at(DT + ':1399-1402')}); the training check "
+               "ipo/step-matches-recipe-* runs DPOTrainer on completions of unequal multi-token "
+               "lengths, where it shows (a declared deviation of trl-dpo and trl)")
 _BATCH_MEAN_DPO = ("one pair per call: DPOTrainer returns the batch mean (per_sequence_loss.mean()), so "
                    "how it weighs the pairs of a batch cannot show, only each pair's own loss "
                    f"({_at(DT + ':1528')})")
@@ -673,18 +676,70 @@ REWARD_SHIMS = {
 }
 
 
+#: the algorithm whose recipe aggregates as each loss_type does (refimpl.recipes.OPTIONS): the
+#: algorithms a GRPO variant's train_step implements
+_RECIPE_AGG = {"grpo": "seq-mean-token-mean", "dr_grpo": "seq-mean-token-sum-norm", "dapo": "token-mean"}
+
+
+def _grpo_train_capabilities(loss_type: str) -> dict:
+    """What GRPOTrainer's training step with ``loss_type`` honours, per algorithm: the algorithms
+    whose recipe aggregates as ``loss_type`` does, the KL in the loss only (k3,
+    grpo_trainer.py:3100-3102), every scale_rewards value, a temperature (grpo_trainer.py:1066-1077)."""
+    agg = LOSS_TYPE_AGG[loss_type]
+    algs = [a for a, mode in _RECIPE_AGG.items() if mode == agg]
+    out: dict = {"algorithms": algs}
+    for a in algs:
+        out.update({f"{a}.agg": [agg], f"{a}.kl_in": ["loss"], f"{a}.kl_kind": ["k3"],
+                    f"{a}.temperature": True})
+    return out
+
+
 def _grpo_capabilities(loss_type: str) -> dict:
     """What GRPOTrainer with ``loss_type`` honours: that loss_type's aggregation, the k3 KL of its
-    loss (grpo_trainer.py:3100-3102), groups of one size (RepeatSampler, grpo_trainer.py:1311)."""
-    return {"agg": [LOSS_TYPE_AGG[loss_type]], "kl_kind": ["k3"], "unequal_groups": False}
+    loss (grpo_trainer.py:3100-3102), groups of one size (RepeatSampler, grpo_trainer.py:1311);
+    and, for train_step, ``_grpo_train_capabilities``."""
+    return {"agg": [LOSS_TYPE_AGG[loss_type]], "kl_kind": ["k3"], "unequal_groups": False,
+            **_grpo_train_capabilities(loss_type)}
 
 
-RLOO_CAPABILITIES = {"unequal_groups": False}            # RepeatSampler (rloo_trainer.py:918)
+#: RLOOTrainer's step: the sequence-level KL (k1, rloo_trainer.py:1669) in the reward, REINFORCE on
+#: the sequence log-probability (per_sequence_loss.mean(), rloo_trainer.py:1831), no dual clip,
+#: no norm_len; groups of one size (RepeatSampler, rloo_trainer.py:918)
+RLOO_CAPABILITIES = {"unequal_groups": False, "rloo.agg": ["seq-mean-token-sum"],
+                     "rloo.kl_in": ["reward"], "rloo.kl_kind": ["k1"], "rloo.dual_clip": False,
+                     "rloo.norm_len": False, "rloo.temperature": True}
 DPO_CAPABILITIES = {"label_smoothing": False}             # loss_type "sigmoid" (dpo_trainer.py:1387)
 FRAMEWORK = pins.framework("trl")
 
 
-class TRLGRPO(_GRPO):
+def _training(algorithms, loss_type=None) -> tuple[dict, dict, dict]:
+    """(shims, known_deviations, qualified) of train_step for ``algorithms``
+    (conformance/adapters/trl_train.py, which imports without TRL)."""
+    from conformance.adapters import trl_train as tt
+    grpo = [a for a in algorithms if a in tt.GRPO_FAMILY]
+    shims = {}
+    if grpo or "rloo" in algorithms:
+        shims.update(tt.SHIMS_ONLINE)
+    if {"dpo", "ipo", "reward_model"} & set(algorithms):
+        shims["train_step"] = support.declarations({}, shims, tt.SHIMS_PREFERENCE).get("train_step")
+    deviations = dict(tt.grpo_deviations(grpo, loss_type)) if grpo else {}
+    if "rloo" in algorithms:
+        deviations.update(tt.RLOO_DEVIATIONS)
+    if "ipo" in algorithms:
+        deviations.update(tt.IPO_DEVIATIONS)
+    return shims, deviations, tt.qualified(algorithms)
+
+
+class _Train:
+    """``train_step`` through the trainer's real code path (conformance/adapters/trl_train.py,
+    imported on first use)."""
+
+    def train_step(self, model, ref_model, batch, config):
+        from conformance.adapters import trl_train
+        return trl_train.train_step(self, model, ref_model, batch, config)
+
+
+class TRLGRPO(_GRPO, _Train):
     """One ``loss_type`` of GRPOTrainer."""
     framework = FRAMEWORK
     shims = GRPO_SHIMS
@@ -695,51 +750,65 @@ class TRLGRPO(_GRPO):
         self.loss_type = loss_type
         self.name = f"trl-{loss_type}"
         self.capabilities = _grpo_capabilities(loss_type)
+        shims, deviations, qualified = _training(self.capabilities["algorithms"], loss_type)
+        self.shims = {**GRPO_SHIMS, **shims}
+        self.known_deviations = {**GRPO_DEVIATIONS, **deviations}
+        self.qualified = qualified
 
     def framework_defaults(self) -> dict:
         return framework_defaults(self.loss_type)
 
 
-class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs):
+class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs, _Train):
     """TRL's defaults: every function, GRPO with its default loss_type."""
     name = "trl"
     framework = FRAMEWORK
-    capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **RLOO_CAPABILITIES, **DPO_CAPABILITIES}
-    shims = {**GRPO_SHIMS, **RLOO_SHIMS, **DPO_SHIMS, **REWARD_SHIMS}
-    known_deviations = {**GRPO_DEVIATIONS, **RLOO_DEVIATIONS, **DPO_DEVIATIONS, **REWARD_DEVIATIONS}
-    qualified = {**DPO_QUALIFIED, **REWARD_QUALIFIED}
+    capabilities = {**_grpo_capabilities(DEFAULT_LOSS_TYPE), **RLOO_CAPABILITIES, **DPO_CAPABILITIES,
+                    "algorithms": [*_grpo_train_capabilities(DEFAULT_LOSS_TYPE)["algorithms"], "rloo",
+                                   "dpo", "ipo", "reward_model"],
+                    # the preference steps aggregate no tokens: the GRPO "agg" above is not theirs
+                    **{f"{a}.agg": list(AGG_MODES) for a in ("dpo", "ipo", "reward_model")}}
+    _train = _training(capabilities["algorithms"], DEFAULT_LOSS_TYPE)
+    shims = {**GRPO_SHIMS, **RLOO_SHIMS, **DPO_SHIMS, **REWARD_SHIMS, **_train[0]}
+    known_deviations = {**GRPO_DEVIATIONS, **RLOO_DEVIATIONS, **DPO_DEVIATIONS, **REWARD_DEVIATIONS,
+                        **_train[1]}
+    qualified = {**DPO_QUALIFIED, **REWARD_QUALIFIED, **_train[2]}
     upstream = GRPO_UPSTREAM
     framework_defaults = staticmethod(framework_defaults)
 
 
-class TRLRLOO(_RLOO):
+class TRLRLOO(_RLOO, _Train):
     name = "trl-rloo"
     framework = FRAMEWORK
-    capabilities = RLOO_CAPABILITIES
-    shims = RLOO_SHIMS
-    known_deviations = RLOO_DEVIATIONS
+    capabilities = {**RLOO_CAPABILITIES, "algorithms": ["rloo"]}
+    _train = _training(["rloo"])
+    shims = {**RLOO_SHIMS, **_train[0]}
+    known_deviations = {**RLOO_DEVIATIONS, **_train[1]}
+    qualified = _train[2]
 
     def framework_defaults(self) -> dict:
         return framework_defaults(trainer="rloo")
 
 
-class TRLDPO(_DPO):
+class TRLDPO(_DPO, _Train):
     name = "trl-dpo"
     framework = FRAMEWORK
-    capabilities = DPO_CAPABILITIES
-    shims = DPO_SHIMS
-    known_deviations = DPO_DEVIATIONS
-    qualified = DPO_QUALIFIED
+    capabilities = {**DPO_CAPABILITIES, "algorithms": ["dpo", "ipo"]}
+    _train = _training(["dpo", "ipo"])
+    shims = {**DPO_SHIMS, **_train[0]}
+    known_deviations = {**DPO_DEVIATIONS, **_train[1]}
+    qualified = {**DPO_QUALIFIED, **_train[2]}
     framework_defaults = staticmethod(framework_defaults)
 
 
-class TRLReward(_Reward):
+class TRLReward(_Reward, _Train):
     name = "trl-reward"
     framework = FRAMEWORK
-    capabilities: dict = {}                 # every option of bradley_terry_loss (margin included)
-    shims = REWARD_SHIMS
-    known_deviations = REWARD_DEVIATIONS
-    qualified = REWARD_QUALIFIED
+    capabilities: dict = {"algorithms": ["reward_model"]}   # every option of bradley_terry_loss
+    _train = _training(["reward_model"])
+    shims = {**REWARD_SHIMS, **_train[0]}
+    known_deviations = {**REWARD_DEVIATIONS, **_train[1]}
+    qualified = {**REWARD_QUALIFIED, **_train[2]}
     framework_defaults = staticmethod(framework_defaults)
 
 

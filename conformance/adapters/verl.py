@@ -48,6 +48,16 @@ masked_whiten's fixed 1e-8 (the harness calls a variant with what it honours; a 
 another contract mode is ``Unsupported``, an unknown mode string is handed to verl, which judges
 it). Known deviations that depend on the mode are declared from the variant's capabilities.
 
+Training step (``train_step``, conformance/adapters/verl_train.py, imported on first use): verl's
+PPO trainer path for grpo, dr_grpo, dapo (GRPO advantages), rloo, reinforce_pp and ppo (GAE with
+the critic): ``RayPPOTrainer``'s reference log-probs, KL penalty, advantages and actor / critic
+updates through ``TrainingWorker`` and the FSDP engine's micro-batched forward-backward, with
+Ray, FSDP, the device platform and the optimizer step stubbed (``shims["train_step"]``). It needs
+verl's worker dependencies beyond the minimal install (peft, torchdata, datasets, uvicorn, fastapi,
+cachetools); without them it raises ``Unsupported``. ``model.use_remove_padding`` is verl's default
+(True: every sequence packed into one row with restarting position ids, which transformers' sdpa
+attention masks block-diagonally on CPU); ``verl-no-rmpad`` runs the padded path.
+
 Not provided: ``kl_penalized_rewards`` (verl's ``apply_kl_penalty`` works on a ``DataProto`` in
 ray_trainer.py, whose import needs more than this minimal install), ``sequence_logprob`` and the
 preference losses (no such functions in verl's PPO code).
@@ -60,7 +70,7 @@ import math
 
 import torch
 
-from conformance.adapters import pins, support
+from conformance.adapters import pins, support, verl_train
 from conformance.contract import SCALES
 
 VERL = pins.PINS["verl"]
@@ -145,24 +155,58 @@ def _batch_info(mask, norm_len):
 GRPO_SCALES = {"group": True, "none": False}
 
 
+#: the algorithms train_step runs through verl's PPO trainer (verl_train.ESTIMATORS)
+TRAIN_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo")
+
+
 def capabilities(agg_mode: str) -> dict:
     """What verl with ``loss_agg_mode`` = ``agg_mode`` honours: that mode (the critic follows the
-    actor's, losses.py:186-197), the two GRPO scales, and masked_whiten's fixed eps (1e-8)."""
-    return {"agg": [agg_mode], "scale": [s for s in SCALES if s in GRPO_SCALES],
-            "batch_normalized_advantages.eps": False}
+    actor's, losses.py:186-197), the two GRPO scales, and masked_whiten's fixed eps (1e-8); for
+    train_step, the six online algorithms, each in that mode, with a temperature
+    (``rollout.temperature`` in meta_info, ray_trainer.py:1331), the KL in the loss
+    (``actor.use_kl_loss``) or in the reward (``algorithm.use_kl_in_reward``), and REINFORCE++
+    and PPO with their KL in the reward only (the contract's recipes)."""
+    algorithms = list(TRAIN_ALGORITHMS) if verl_train.available() else []
+    out = {"agg": [agg_mode], "scale": [s for s in SCALES if s in GRPO_SCALES],
+           "batch_normalized_advantages.eps": False,
+           "algorithms": algorithms, "temperature": True}
+    for alg in algorithms:
+        out[f"{alg}.agg"] = [agg_mode]
+        out[f"{alg}.kl_in"] = ["reward"] if alg in ("reinforce_pp", "ppo") else ["loss", "reward"]
+    return out
+
+
+def default_rmpad() -> bool:
+    """verl's default ``model.use_remove_padding`` (HFModelConfig, read at run time; True in
+    verl 0.9.1, verl/workers/config/model.py:120)."""
+    from verl.workers.config import HFModelConfig
+    return bool(_field_default(HFModelConfig, "use_remove_padding"))
 
 
 class Verl:
-    """verl with ``loss_agg_mode`` = ``agg_mode`` (None: verl's default, read at run time)."""
+    """verl with ``loss_agg_mode`` = ``agg_mode`` (None: verl's default, read at run time) and
+    ``model.use_remove_padding`` = ``rmpad`` (None: verl's default, True; only train_step reads
+    it)."""
 
     framework = pins.framework("verl")
     agg_mode: str | None = None
 
-    def __init__(self, agg_mode: str | None = None):
+    def __init__(self, agg_mode: str | None = None, rmpad: bool | None = None):
         self.agg_mode = agg_mode
+        self.rmpad = rmpad
         self.name = "verl" if agg_mode is None else f"verl-{agg_mode}"
+        if rmpad is not None:
+            self.name += "-rmpad" if rmpad else "-no-rmpad"
         self.capabilities = capabilities(agg_mode or DEFAULT_AGG)
         self.known_deviations = declarations(self.capabilities)
+
+    def train_step(self, model, ref_model, batch, config):
+        """One step of verl's PPO trainer through its real path (conformance/adapters/verl_train.py):
+        ``{"loss", "grads"}``."""
+        from conformance.adapters import verl_train
+        agg = self._agg(config["agg"], "train_step")
+        rmpad = default_rmpad() if self.rmpad is None else self.rmpad
+        return verl_train.train_step(model, ref_model, batch, config, agg=agg, rmpad=rmpad)
 
     framework_defaults = staticmethod(framework_defaults)
 
@@ -397,9 +441,34 @@ DEVIATIONS_BY_MODE = (
 )
 
 
+SHIMS["train_step"] = verl_train.SHIM
+
+
 def declarations(capabilities: dict) -> dict:
-    """A variant's known deviations, from what it honours (its aggregation mode)."""
-    return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_MODE)
+    """A variant's known deviations, from what it honours (its aggregation mode; train_step's,
+    conformance/adapters/verl_train.py, where its algorithms are honoured, i.e. where verl's
+    trainer imports)."""
+    if not capabilities.get("algorithms"):
+        return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_MODE)
+    return support.declarations(capabilities, DEVIATIONS, verl_train.DEVIATIONS,
+                                *DEVIATIONS_BY_MODE, *TRAINING_BY_MODE)
+
+
+def _nan_in_step(mode: str, line: int) -> dict:
+    """agg_loss's seq-mean modes multiply the loss matrix by the mask: NaN in padded
+    old_log_probs makes the ratio, the policy loss and the step's loss NaN."""
+    why = ("the policy loss's " + mode + " in agg_loss masks by multiplying, loss_mat * loss_mask, "
+           "so NaN in padded old_log_probs (through the ratio) makes the loss NaN ("
+           + _at(CA, line) + ")")
+    return {f"{alg}/nan-old-logp-ignored": why for alg in TRAIN_ALGORITHMS}
+
+
+#: train_step's deviations that depend on the variant's aggregation mode
+TRAINING_BY_MODE = (
+    support.when("agg", "seq-mean-token-sum", _nan_in_step("seq-mean-token-sum", 1182)),
+    support.when("agg", "seq-mean-token-sum-norm", _nan_in_step("seq-mean-token-sum-norm", 1182)),
+    support.when("agg", "seq-mean-token-mean", _nan_in_step("seq-mean-token-mean", 1196)),
+)
 
 
 Verl.shims = SHIMS
@@ -408,4 +477,8 @@ verl = Verl()
 verl_seq_mean_token_sum = Verl("seq-mean-token-sum")
 verl_seq_mean_token_mean = Verl("seq-mean-token-mean")
 verl_seq_mean_token_sum_norm = Verl("seq-mean-token-sum-norm")
-VARIANTS = (verl, verl_seq_mean_token_sum, verl_seq_mean_token_mean, verl_seq_mean_token_sum_norm)
+#: verl's trainer without remove-padding (model.use_remove_padding=False): padded batches through
+#: the model with an attention mask, where the default packs every sequence into one row
+verl_no_rmpad = Verl(rmpad=False)
+VARIANTS = (verl, verl_seq_mean_token_sum, verl_seq_mean_token_mean, verl_seq_mean_token_sum_norm,
+            verl_no_rmpad)

@@ -11,5 +11,7 @@ pins() { "$PY" -m conformance.adapters.pins verl "$1"; }
 VERSION="${2:-$(pins version)}"
 read -ra DEPS <<< "$(pins deps)"
 "$PY" -m pip install --no-deps "verl==$VERSION"
-"$PY" -m pip install "${DEPS[@]}"
+# keep the CPU torch already installed: a dependency that asks for torch must take this one
+"$PY" -m pip install -c <(echo "torch==$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')") \
+  "${DEPS[@]}"
 "$PY" -c "import verl.trainer.ppo.core_algos; print('verl core_algos imports')"

@@ -17,12 +17,15 @@ from conformance.checks import (  # noqa: F401
     preferences,
     returns,
     templates,
+    training,
     value_loss,
     whitening,
 )
 from conformance.registry import Check, select
 
 
-def all_checks(pattern: str | None = None, thorough: bool = False) -> list[Check]:
-    """Registered checks in a stable order; ``pattern`` is a glob over ids."""
-    return select(pattern, thorough)
+def all_checks(pattern: str | None = None, thorough: bool = False,
+               slow: bool = False) -> list[Check]:
+    """Registered checks in a stable order; ``pattern`` is a glob over ids; ``thorough`` adds the
+    Hypothesis tier, ``slow`` the training runs."""
+    return select(pattern, thorough, slow)

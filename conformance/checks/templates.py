@@ -809,7 +809,7 @@ def get(name: str) -> Mutant:
 def mutant_adapter(name: str):
     """refimpl as an adapter, with the one function the mutant breaks replaced by it."""
     mt = get(name)
-    attrs = {f: staticmethod(getattr(refimpl, f)) for f in refimpl.CANONICAL}
+    attrs = {f: staticmethod(getattr(refimpl, f)) for f in refimpl.CANONICAL + ("train_step", "train_run")}
     attrs.update(name="mutant-" + name.replace("~", "-"), capabilities={},
                  known_deviations={}, shims={})
     attrs[mt.replaces] = staticmethod(mt.fn)

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from refimpl.recipes import OPTIONS
 
-__all__ = ["LOOPS", "PRESETS", "ALGORITHMS", "config_for", "validate", "run"]
+__all__ = ["LOOPS", "PRESETS", "ALGORITHMS", "config_for", "validate", "run", "train_run"]
 
 #: algorithm -> (module, config class, fixed options of the name)
 LOOPS = {
@@ -158,3 +158,20 @@ def run(config, out_dir=None, progress: bool | None = None) -> list[dict]:
     """Train with ``config`` (from ``config_for``) by the loop of the module that defines the
     config's class; write the run to ``out_dir``."""
     return importlib.import_module(type(config).__module__).train(config, out_dir, progress)
+
+
+def train_run(model_path, task, config: dict, steps: int, seed: int, out_dir=None) -> list[dict]:
+    """The contract's short run (docs/contract.md, "Short runs"): refimpl's loop for
+    ``config["algorithm"]`` from ``model_path`` on ``task`` (its name; the loops rebuild it from
+    the seed), with the contract config's options that the loop has as fields; one metrics dict
+    per step (``reward``, ``kl``, ...)."""
+    algorithm = config.get("algorithm") if isinstance(config, dict) else None
+    if algorithm not in LOOPS:
+        raise ValueError(f"config['algorithm'] must be one of {', '.join(ALGORITHMS)}, "
+                         f"got {algorithm!r}")
+    fields = set(vars(config_for(algorithm)))
+    options = {k: v for k, v in config.items() if k in fields and k not in ("algorithm", "model")}
+    loop = config_for(algorithm, task=task.name, steps=steps, seed=seed, model=str(model_path),
+                      **options)
+    validate(loop)
+    return run(loop, out_dir, progress=False)
