@@ -156,6 +156,8 @@ def compare(inputs, out: str | Path, seed: int = 0) -> dict:
           "(comparison-matrix.md).", "", *_incomplete_note(reports)]
     md += _findings_sections(found, out)
     md += _grid_section(grid)
+    md += training_section(reports, out, [Path(i).parent for i in inputs if isinstance(i, str)
+                                          and i.endswith(".json")])
     md += _qualified_section(reports)
     md += _summary_section(reports)
     md += _skips_section(reports)
@@ -267,6 +269,8 @@ def estimator_grid(reports: list[dict], found: list[Finding]) -> dict:
     for r in reports:
         cells = ran.setdefault(framework_of(r["adapter"]), {})
         for row in r["checks"]:
+            if row["kind"] == "training":       # the trainer-level section has its own table
+                continue
             cells[row["estimator"]] = cells.get(row["estimator"], False) or row["status"] != "skip"
             if row["status"] == "pass" and row.get("qualified"):
                 qualified.add((framework_of(r["adapter"]), row["estimator"]))
@@ -307,6 +311,66 @@ def _grid_section(grid: dict) -> list[str]:
             "—: not provided.", "",
             "![framework x estimator](comparison.png)", "",
             md_table(["estimator", *[NAMES.get(fw, fw) for fw in grid]], rows), ""]
+
+
+#: the columns of the trainer-level table: check name (after "<algorithm>/") -> heading
+TRAINING_COLUMNS = {"step-matches-recipe-llama": "step, Llama", "step-matches-recipe-gpt2":
+                    "step, GPT-2", "grad-accum": "grad_accum 2, 4", "padding-invariant":
+                    "extra padding", "kl-term-exact": "KL term", "kl-in-reward": "KL in reward",
+                    "temperature": "temperature", "nan-old-logp-ignored": "NaN old_logp",
+                    "run-reward-rises": "short run"}
+
+
+def _training_cell(row: dict | None) -> str:
+    """status and the largest relative gradient error (the check's worst parameter)."""
+    if row is None or row["status"] == "skip":
+        return "—"
+    err = row.get("rel_err")
+    text = {"pass": "pass", "xfail": "**declared**", "fail": "**FAIL**",
+            "error": "**error**"}[row["status"]]
+    return f"{text} {err:.1e}" if isinstance(err, (int, float)) and err else text
+
+
+def training_section(reports: list[dict], out: Path, report_dirs=()) -> list[str]:
+    """Trainer level: per adapter and algorithm, the status of each training check with the
+    relative L2 error of the worst parameter's gradient; then the learning curves of the short
+    runs (``runs/<adapter>/<algorithm>/curves.png`` beside a report), drawn beside refimpl's."""
+    rows = []
+    for r in reports:
+        by_alg: dict[str, dict[str, dict]] = {}
+        for c in r["checks"]:
+            if c["kind"] == "training":
+                by_alg.setdefault(c["estimator"], {})[c["id"].split("/", 1)[1]] = c
+        for alg, cells in sorted(by_alg.items()):
+            if all(c["status"] == "skip" for c in cells.values()):
+                continue
+            rows.append([f"`{r['adapter']}`", alg] + [_training_cell(cells.get(k))
+                                                      for k in TRAINING_COLUMNS])
+    if not rows:
+        return []
+    lines = ["## Trainer level: one real step, and short runs", "",
+             "Each framework's trainer computes one optimisation step (`train_step`) on tiny "
+             "Llama and GPT-2 models and a ragged batch; the loss and every parameter's gradient "
+             "are compared with refimpl's recipe. A cell gives the status and the relative L2 "
+             "error of the parameter with the largest error (tolerance 1e-4; *declared*: a "
+             "known deviation, with the framework's file:line in the findings above); —: the "
+             "variant does not implement it.", "",
+             md_table(["adapter", "algorithm", *TRAINING_COLUMNS.values()], rows), ""]
+    curves = []
+    for d in list(dict.fromkeys([*report_dirs, out])):
+        runs = Path(d) / "runs"
+        if runs.is_dir():
+            curves += sorted(runs.glob("*/*/curves.png"))
+    if curves:
+        lines += ["### Learning curves of the short runs (`--slow`), beside refimpl's loop", ""]
+        for path in dict.fromkeys(curves):
+            try:
+                rel = path.relative_to(out)
+            except ValueError:
+                rel = path
+            lines.append(f"![{path.parent.parent.name} {path.parent.name}]({rel.as_posix()})")
+        lines.append("")
+    return lines
 
 
 def _qualified_section(reports: list[dict]) -> list[str]:

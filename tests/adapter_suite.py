@@ -3,7 +3,10 @@ assert that it conforms with every declaration live (docs/contract.md: a declare
 longer occurs is a failure)."""
 
 import fnmatch
+import json
+import os
 import re
+from pathlib import Path
 
 from conformance.runner import certify
 
@@ -13,8 +16,15 @@ _REPORTS: dict = {}
 def certified(adapter, tmp_path_factory) -> dict:
     """The certification report of ``adapter`` (computed once per test session)."""
     if adapter.name not in _REPORTS:
-        _REPORTS[adapter.name] = certify(adapter, str(tmp_path_factory.mktemp(adapter.name)),
-                                         isolate=False)
+        # .ci/certify_frameworks.sh has just certified every variant in this same environment
+        # and points here: the tests read that report instead of certifying a second time
+        made = os.environ.get("RLCONFORM_REPORTS_DIR")
+        path = Path(made) / f"{adapter.name}.json" if made else None
+        if path is not None and path.exists():
+            _REPORTS[adapter.name] = json.loads(path.read_text())
+        else:
+            _REPORTS[adapter.name] = certify(adapter, str(tmp_path_factory.mktemp(adapter.name)),
+                                             isolate=False)
     return _REPORTS[adapter.name]
 
 

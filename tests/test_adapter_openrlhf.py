@@ -172,3 +172,104 @@ def test_the_advantage_clip_example_is_what_openrlhf_gives():
     i = group.index(float(which))
     assert float(adapters.openrlhf_rloo.leave_one_out_advantages(s, ids)[i]) == float(said)
     assert float(refimpl.leave_one_out_advantages(s, ids)[i]) == float(want)
+
+
+# --- train_step (conformance/adapters/openrlhf_train.py) -------------------------------------------
+
+def _step_against_recipe(adapter, alg, arch, **overrides):
+    """(adapter's loss, recipe's loss, worst relative L2 gradient error, adapter's grads)."""
+    from conformance import training as T
+    from conformance.checks.training import grad_errors, recipe_step
+    fx = T.fixture(arch)
+    models = fx.models()
+    config = T.config_for(alg, fx, models, **overrides)
+    batch = (T.preference_batch(fx) if alg in ("dpo", "ipo")
+             else T.online_batch(fx, alg, config["temperature"]))
+    out = adapter.train_step(models["policy"], models["reference"], batch, dict(config))
+    loss, grads = recipe_step(fx, batch, config)
+    actual = {n: g.to(torch.float64) for n, g in out["grads"].items()}
+    return out["loss"], loss, grad_errors(actual, grads)[1], models, config
+
+
+import torch  # noqa: E402
+
+
+def test_train_step_grpo_token_mean_matches_the_recipe_under_grad_accum():
+    """The real ActorPPOTrainer.training_step path, with DeepSpeed's 1/gas and the global
+    token normalisers, gives the recipe's loss and gradients; the models are left as found."""
+    la, le, err, models, _ = _step_against_recipe(adapters.openrlhf_group_norm, "grpo", "gpt2",
+                                                  agg="token-mean", grad_accum=4)
+    assert abs(la - le) <= 1e-5 * abs(le) and err < 1e-4
+    assert all(p.grad is None for p in models["policy"].parameters())
+    assert not models["policy"].training
+
+
+def test_train_step_runs_openrlhfs_trainer_files():
+    import inspect
+    from conformance.adapters import openrlhf_train
+    tfw = openrlhf_train._tfw()
+    root = str(tfw.fw.root)
+    for fn in (tfw.Actor.forward, tfw.ActorPPOTrainer.training_step, tfw.CriticPPOTrainer.training_step,
+               tfw.DPOTrainer.concatenated_forward, tfw.RemoteExperienceMaker.make_experience,
+               tfw.CriticModel.forward):
+        assert inspect.unwrap(fn).__code__.co_filename.startswith(root), fn
+    assert "deepspeed" not in sys.modules and "ray" not in sys.modules
+
+
+def test_the_kl_token_mean_example_is_what_openrlhf_gives():
+    (stated,) = stated_numbers(r"gpt2: gradient off by ([\d.e+-]+) relative L2",
+                               adapters.TRAIN_KL_TOKEN_MEAN)
+    la, le, err, _, _ = _step_against_recipe(adapters.openrlhf_group_norm, "grpo", "gpt2")
+    assert f"{err:.1e}" == stated
+    # the same step with beta 0 (no KL term) agrees: the KL's aggregation is the whole difference
+    assert _step_against_recipe(adapters.openrlhf_group_norm, "grpo", "gpt2", beta=0.0)[2] < 1e-4
+
+
+def test_the_kl_in_reward_example_is_what_openrlhf_gives():
+    (stated,) = stated_numbers(r"gpt2: gradient off by ([\d.e+-]+) relative L2",
+                               adapters.TRAIN_KL_IN_REWARD_GROUP)
+    err = _step_against_recipe(adapters.openrlhf_group_norm, "grpo", "gpt2", kl_in="reward",
+                               kl_kind="k1", beta=0.1)[2]
+    assert f"{err:.1e}" == stated
+
+
+def test_the_biased_whitening_example_is_what_openrlhf_gives():
+    pct, n = stated_numbers(r"([\d.]+)% larger with the (\d+) real tokens", adapters.TRAIN_BIASED_WHITENING)
+    la, le, err, _, _ = _step_against_recipe(adapters.openrlhf_reinforce, "reinforce_pp", "gpt2")
+    ratio = (int(n) / (int(n) - 1)) ** 0.5
+    assert f"{100 * (ratio - 1):.2f}" == pct and abs(la / le - ratio) < 1e-4 and abs(err - (ratio - 1)) < 1e-4
+
+
+def test_the_critic_gets_no_vf_coef():
+    """With vf_coef 1 OpenRLHF's critic gradient is the recipe's; at 0.5 it is twice it."""
+    assert "twice at vf_coef 0.5" in adapters.TRAIN_NO_VF_COEF
+    from conformance.checks.training import grad_errors, recipe_step
+    from conformance import training as T
+    fx = T.fixture("llama")
+    for vf_coef, expected in ((1.0, 0.0), (0.5, 1.0)):
+        models = fx.models()
+        config = T.config_for("ppo", fx, models, vf_coef=vf_coef)
+        batch = T.online_batch(fx, "ppo")
+        out = adapters.openrlhf.train_step(models["policy"], models["reference"], batch, dict(config))
+        _, grads = recipe_step(fx, batch, config)
+        value = {n: g.to(torch.float64) for n, g in out["grads"].items() if n.startswith("value_model.")}
+        err = grad_errors(value, {n: grads[n] for n in value})[1]
+        assert abs(err - expected) < 1e-4, (vf_coef, err)
+
+
+def test_dpo_and_ipo_steps_match_the_recipe():
+    for alg in ("dpo", "ipo"):
+        la, le, err, _, _ = _step_against_recipe(adapters.openrlhf, alg, "llama", grad_accum=2)
+        assert abs(la - le) <= 1e-5 * abs(le) and err < 1e-4
+
+
+def test_a_variant_refuses_the_algorithms_it_does_not_embody():
+    from conformance import Unsupported, training as T
+    fx = T.fixture("llama")
+    models = fx.models()
+    with pytest.raises(Unsupported):
+        adapters.openrlhf_rloo.train_step(models["policy"], models["reference"], T.online_batch(fx),
+                                          T.config_for("grpo", fx, models))
+    with pytest.raises(Unsupported):
+        adapters.openrlhf_group_norm.train_step(models["policy"], models["reference"], T.online_batch(fx),
+                                                T.config_for("grpo", fx, models, norm_len=8.0))

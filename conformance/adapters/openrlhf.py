@@ -198,6 +198,18 @@ def _maker(estimator: str, n: int, kl_coef: float = 0.0, **advantage):
     return maker
 
 
+def _pad_id(config: dict, model) -> int:
+    """The tokenizer's pad id, as OpenRLHF's trainers read it (``get_tokenizer``: AutoTokenizer
+    at the model path)."""
+    path = config.get("model_path")
+    if path:
+        from transformers import AutoTokenizer
+        pad = AutoTokenizer.from_pretrained(str(path), local_files_only=True).pad_token_id
+        if pad is not None:
+            return pad
+    return model.config.pad_token_id
+
+
 def _group_slots(group_ids: torch.Tensor):
     """OpenRLHF's trainer produces ``n_samples_per_prompt`` consecutive responses per prompt and
     records each one's place in ``Experience.index``; ``compute_advantages_and_returns`` scatters
@@ -314,6 +326,131 @@ QUALIFIED = {
 }
 
 
+# --- training steps: declarations (conformance/adapters/openrlhf_train.py runs the steps) ----------
+
+_PA = "openrlhf/trainer/ray/ppo_actor.py"
+#: the KL loss is a token mean whatever --actor.loss_agg_mode says
+TRAIN_KL_TOKEN_MEAN = _cite(
+    f"{_PA}:331",
+    "the KL loss is aggregate_loss(kl, action_mask, **loss_batch_info) without token_level_loss, "
+    "so it is a token mean whatever --actor.loss_agg_mode says: under seq-mean-token-mean the "
+    "policy loss is a mean of sequence means but its KL term a token mean (grpo, beta 0.04, "
+    "gpt2: gradient off by 5.6e-03 relative L2)")
+#: group estimators with the KL in the reward
+TRAIN_KL_IN_REWARD_GROUP = _cite(
+    f"{_EM}:268-290,312-317",
+    "with the KL in the reward (--algo.kl.use_loss off) the group baseline is taken on the "
+    "scores alone, then compute_reward adds -beta * KL at every token (utils.py:144) and "
+    "get_cumulative_returns sums it from each token to the end, so token t's advantage is "
+    "A(scores) - beta * sum_{l >= t} kl_l, not the group statistics of "
+    "scores - beta * sum_t kl_t (grpo, k1, beta 0.1, gpt2: gradient off by 8.7e-02 relative L2)")
+#: the whitening of reinforce and gae
+TRAIN_BIASED_WHITENING = _cite(
+    f"{_EM}:325-338",
+    "whitens the advantages with the biased variance (divisor: the number of real tokens) "
+    "clamped at 1e-8, not the unbiased variance + eps, so every advantage is sqrt(N / (N - 1)) "
+    "times the recipe's: 0.94% larger with the 54 real tokens of the check's batch")
+#: the critic has its own optimizer and no vf_coef
+TRAIN_NO_VF_COEF = _cite(
+    "openrlhf/trainer/ray/ppo_critic.py:148-163",
+    "the critic is a separate model trained by its own optimizer on ValueLoss alone: there is no "
+    "vf_coef, so the value model's gradient is 1/vf_coef times the recipe's (twice at vf_coef "
+    "0.5); the loss returned is the actor's plus the critic's, and the actor's advantages are "
+    "whitened with the biased variance (experience_maker.py:330-333)")
+#: NaN at padded old log-probs
+TRAIN_NAN_POLICY_LOSS = _cite(
+    "openrlhf/models/loss.py:185-212,32",
+    "PolicyLoss computes the per-token loss at padded positions from the old log-probs and "
+    "aggregate_loss masks it by multiplication, so NaN there makes the loss and every gradient "
+    "NaN (OpenRLHF's own old log-probs are Actor.forward's times the action mask, actor.py:298, "
+    "finite at padding)")
+TRAIN_NAN_REWARD = _cite(
+    f"{_EM}:205-210,284-317",
+    "the old log-probs enter compute_approx_kl for the reward's KL and compute_reward / "
+    "get_cumulative_returns mask by multiplication (utils.py:144, experience_maker.py:413-414), "
+    "and PolicyLoss masks its per-token loss by multiplication (loss.py:32): NaN at padded "
+    "old log-probs makes the loss NaN")
+
+
+_TRAIN_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo", "reward_model")
+
+
+def _function_level(declared: dict) -> dict:
+    """``declared`` without the training-step declarations (keys ``<algorithm>/...``)."""
+    return {k: v for k, v in declared.items() if k.split("/", 1)[0] not in _TRAIN_ALGORITHMS}
+
+
+_TT = "conformance/adapters/openrlhf_train.py"
+#: what replaces OpenRLHF's distributed machinery, rollout and data loading in train_step
+TRAIN_SHIMS = {
+    "train_step": _cite(
+        "openrlhf/utils/loss_utils.py:60-65",
+        "DeepSpeed's engine is replaced by a strategy whose backward runs "
+        "(loss / gradient_accumulation_steps).backward(), the 1/gas DeepSpeed applies to every "
+        "backward loss (which iter_grad_accum_global_norm pre-compensates), and whose "
+        "optimizer_step does nothing; the model runs as given (float32, its own attention; "
+        "OpenRLHF's defaults are bf16 and flash_attention_2)"),
+    "train_step (rollout)": _cite(
+        f"{_PA}:618-644",
+        "the rollout is the batch: the actor's and critic's rollout-time forwards "
+        "(PolicyModelActor.forward, CriticModelActor.forward), which make_experience dispatches "
+        "through Ray, return the batch's old_logp and old_values; the reference model's forward "
+        "runs OpenRLHF's Actor.forward (launcher.py:128-152), created only when the KL "
+        "coefficient is > 0 (cli/train_ppo_ray.py:42)"),
+    "train_step (layout)": _cite(
+        "openrlhf/models/actor.py:262-263,298",
+        "the contract's layout (prompts left-padded, completions right-padded, action_mask the "
+        "completion mask) goes to Actor.forward as is; OpenRLHF's rollout concatenates each "
+        "unpadded prompt and response and right-pads the batch (samples_generator.py:253-263, "
+        "experience.py:113), which Actor.forward's position ids cumsum(mask) - 1 and last-T "
+        "slice make equivalent"),
+    "train_step (micro-batches)": _cite(
+        f"{_PA}:158-193",
+        "the replay buffer and its shuffled DataLoader are replaced by the contract's contiguous "
+        "micro-batches of B / grad_accum rows, paired with iter_grad_accum_global_norm's "
+        "normalisers as ppo_train pairs them"),
+    "train_step (Actor)": _cite(
+        "openrlhf/models/actor.py:218-219,236",
+        "Actor(model) wraps the given model; that branch of __init__ does not set "
+        "packing_samples, which forward reads: it is set to the CLI default, False (packing "
+        "needs flash-attn's varlen kernels, ring_attn_utils.py:3)"),
+    "train_step (dpo)": _cite(
+        "openrlhf/trainer/dpo_trainer.py:152-181",
+        "the body of DPOTrainer.fit's loop runs per micro-batch (its dataloader, logging and "
+        "checkpointing do not); the pairs are laid out as OpenRLHF's reward dataset makes them: "
+        "prompt and completion unpadded, right-padded, with the prompt's length "
+        "(datasets/reward_dataset.py:121-131,179-199)"),
+}
+
+
+def _train_deviations(algorithms, kl_in_reward_group=False, biased=False) -> dict:
+    out = {}
+    for a in algorithms:
+        if a in ("dpo", "ipo"):
+            continue
+        out[f"{a}/nan-old-logp-ignored"] = (TRAIN_NAN_REWARD if a in ("rloo", "reinforce_pp", "ppo")
+                                            else TRAIN_NAN_POLICY_LOSS)
+        if kl_in_reward_group:
+            out[f"{a}/kl-in-reward"] = TRAIN_KL_IN_REWARD_GROUP
+    return out
+
+
+def _train_capabilities(algorithms, **extra) -> dict:
+    """What ``train_step`` honours per algorithm: the two loss_agg_modes (no length normaliser),
+    the KL where OpenRLHF can put it (``--algo.kl.use_loss``), the estimators' literal eps."""
+    caps = {"algorithms": list(algorithms)}
+    for a in algorithms:
+        if a in ("dpo", "ipo"):
+            continue
+        caps[f"{a}.agg"] = list(TOKEN_LEVEL)
+        caps[f"{a}.norm_len"] = False
+        caps[f"{a}.kl_in"] = ["reward"] if a in ("reinforce_pp", "ppo") else ["loss", "reward"]
+        if a in ("grpo", "dapo", "reinforce_pp", "ppo"):
+            caps[f"{a}.eps"] = False          # literals: experience_maker.py:274 (1e-9), :333 (1e-8)
+    caps.update(extra)
+    return caps
+
+
 class OpenRLHF:
     """OpenRLHF's defaults: ``--algo.advantage.estimator gae`` (with batch whitening),
     ``--actor.policy_loss_type ppo``, ``--model.loss_type sigmoid`` for the reward model."""
@@ -323,10 +460,11 @@ class OpenRLHF:
     #: the two --actor.loss_agg_mode values; the critic's ValueLoss is always token-mean
     #: (ppo_critic.py:60); the whitening eps is the literal 1e-8 (experience_maker.py:333)
     capabilities = {"agg": list(TOKEN_LEVEL), "value_loss.agg": ["token-mean"],
-                    "batch_normalized_advantages.eps": False}
+                    "batch_normalized_advantages.eps": False,
+                    **_train_capabilities(("ppo", "dpo", "ipo"))}
     estimator = "gae"
+    scale = None
     policy_loss_type = "ppo"
-    shims: dict = {}
     qualified = QUALIFIED
     #: where OpenRLHF tracks a declared deviation (the pull request about the clamp of k3's
     #: log-ratio inside compute_approx_kl)
@@ -444,7 +582,24 @@ class OpenRLHF:
         "ipo_loss/rejects-nonpositive-tau": support.no_validation(
             "beta (IPO's tau) in DPOLoss(ipo=True)", _at("openrlhf/models/loss.py", "334-352")),
     }
+    known_deviations = {
+        **known_deviations,
+        **_train_deviations(("ppo",)),
+        "ppo/step-matches-recipe-*": TRAIN_NO_VF_COEF,
+        "ppo/temperature": TRAIN_NO_VF_COEF,
+    }
+    shims = dict(TRAIN_SHIMS)
     framework_defaults = staticmethod(lambda: _defaults("gae"))
+
+    # --- training steps (conformance/adapters/openrlhf_train.py) ------------------------------------
+    def train_step(self, model, ref_model, batch, config):
+        """One optimisation step through OpenRLHF's trainers: the PPO actor's (and critic's)
+        ``training_step`` for the online algorithms, ``DPOTrainer``'s forward and loss for dpo and
+        ipo. Returns ``{"loss", "grads"}``: OpenRLHF runs backward itself."""
+        from conformance.adapters import openrlhf_train
+        if config["algorithm"] in ("dpo", "ipo"):
+            return openrlhf_train.dpo_step(self, model, ref_model, batch, config, _pad_id(config, model))
+        return openrlhf_train.online_step(self, model, ref_model, batch, config)
 
     # --- KL ---------------------------------------------------------------------------------------
     def kl_estimate(self, logp, ref_logp, mask=None, kind="k3"):
@@ -583,9 +738,10 @@ class _GroupVariant(OpenRLHF):
     batch_normalized_advantages = None
     # groups of one size: the rewards are reshaped to (-1, n_samples_per_prompt) (:256)
     capabilities = {**OpenRLHF.capabilities, "unequal_groups": False}
-    known_deviations = {k: v for k, v in OpenRLHF.known_deviations.items()
+    known_deviations = {k: v for k, v in _function_level(OpenRLHF.known_deviations).items()
                         if not k.startswith("batch_normalized_advantages/")}
     shims = {
+        **TRAIN_SHIMS,
         "group_normalized_advantages": _cite(
             "openrlhf/trainer/ppo_utils/experience_maker.py:251-256,280",
             "gives each sample the Experience.index slot of its group, so that the framework's "
@@ -604,9 +760,15 @@ ADVANTAGE_CLIP = _cite(
 class OpenRLHFGroupNorm(_GroupVariant):
     """``--algo.advantage.estimator group_norm`` (GRPO): ``scale="group"``."""
     name = "openrlhf-group_norm"
-    capabilities = {**_GroupVariant.capabilities, "scale": ["group"]}
+    capabilities = {**_GroupVariant.capabilities, "scale": ["group"],
+                    **_train_capabilities(("grpo", "dapo"))}
     estimator = "group_norm"
+    scale = "group"
     known_deviations = {**_GroupVariant.known_deviations,
+                        **_train_deviations(("grpo", "dapo"), kl_in_reward_group=True),
+                        "grpo/step-matches-recipe-*": TRAIN_KL_TOKEN_MEAN,
+                        "grpo/kl-term-exact": TRAIN_KL_TOKEN_MEAN,
+                        "grpo/temperature": TRAIN_KL_TOKEN_MEAN,
                         "group_normalized_advantages/matches-reference": GROUP_NORM_EPS,
                         "group_normalized_advantages/all-equal-group-gives-zero": GROUP_NORM_EPS,
                         "group_normalized_advantages/dtype-kept": REWARD_FLOAT32}
@@ -624,9 +786,12 @@ class OpenRLHFGroupNorm(_GroupVariant):
 class OpenRLHFDrGrpo(_GroupVariant):
     """``--algo.advantage.estimator dr_grpo``: ``scale="none"``."""
     name = "openrlhf-dr_grpo"
-    capabilities = {**_GroupVariant.capabilities, "scale": ["none"]}
+    capabilities = {**_GroupVariant.capabilities, "scale": ["none"],
+                    **_train_capabilities(("dr_grpo",))}
     estimator = "dr_grpo"
+    scale = "none"
     known_deviations = {**_GroupVariant.known_deviations,
+                        **_train_deviations(("dr_grpo",), kl_in_reward_group=True),
                         "group_normalized_advantages/dtype-kept": REWARD_FLOAT32,
                         "group_normalized_advantages/scores-of-any-size": ADVANTAGE_CLIP}
     framework_defaults = staticmethod(lambda: _defaults("dr_grpo"))
@@ -642,12 +807,17 @@ class OpenRLHFDrGrpo(_GroupVariant):
 class OpenRLHFRloo(_GroupVariant):
     """``--algo.advantage.estimator rloo``: the leave-one-out baseline."""
     name = "openrlhf-rloo"
+    capabilities = {**_GroupVariant.capabilities, **_train_capabilities(("rloo",))}
     estimator = "rloo"
     known_deviations = {**_GroupVariant.known_deviations,
+                        **_train_deviations(("rloo",), kl_in_reward_group=True),
+                        # rloo's recipe puts the KL in the reward by default (refimpl OPTIONS)
+                        "rloo/step-matches-recipe-*": TRAIN_KL_IN_REWARD_GROUP,
+                        "rloo/temperature": TRAIN_KL_IN_REWARD_GROUP,
                         "leave_one_out_advantages/dtype-kept": REWARD_FLOAT32,
                         "leave_one_out_advantages/scores-of-any-size": ADVANTAGE_CLIP}
     framework_defaults = staticmethod(lambda: _defaults("rloo"))
-    shims = {"leave_one_out_advantages": _GroupVariant.shims["group_normalized_advantages"]}
+    shims = {**TRAIN_SHIMS, "leave_one_out_advantages": _GroupVariant.shims["group_normalized_advantages"]}
 
     def leave_one_out_advantages(self, scores, group_ids):
         """experience_maker.py:268-270."""
@@ -659,12 +829,16 @@ class OpenRLHFGspo(OpenRLHF):
     sequence-level loss (loss.py:151-152), so only ``agg="seq-mean-token-mean"``."""
     name = "openrlhf-gspo"
     policy_loss_type = "gspo"
-    capabilities = {**OpenRLHF.capabilities, "ppo_clip_loss.agg": ["seq-mean-token-mean"]}
+    shims: dict = {}                                 # no train_step algorithm
+    capabilities = {k: v for k, v in {**OpenRLHF.capabilities,
+                                       "ppo_clip_loss.agg": ["seq-mean-token-mean"]}.items()
+                    if k != "algorithms" and k.split(".", 1)[0] not in _TRAIN_ALGORITHMS}
+    train_step = None                                # gspo is a policy loss no recipe uses
     _gspo = _cite("openrlhf/models/loss.py:189-196",
                   "policy_loss_type gspo clips the sequence-level ratio exp(mean_t log r_t), the "
                   "same for every token of a row, not each token's ratio r_t")
     # gspo exponentiates the sequence-level log-ratio without a clamp (loss.py:189-196)
-    known_deviations = {**{k: v for k, v in OpenRLHF.known_deviations.items()
+    known_deviations = {**{k: v for k, v in _function_level(OpenRLHF.known_deviations).items()
                            if k != "ppo_clip_loss/log-ratios-beyond-20"},
                         "ppo_clip_loss/matches-reference": _gspo,
                         "ppo_clip_loss/gradient-matches-reference": _gspo,
@@ -675,13 +849,17 @@ class OpenRLHFGspo(OpenRLHF):
 class OpenRLHFLogExp(OpenRLHF):
     """The reward model's ``--model.loss_type`` other than ``sigmoid``: ``LogExpLoss``."""
     name = "openrlhf-logexp"
+    shims: dict = {}                                 # no train_step algorithm
+    capabilities = {k: v for k, v in OpenRLHF.capabilities.items()
+                    if k != "algorithms" and k.split(".", 1)[0] not in _TRAIN_ALGORITHMS}
+    train_step = None                                # a reward-model loss: no train_step here
     _margin = _cite("openrlhf/models/loss.py:322-326",
                     "LogExpLoss takes a margin argument and ignores it: log(1 + exp(r_r - r_c))")
     _overflow = _cite("openrlhf/models/loss.py:325",
                       "LogExpLoss computes log(1 + exp(r_r - r_c)) as written, and exp overflows: "
                       "at r_r - r_c = 100 in float32 the loss is inf and its gradient NaN, where "
                       "softplus gives 100 and -1")
-    known_deviations = {**OpenRLHF.known_deviations,
+    known_deviations = {**_function_level(OpenRLHF.known_deviations),
                         "bradley_terry_loss/matches-reference": _margin,
                         "bradley_terry_loss/gradient-matches-reference": _margin,
                         "bradley_terry_loss/gradient-is-sigmoid-minus-one": _margin,
@@ -696,11 +874,33 @@ class OpenRLHFLogExp(OpenRLHF):
         return _fw().loss.LogExpLoss()               # rm_trainer.py:61-62
 
 
+class OpenRLHFReinforce(OpenRLHF):
+    """``--algo.advantage.estimator reinforce`` (REINFORCE++): the KL in the per-token reward,
+    cumulative returns, whitened over the batch (experience_maker.py:312-338)."""
+    name = "openrlhf-reinforce"
+    estimator = "reinforce"
+    capabilities = {**{k: v for k, v in OpenRLHF.capabilities.items()
+                       if not k.startswith(("ppo.", "dpo.", "ipo."))},
+                    **_train_capabilities(("reinforce_pp",))}
+    # the whitening block is the plain variant's (estimator gae runs the same lines :325-338);
+    # with estimator reinforce the returns come from get_cumulative_returns, which the plain
+    # variant's stub of get_advantages_and_returns does not reach
+    batch_normalized_advantages = None
+    known_deviations = {**{k: v for k, v in _function_level(OpenRLHF.known_deviations).items()
+                           if not k.startswith("batch_normalized_advantages/")},
+                        **_train_deviations(("reinforce_pp",)),
+                        "reinforce_pp/step-matches-recipe-*": TRAIN_BIASED_WHITENING,
+                        "reinforce_pp/temperature": TRAIN_BIASED_WHITENING}
+    framework_defaults = staticmethod(lambda: _defaults("reinforce"))
+
+
 openrlhf = OpenRLHF()
 openrlhf_group_norm = OpenRLHFGroupNorm()
 openrlhf_dr_grpo = OpenRLHFDrGrpo()
 openrlhf_rloo = OpenRLHFRloo()
 openrlhf_gspo = OpenRLHFGspo()
 openrlhf_logexp = OpenRLHFLogExp()
+openrlhf_reinforce = OpenRLHFReinforce()
 
-VARIANTS = (openrlhf, openrlhf_group_norm, openrlhf_dr_grpo, openrlhf_rloo, openrlhf_gspo, openrlhf_logexp)
+VARIANTS = (openrlhf, openrlhf_group_norm, openrlhf_dr_grpo, openrlhf_rloo, openrlhf_gspo, openrlhf_logexp,
+            openrlhf_reinforce)
