@@ -25,7 +25,7 @@ from conformance.context import digits_apart
 from conformance.findings import (NAMES, RANK, Finding, findings, framework_of, framework_order,
                                   qualified_passes)
 from conformance.registry import REGISTRY, STATUSES
-from conformance.report import check_writable, is_not_provided, md_table
+from conformance.report import check_writable, is_not_provided, md_table, reproduce_line
 
 #: the grid's colours: the classes from the most serious (dark red) to the least
 GRID_COLOURS = {"gradient": "#b71c1c", "value": "#ef6c00", "padding": "#6a1b9a",
@@ -201,6 +201,9 @@ def _finding_lines(f: Finding, out_dir: Path) -> list[str]:
     links = f.repro_links(out_dir)
     if links:
         lines.append("  - reproduce: " + ", ".join(f"[{link}]({link})" for link in links))
+    elif f.cls in ("gradient", "value") and f.rows and f.rows[0][1].get("kind") == "training":
+        name, row = f.rows[0]           # a trainer's step: rerun the check in the framework's env
+        lines.append(f"  - reproduce: `{reproduce_line(name, row['id'])}`")
     elif f.cls in ("gradient", "value") and f.rows:
         name, row = f.rows[0]
         lines.append(f"  - reproduce: `rlconform repro {name} '{row['id']}' --out repro.py` "

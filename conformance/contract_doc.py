@@ -21,7 +21,7 @@ FILENAME = "contract.md"
 
 #: the sections whose table lists canonical functions, first column `name(args)` in a code span
 FUNCTION_SECTIONS = ("returns-and-advantages", "kl", "losses-on-tokens", "preferences",
-                     "log-probabilities")
+                     "log-probabilities", "training-steps")
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})")

@@ -804,6 +804,8 @@ def eligible(row: dict) -> bool:
     padding, validation, mutation nor dtype check."""
     if row.get("status") not in ("fail", "xfail"):
         return False
+    if row.get("kind") == "training":   # a trainer's step needs the framework's trainer and
+        return False                    # models: its reproduction is the report's certify line
     if "class" in row and row["class"] is not None:
         return row["class"] in REPRODUCED_CLASSES
     if "class" in row:                          # a classed report, no class: not a finding

@@ -21,7 +21,10 @@ Batches (``online_batch``, ``preference_batch``), made so that each behaviour ca
 - ``old_logp`` = the policy's log-probs at the step's temperature plus uniform noise in
   [-0.4, 0.4] on real tokens, so ratios fall outside [0.8, 1.2] on both sides and are clipped;
 - completion lengths chosen so that the micro-batches of ``grad_accum`` 2 and 4 hold unequal
-  numbers of real tokens (25/29; 16/10/18/10);
+  numbers of real tokens (26/28; 16/10/18/10), every group split across them;
+- padded entries of ``old_logp`` and ``old_values`` hold finite garbage in [-3, -1], and a few
+  real tokens carry the pad id (also the last real token of some rows): the masks, not the ids
+  or the values, say what is real;
 - preference pairs of unequal chosen and rejected lengths.
 """
 
@@ -45,11 +48,18 @@ ARCHS = rm.ARCHS
 SIZES = dict(hidden=32, layers=2, heads=4, max_positions=64)
 B, GROUPS = 12, 3
 PROMPT_LENGTHS = (3, 6, 4, 2, 5, 6, 3, 4, 2, 5, 6, 3)          # real tokens, bos included
-COMPLETION_LENGTHS = (8, 3, 5, 1, 7, 2, 6, 4, 8, 2, 5, 3)       # micro-batch sums 25/29, 16/10/18/10
+COMPLETION_LENGTHS = (8, 3, 5, 1, 7, 2, 6, 4, 8, 2, 5, 3)       # micro-batch sums 26/28, 16/10/18/10
 PAIRS = 8
 CHOSEN_LENGTHS = (5, 2, 7, 3, 6, 1, 4, 7)
 REJECTED_LENGTHS = (2, 6, 3, 7, 1, 5, 7, 4)
 NOISE = 0.4                                   # |old_logp - logp| on real tokens
+#: what padded entries of old_logp / old_values hold: finite garbage, as a rollout buffer may
+#: leave there (never 0, which would hide a read of padding)
+PAD_GARBAGE = (-3.0, -1.0)
+#: real tokens that carry the pad id (pad == eos in many tokenizers): the masks, not the ids,
+#: say which positions are real. (row, position) of completions; the last real token of row 3
+PAD_ID_TOKENS = ((0, 2), (3, 0), (6, 5))
+PAD_ID_PAIRS = ((1, "chosen", 1), (2, "rejected", 2), (4, "chosen", 0))
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,8 @@ def online_batch(fx: Fixture, algorithm: str = "grpo", temperature: float = 1.0,
     prompt_ids, prompt_mask = _left(_prompts(fx, gen, PROMPT_LENGTHS), max(PROMPT_LENGTHS), pad)
     completion_ids, completion_mask = _right([_tokens(gen, n, vocab) for n in COMPLETION_LENGTHS],
                                              max(COMPLETION_LENGTHS), pad)
+    for row, pos in PAD_ID_TOKENS:
+        completion_ids[row, pos] = pad
     group_ids = torch.arange(B) % GROUPS
     scores = torch.randn(B, generator=gen).float()
     mask = completion_mask.bool()
@@ -160,14 +172,19 @@ def online_batch(fx: Fixture, algorithm: str = "grpo", temperature: float = 1.0,
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
              "completion_ids": completion_ids, "completion_mask": completion_mask,
              "scores": scores, "group_ids": group_ids,
-             "old_logp": torch.where(mask, logp + noise, torch.zeros_like(logp))}
+             "old_logp": torch.where(mask, logp + noise, _garbage(gen, logp.shape))}
     if algorithm == "ppo":
         with torch.no_grad():
             values = completion_values(models["value"], prompt_ids, prompt_mask, completion_ids,
                                        completion_mask)
         noise = (2 * torch.rand(values.shape, generator=gen) - 1) * 0.3
-        batch["old_values"] = torch.where(mask, values + noise, torch.zeros_like(values))
+        batch["old_values"] = torch.where(mask, values + noise, _garbage(gen, values.shape))
     return batch
+
+
+def _garbage(gen: torch.Generator, shape) -> torch.Tensor:
+    lo, hi = PAD_GARBAGE
+    return lo + (hi - lo) * torch.rand(shape, generator=gen)
 
 
 def preference_batch(fx: Fixture, seed: int = 0) -> dict:
@@ -180,6 +197,9 @@ def preference_batch(fx: Fixture, seed: int = 0) -> dict:
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
     for side, lengths in (("chosen", CHOSEN_LENGTHS), ("rejected", REJECTED_LENGTHS)):
         ids, mask = _right([_tokens(gen, n, vocab) for n in lengths], max(lengths), pad)
+        for row, which, pos in PAD_ID_PAIRS:
+            if which == side:
+                ids[row, pos] = pad
         batch[f"{side}_ids"], batch[f"{side}_mask"] = ids, mask
     return batch
 

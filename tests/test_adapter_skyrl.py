@@ -162,3 +162,81 @@ def test_gae_returns_agree_and_advantages_are_whitened():
         whitened = sk._skyrl().pu.masked_whiten(want_adv, mask.to(r.dtype))
         torch.testing.assert_close(adv[mask], whitened[mask])
         assert not torch.allclose(adv[mask], want_adv[mask])
+
+
+# --- train_step (conformance/adapters/skyrl_train.py) ----------------------------------------------
+
+def _step(adapter, alg, arch="gpt2", temperature=1.0, **overrides):
+    """(adapter's loss, recipe's loss, worst relative L2 gradient error, adapter's grads, models)
+    of one train_step on the checks' fixture and batch, in the variant's own reduction."""
+    from conformance import training as T
+    from conformance.checks.training import grad_errors, recipe_step
+    fx = T.fixture(arch)
+    models = fx.models()
+    overrides.setdefault("agg", adapter.capabilities[f"{alg}.agg"][0])
+    config = T.config_for(alg, fx, models, temperature=temperature, **overrides)
+    batch = T.online_batch(fx, alg, temperature)
+    out = adapter.train_step(models["policy"], models["reference"], batch, dict(config))
+    loss, grads = recipe_step(fx, batch, config)
+    actual = {n: g.to(torch.float64) for n, g in out["grads"].items()}
+    return out["loss"], loss, grad_errors(actual, grads)[1], out["grads"], models
+
+
+def _stated(pattern, sentence):
+    from tests.adapter_suite import stated_numbers
+    return stated_numbers(pattern, sentence)
+
+
+@pytest.mark.parametrize("adapter", VARIANTS, ids=IDS)
+def test_train_step_grpo_examples_are_what_skyrl_gives(adapter):
+    """The stated gpt2 gradient error of grpo (beta 0.04) is measured again, and with beta 0 the
+    step agrees with the recipe: the KL loss (no gradient) is the whole difference; the models
+    are left as found."""
+    (stated,) = _stated(r"gradient off by ([\d.e+-]+) relative L2 on gpt2",
+                        adapter.known_deviations["grpo/step-matches-recipe-*"])
+    _, _, err, _, models = _step(adapter, "grpo")
+    assert f"{err:.2e}" == stated
+    assert all(p.grad is None for p in models["policy"].parameters())
+    assert not models["policy"].training
+    assert _step(adapter, "grpo", beta=0.0)[2] < 1e-4
+
+
+def test_train_step_kl_loss_has_no_gradient():
+    """compute_approx_kl's @torch.no_grad(): the gradient at beta 1 equals the one at beta 0."""
+    assert "@torch.no_grad()" in sk.skyrl.known_deviations["grpo/kl-term-exact"]
+    g1, g0 = _step(sk.skyrl, "grpo", beta=1.0)[3], _step(sk.skyrl, "grpo", beta=0.0)[3]
+    assert all(torch.equal(g1[n], g0[n]) for n in g0)
+
+
+@pytest.mark.parametrize("adapter,alg", [(v, a) for v in VARIANTS
+                                         for a in v.capabilities["algorithms"]],
+                         ids=lambda x: getattr(x, "name", x))
+def test_train_step_temperature_examples_are_what_skyrl_gives(adapter, alg):
+    (stated,) = _stated(r"temperature 0.7, beta 0.1: gradient off by ([\d.e+-]+)",
+                        adapter.known_deviations[f"{alg}/temperature"])
+    assert f"{_step(adapter, alg, temperature=0.7, beta=0.1)[2]:.2e}" == stated
+
+
+@pytest.mark.parametrize("alg", sk.skyrl.capabilities["algorithms"])
+def test_train_step_grad_accum_examples_are_what_skyrl_gives(alg):
+    """token_mean: each micro-batch's token mean / accumulation_steps; the other reductions are
+    per-sequence and accumulate exactly."""
+    got, want = map(float, _stated(r"grad_accum 2: loss ([\d.e+-]+) instead of ([\d.e+-]+)",
+                                   sk.skyrl.known_deviations[f"{alg}/grad-accum"]))
+    assert f"{_step(sk.skyrl, alg, grad_accum=2)[0]:.6g}" == f"{got:.6g}"
+    assert f"{_step(sk.skyrl, alg)[0]:.6g}" == f"{want:.6g}"
+    for adapter in (sk.skyrl_sequence_mean, sk.skyrl_seq_mean_token_sum_norm):
+        assert "grpo/grad-accum" not in adapter.known_deviations
+
+
+@pytest.mark.parametrize("adapter,alg", [(v, a) for v in VARIANTS for a in v.capabilities["algorithms"]
+                                         if f"{a}/config-honoured" in v.known_deviations],
+                         ids=lambda x: getattr(x, "name", x))
+def test_train_step_config_honoured_examples_are_what_skyrl_gives(adapter, alg):
+    """The first option sample the config-honoured check fails on (the KL loss without gradient)."""
+    option, value, stated = _stated(r"(\w+) = ([\d.]+): gradient off by ([\d.e+-]+)",
+                                    adapter.known_deviations[f"{alg}/config-honoured"])
+    moved = {option: float(value)}
+    if option == "clip_low":                     # the check moves both sides of the clip range
+        moved["clip_high"] = float(value)
+    assert f"{_step(adapter, alg, **moved)[2]:.2e}" == stated

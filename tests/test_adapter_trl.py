@@ -224,3 +224,82 @@ def test_train_step_capabilities_and_unsupported():
     with pytest.raises(Unsupported):
         tr.trl_grpo.train_step(models["policy"], models["reference"], T.online_batch(fx),
                                T.config_for("dapo", fx, models))
+
+
+# --- train_run: a short real run through Trainer.train() --------------------------------------------
+
+def _tiny_run(adapter, alg, tmp_path, monkeypatch, steps=2):
+    """``steps`` sampled batches of 4 prompts x 4 completions on a random tiny Llama; returns the
+    rows, the task reward's values per call, and whether the checkpoint was left untouched."""
+    import hashlib
+
+    from conformance.adapters import trl_train as tt
+    from refimpl import models, recipes
+    from refimpl.tasks import make_task
+    tok = models.build_tokenizer()
+    path = models.save(models.causal_lm(tok, "llama", seed=0), tok, tmp_path / "policy")
+    digest = lambda: hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()
+    before = digest()
+    task = make_task("reverse", seed=0, n_train=32, n_eval=4)
+    # prompts per batch, group size, epochs, lr, clip norm: a small batch, refimpl's other settings
+    monkeypatch.setattr(tt, "_loop_settings", lambda a: (4, 4, 1 if a == "rloo" else 2, 1e-4, 1.0))
+    seen = []
+    real = type(task).reward
+
+    def counted(self, prompt, completion):
+        value = real(self, prompt, completion)
+        seen.append((prompt, completion, value))
+        return value
+    monkeypatch.setattr(type(task), "reward", counted)
+    config = recipes.default_config(alg, model_path=str(path), ref_model_path=str(path))
+    threads = torch.get_num_threads()
+    rows = adapter.train_run(str(path), task, config, steps, 0, str(tmp_path / "out"))
+    assert torch.get_num_threads() == threads              # restored
+    return rows, seen, digest() == before
+
+
+@pytest.mark.parametrize("adapter, alg", [(tr.trl_grpo, "grpo"), (tr.trl_dapo, "dapo"),
+                                          (tr.trl_rloo, "rloo")],
+                         ids=["trl-grpo", "trl-dapo-beta0", "trl-rloo"])
+def test_train_run_returns_one_row_per_sampled_batch(adapter, alg, tmp_path, monkeypatch):
+    import math
+    rows, seen, untouched = _tiny_run(adapter, alg, tmp_path, monkeypatch)
+    epochs = 1 if alg == "rloo" else 2
+    assert len(rows) == 2 and untouched
+    assert [r["trl_global_steps"] for r in rows] == [
+        list(range(1 + i * epochs, 1 + (i + 1) * epochs)) for i in range(2)]
+    assert len(seen) == 2 * 16                             # task.reward once per completion
+    for i, row in enumerate(rows):
+        assert math.isfinite(row["reward"]) and math.isfinite(row["kl"])
+        values = [v for _, _, v in seen[i * 16:(i + 1) * 16]]
+        assert row["reward"] == pytest.approx(sum(values) / 16, abs=1e-6)   # TRL's float32 mean
+    # completions are scored as text without <eos>, the prompts as given
+    assert all("<eos>" not in c and p.endswith(">") for p, c, _ in seen)
+    if alg == "dapo":
+        # beta 0: TRL logs no KL; the adapter's probe reads 0 at the first batch (policy = start)
+        assert rows[0]["kl_source"].startswith("adapter probe")
+        assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert "kl_source" not in rows[0]
+
+
+def test_train_run_decodes_like_refimpl():
+    from conformance.adapters import trl_train as tt
+    from refimpl import models
+    tok = models.build_tokenizer()
+    ids = tok.convert_tokens_to_ids(list("1284"))
+    assert tt._decode_completion(tok, ids + [tok.eos_token_id]) == "1284"
+    assert tt._decode_completion(tok, ids) == "1284"                     # truncated, no eos
+    assert tt._decode_completion(tok, ids[:2] + [tok.pad_token_id, tok.eos_token_id]) == "12<pad>"
+
+
+def test_train_run_unsupported():
+    from refimpl import recipes
+    from refimpl.tasks import make_task
+    task = make_task("reverse", seed=0, n_train=8, n_eval=2)
+    assert not hasattr(tr.trl_dpo, "train_run")
+    with pytest.raises(Unsupported):
+        tr.trl_grpo.train_run("unused", task, recipes.default_config("dapo"), 1, 0, None)
+    with pytest.raises(Unsupported):                        # the KL in the reward: not GRPO's
+        tr.trl_grpo.train_run("unused", task, recipes.default_config("grpo", kl_in="reward"), 1, 0,
+                              None)

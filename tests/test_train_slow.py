@@ -180,3 +180,28 @@ def test_credit_assignment_shares_on_the_decisive_token(tmp_path):
     assert all(s == 1.0 for s in _series(grpo, "credit_share_process"))
     ppo_share = _series(ppo, "credit_share")
     assert ppo_share and all(0.0 < s <= 1.0 for s in ppo_share), ppo_share[:5]
+
+
+# --- the train_run checks (rlconform certify --slow) on refimpl's own loops -----------------------
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp", "ppo"])
+def test_refimpl_passes_its_short_run_checks(algorithm, tmp_path, monkeypatch):
+    from conformance.adapters.reference import adapter
+    from conformance.checks import all_checks
+    from conformance.runner import run_check
+
+    monkeypatch.setenv("RLCONFORM_RUNS_DIR", str(tmp_path))
+    (chk,) = all_checks(f"{algorithm}/run-reward-rises", slow=True)
+    row = run_check(chk, adapter)
+    assert row["status"] == "pass", row
+    assert (tmp_path / "refimpl" / algorithm / "curves.png").exists()
+
+
+def test_a_run_that_never_learns_fails_its_check():
+    from conformance.checks import all_checks
+    from conformance.runner import run_check
+    from tests import mutants
+
+    (chk,) = all_checks("grpo/run-reward-rises", slow=True)
+    row = run_check(chk, mutants.adapter("run_never_learns"))
+    assert row["status"] == "fail" and "less than the task's margin" in row["message"], row

@@ -50,6 +50,14 @@ each declare their own mode in ``capabilities`` (a direct call in another mode i
 ``ppo_critic_loss`` always takes each row's token mean, then the batch mean, so every variant
 declares ``"value_loss.agg": ["seq-mean-token-mean"]``.
 
+Training step (``train_step``, conformance/adapters/skyrl_train.py): skyrl's real trainer and
+policy-worker code (``RefWorkerBase.forward``, ``RayPPOTrainer.apply_reward_kl_penalty`` and
+``compute_advantages_and_returns``, ``PolicyWorkerBase.ppo_train`` / ``forward_backward`` with
+``HFModelWrapper.forward``) on the given models; Ray, the distributed strategy, CUDA and the rollout
+are stubbed (``shims["train_step ..."]``). Algorithms: grpo in every variant, dapo, rloo and
+reinforce_pp in the default (token_mean) variant, dr_grpo in skyrl-seq_mean_token_sum_norm; ppo
+is not implemented (the critic worker is not wired). Deviations: ``train_declarations``.
+
 Not provided: ``policy_gradient_loss`` (no plain policy-gradient loss among skyrl's registered
 policy losses), ``kl_penalized_rewards`` (inline in ``RayPPOTrainer.apply_reward_kl_penalty``,
 whose module needs the full skyrl install), ``sequence_logprob`` and the preference losses.
@@ -154,7 +162,29 @@ def capabilities(reduction: str) -> dict:
     loss and ``reduce_loss``; the critic always reduces as sequence_mean (ppo_utils.py:195); the
     two GRPO scales; normalize_advantages_dict's fixed eps (ppo_utils.py:145)."""
     return {"agg": [CONTRACT_AGG[reduction]], "value_loss.agg": ["seq-mean-token-mean"],
-            "scale": list(GRPO_SCALES), "batch_normalized_advantages.eps": False}
+            "scale": list(GRPO_SCALES), "batch_normalized_advantages.eps": False,
+            **train_capabilities(reduction)}
+
+
+def train_capabilities(reduction: str) -> dict:
+    """What ``train_step`` honours with ``loss_reduction`` = ``reduction``: the algorithms whose
+    aggregation that reduction is (dapo: token-mean, dr_grpo: seq-mean-token-sum-norm), the KL in
+    the loss (``use_kl_loss``) or the reward (``use_kl_in_reward``; reinforce++: the reward only),
+    the two GRPO scales, the sampling temperature, and ``max_seq_len`` as the length normaliser."""
+    algorithms = ["grpo"]
+    if reduction == "token_mean":                 # the default variant: also rloo, reinforce++
+        algorithms += ["dapo", "rloo", "reinforce_pp"]
+    if reduction == "seq_mean_token_sum_norm":
+        algorithms.append("dr_grpo")
+    caps = {"algorithms": algorithms}
+    for a in algorithms:
+        caps[f"{a}.agg"] = [CONTRACT_AGG[reduction]]
+        caps[f"{a}.kl_in"] = ["reward"] if a == "reinforce_pp" else ["loss", "reward"]
+        caps[f"{a}.temperature"] = True
+        caps[f"{a}.norm_len"] = reduction == "seq_mean_token_sum_norm"
+        if a in ("grpo", "dr_grpo", "dapo"):
+            caps[f"{a}.scale"] = list(GRPO_SCALES)
+    return caps
 
 
 class Skyrl:
@@ -176,7 +206,19 @@ class Skyrl:
         self.reduction = reduction
         self.name = "skyrl" if reduction is None else f"skyrl-{reduction}"
         self.capabilities = capabilities(reduction or DEFAULT_REDUCTION)
-        self.known_deviations = declarations(self.capabilities)
+        self.known_deviations = {**declarations(self.capabilities),
+                                 **train_declarations(reduction or DEFAULT_REDUCTION)}
+        # train_step's KL term without gradient: the same cause as issue 1340
+        self.upstream = {**type(self).upstream,
+                         **{k: "https://github.com/NovaSky-AI/SkyRL/issues/1340"
+                            for k in self.known_deviations if k.endswith("/kl-term-exact")}}
+
+    # --- training step (conformance/adapters/skyrl_train.py) -----------------------------------
+    def train_step(self, model, ref_model, batch, config):
+        """One policy optimisation step through skyrl's trainer (reference forward, KL in the
+        reward, advantages) and ``PolicyWorkerBase.ppo_train``; ``{"loss", "grads"}``."""
+        from conformance.adapters import skyrl_train
+        return skyrl_train.online_step(self, model, ref_model, batch, config)
 
     def _mode(self) -> str:
         return self.reduction or _skyrl().base.trainer.algorithm.loss_reduction
@@ -406,12 +448,130 @@ DEVIATIONS_BY_REDUCTION = (
 )
 
 
+# --- training steps (conformance/adapters/skyrl_train.py runs them) ------------------------------
+
+_W = "skyrl_train/workers/worker.py"
+_T = "skyrl_train/trainer.py"
+_MW = "skyrl_train/model_wrapper.py"
+
+TRAIN_SHIMS = {
+    "train_step": "skyrl's distributed strategy is replaced by one whose backward is "
+        "loss.backward() and whose optimizer_step does nothing; Ray is not started: the policy and "
+        "reference workers (PolicyWorkerBase, RefWorkerBase) are built without their actor "
+        "__init__, with the config, the wrapped model and mesh_rank.dp_size = 1 set, and "
+        "PolicyWorkerBase.ppo_train runs as is (" + _at(_W, "716-802") + ")",
+    "train_step (cpu)": "while the step runs torch.cuda.current_device returns 'cpu' (forward_backward "
+        "and the reference's _forward_micro_batch move each micro-batch to it, " + _at(_W, "630, :1079") + ", which raises on a CPU build) and "
+        "torch.distributed.barrier does nothing (" + _at(_W, 792) + "); autocast(device_type="
+        "'cuda', bf16) is then inert: the model runs in float32",
+    "train_step (imports)": "the trainer, worker and model-wrapper modules import datasets, fastapi, "
+        "peft, flash-attn, skyrl_gym and torchdata, which a CPU install lacks: stand-in modules "
+        "answer for those packages while they import (their names are inert classes that raise "
+        "when called); flash_attn.ops is left missing so that logprobs_from_logits takes its "
+        "own fallback (" + _at("skyrl_train/utils/torch_utils.py", "22-27, :143-144") + ")",
+    "train_step (rollout)": "the rollout is the batch: action_log_probs, which "
+        "fwd_logprobs_values_reward takes from the policy worker's forward, are the batch's "
+        "old_logp; the reference log-probs are RefWorkerBase.forward's (" + _at(_T, "876-998")
+        + "); each sequence's score is put at its last response token as "
+        "postprocess_generator_output does (" + _at(_T, "700-703") + "), the tensors laid out "
+        "as convert_to_training_input lays them (prompts left-padded, responses right-padded, "
+        + _at("skyrl_train/dataset/preprocess.py", "45-50") + "); uids are the group ids",
+    "train_step (micro-batches)": "trainer.micro_train_batch_size_per_gpu = B / grad_accum and "
+        "policy_mini_batch_size = B / n_samples_per_prompt, so that ppo_train's BatchIterator "
+        "cuts grad_accum contiguous micro-batches and accumulation_steps = grad_accum ("
+        + _at(_W, "716-741") + "); max_seq_len is norm_len, or the completion width when "
+        "norm_len is None (skyrl's default is max_input_length + max_generate_length, "
+        "skyrl_train/utils/utils.py:278)",
+}
+
+#: compute_approx_kl is @torch.no_grad(): the KL loss has no gradient
+TRAIN_KL_NO_GRAD = ("the KL loss is compute_approx_kl(action_log_probs, base_action_log_probs) and "
+    "compute_approx_kl is decorated with @torch.no_grad(), so the KL term adds its value to the "
+    "loss but nothing to the gradient (" + _at(PU, "91-92") + "; " + _at(_W, "679-687") + ")")
+#: the reference worker's forward passes no temperature
+TRAIN_REF_TEMPERATURE = ("the reference worker's forward calls the model wrapper without a "
+    "temperature (" + _at(_W, 1085) + "), so the reference log-probs are at temperature 1 "
+    "while the policy's are divided by generator.sampling_params.temperature (" + _at(_W, 650)
+    + ", " + _at(_MW, 333) + ")")
+#: each micro-batch's token mean divided by the number of micro-batches
+TRAIN_GRAD_ACCUM = ("with loss_reduction token_mean each micro-batch's policy loss is the token "
+    "mean over that micro-batch's real tokens (" + _at(PU, 889) + "), then divided by "
+    "accumulation_steps (" + _at(_W, 692) + "): a per-micro-batch token mean averaged over "
+    "micro-batches, which weights micro-batches with fewer real tokens more")
+#: NaN at padded old log-probs
+TRAIN_NAN = ("the policy loss is computed at padded positions from the old log-probs and "
+    "reduce_loss masks it by multiplying with the loss mask ({}), so NaN at a padded old "
+    "log-prob makes the loss and every gradient NaN (skyrl's own action_log_probs are finite "
+    "at padding)")
+TRAIN_NAN_REWARD = (" ; with the KL in the reward, apply_reward_kl_penalty's compute_approx_kl "
+    "masks its estimate by multiplying too (" + _at(PU, 126) + ")")
+
+#: measured by rlconform certify (tests/test_adapter_skyrl.py measures them again)
+TRAIN_DEVIATIONS_MEASURED = {
+    "token_mean": {
+        "grpo/step-matches-recipe-*": "grpo, beta 0.04: gradient off by 9.76e-03 relative L2 on "
+                                      "gpt2, 2.19e-02 on llama",
+        "grpo/temperature": "grpo, temperature 0.7, beta 0.1: gradient off by 3.55e-02",
+        "grpo/config-honoured": "grpo, beta 0.04, clip_low = 0.1: gradient off by 1.02e-02",
+        "grpo/grad-accum": "grpo, grad_accum 2: loss -0.0670139 instead of -0.075493",
+        "dapo/grad-accum": "dapo, grad_accum 2: loss -0.0777928 instead of -0.0864181",
+        "dapo/temperature": "dapo, temperature 0.7, beta 0.1: gradient off by 3.29e-02",
+        "dapo/config-honoured": "dapo, beta = 0.05: gradient off by 1.14e-02",
+        "rloo/grad-accum": "rloo, grad_accum 2: loss -0.201961 instead of -0.223464",
+        "rloo/temperature": "rloo, temperature 0.7, beta 0.1: gradient off by 3.20e-02",
+        "reinforce_pp/grad-accum": "reinforce_pp, grad_accum 2: loss 0.048904 instead of 0.0354738",
+        "reinforce_pp/temperature": "reinforce_pp, temperature 0.7, beta 0.1: gradient off by 1.60e-02",
+    },
+    "sequence_mean": {
+        "grpo/step-matches-recipe-*": "grpo, beta 0.04: gradient off by 9.51e-03 relative L2 on "
+                                      "gpt2, 1.65e-02 on llama",
+        "grpo/temperature": "grpo, temperature 0.7, beta 0.1: gradient off by 3.46e-02",
+        "grpo/config-honoured": "grpo, beta 0.04, clip_low = 0.1: gradient off by 9.74e-03",
+    },
+    "seq_mean_token_sum_norm": {
+        "grpo/step-matches-recipe-*": "grpo, beta 0.04: gradient off by 9.76e-03 relative L2 on "
+                                      "gpt2, 2.19e-02 on llama",
+        "grpo/temperature": "grpo, temperature 0.7, beta 0.1: gradient off by 3.55e-02",
+        "grpo/config-honoured": "grpo, beta 0.04, clip_low = 0.1: gradient off by 1.02e-02",
+        "dr_grpo/step-matches-recipe-*": "dr_grpo, beta 0.04: gradient off by 1.00e-02 relative L2 "
+                                         "on gpt2, 2.00e-02 on llama",
+        "dr_grpo/temperature": "dr_grpo, temperature 0.7, beta 0.1: gradient off by 3.64e-02",
+        "dr_grpo/config-honoured": "dr_grpo, beta 0.04, clip_low = 0.1: gradient off by 1.12e-02",
+    },
+}
+
+
+def train_declarations(reduction: str) -> dict:
+    """The train_step deviations of the variant with ``loss_reduction`` = ``reduction``."""
+    measured = TRAIN_DEVIATIONS_MEASURED[reduction]
+    nan_line = _at(PU, 899) if reduction == "seq_mean_token_sum_norm" else _at(PU, 88)
+    out = {}
+    for a in train_capabilities(reduction)["algorithms"]:
+        kl_in_loss = a in ("grpo", "dr_grpo", "dapo")       # the checks' default placement
+        out[f"{a}/nan-old-logp-ignored"] = TRAIN_NAN.format(nan_line) + (
+            "" if kl_in_loss else TRAIN_NAN_REWARD)
+        if a != "reinforce_pp":
+            out[f"{a}/kl-term-exact"] = (TRAIN_KL_NO_GRAD + ": the gradient of step(beta 1) - "
+                                         "step(beta 0) is 0 (relative L2 error 1.0, cosine 0)")
+        if f"{a}/step-matches-recipe-*" in measured:
+            out[f"{a}/step-matches-recipe-*"] = TRAIN_KL_NO_GRAD + " (" + measured[f"{a}/step-matches-recipe-*"] + ")"
+        why = [TRAIN_REF_TEMPERATURE] + ([TRAIN_KL_NO_GRAD] if kl_in_loss else [])
+        out[f"{a}/temperature"] = "; and ".join(why) + " (" + measured[f"{a}/temperature"] + ")"
+        if f"{a}/config-honoured" in measured:
+            out[f"{a}/config-honoured"] = (TRAIN_KL_NO_GRAD + ", so with beta > 0 no other "
+                                           "option's step can match the recipe (" +
+                                           measured[f"{a}/config-honoured"] + ")")
+        if f"{a}/grad-accum" in measured:
+            out[f"{a}/grad-accum"] = TRAIN_GRAD_ACCUM + " (" + measured[f"{a}/grad-accum"] + ")"
+    return out
+
+
 def declarations(capabilities: dict) -> dict:
     """A variant's known deviations, from what it honours (its reduction)."""
     return support.declarations(capabilities, DEVIATIONS, *DEVIATIONS_BY_REDUCTION)
 
 
-Skyrl.shims = SHIMS
+Skyrl.shims = {**SHIMS, **TRAIN_SHIMS}
 
 skyrl = Skyrl()
 skyrl_sequence_mean = Skyrl("sequence_mean")

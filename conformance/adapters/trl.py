@@ -69,6 +69,8 @@ functions; each declares its own aggregation in ``capabilities`` (the harness ca
 mode; a direct call in another contract mode is ``Unsupported``, an unknown mode string is handed
 to TRL as ``loss_type``, which judges it). ``trl-rloo``,
 ``trl-dpo`` and ``trl-reward`` carry what RLOOTrainer, DPOTrainer and RewardTrainer compute.
+Training: ``train_step`` (every variant) and ``train_run`` (the GRPO-family variants and
+``trl-rloo``: a short real ``Trainer.train()`` run) live in ``conformance/adapters/trl_train.py``.
 TRL 1.16.0 also has the loss types cispo, sapo, luspo and vespo, which are not the contract's
 clipped objective; they have no adapter here.
 """
@@ -720,6 +722,7 @@ def _training(algorithms, loss_type=None) -> tuple[dict, dict, dict]:
     shims = {}
     if grpo or "rloo" in algorithms:
         shims.update(tt.SHIMS_ONLINE)
+        shims.update(tt.SHIMS_RUN)
     if {"dpo", "ipo", "reward_model"} & set(algorithms):
         shims["train_step"] = support.declarations({}, shims, tt.SHIMS_PREFERENCE).get("train_step")
     deviations = dict(tt.grpo_deviations(grpo, loss_type)) if grpo else {}
@@ -739,7 +742,16 @@ class _Train:
         return trl_train.train_step(self, model, ref_model, batch, config)
 
 
-class TRLGRPO(_GRPO, _Train):
+class _Run:
+    """``train_run``: a short real run through the trainer's own ``Trainer.train()``
+    (conformance/adapters/trl_train.py, imported on first use); GRPO-family and RLOO variants."""
+
+    def train_run(self, model_path, task, config, steps, seed, out_dir=None):
+        from conformance.adapters import trl_train
+        return trl_train.train_run(self, model_path, task, config, steps, seed, out_dir)
+
+
+class TRLGRPO(_GRPO, _Train, _Run):
     """One ``loss_type`` of GRPOTrainer."""
     framework = FRAMEWORK
     shims = GRPO_SHIMS
@@ -759,7 +771,7 @@ class TRLGRPO(_GRPO, _Train):
         return framework_defaults(self.loss_type)
 
 
-class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs, _Train):
+class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs, _Train, _Run):
     """TRL's defaults: every function, GRPO with its default loss_type."""
     name = "trl"
     framework = FRAMEWORK
@@ -777,7 +789,7 @@ class TRLDefault(_GRPO, _RLOO, _DPO, _Reward, _Logprobs, _Train):
     framework_defaults = staticmethod(framework_defaults)
 
 
-class TRLRLOO(_RLOO, _Train):
+class TRLRLOO(_RLOO, _Train, _Run):
     name = "trl-rloo"
     framework = FRAMEWORK
     capabilities = {**RLOO_CAPABILITIES, "algorithms": ["rloo"]}

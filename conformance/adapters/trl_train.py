@@ -23,6 +23,16 @@ Calling conventions: the samples of an online batch are sorted stably into conti
 ``_generate`` returns unpadded ids, and TRL pads prompts on the left and completions on the right
 itself, to the longest in the batch); ``grad_accum`` k is ``gradient_accumulation_steps=k`` with
 ``per_device_train_batch_size=B/k``, so that one generation batch is the whole batch.
+
+``train_run`` (docs/contract.md, "Short runs"; GRPO-family variants and trl-rloo) runs the trainer
+itself: GRPOTrainer / RLOOTrainer on the checkpoint, ``Trainer.train()`` for ``steps`` sampled
+batches with ``task.reward`` as the reward function, nothing replaced (``SHIMS_RUN`` says what it
+sets). The settings are refimpl's loop's: 32 prompts x 8 completions per batch, ``num_iterations``
+= the loop's epochs (GRPO 2, RLOO 1), one optimizer step over the whole batch per iteration,
+learning rate 1e-4 (RLOO 3e-4), constant schedule, gradient norm clipped at 1. One row per sampled
+batch (refimpl's "step"), with TRL's logged ``reward`` and ``kl`` (``kl``: TRL's per-token mean,
+not refimpl's per-sequence sum); measured on one thread: about 0.85 s per GRPO batch (two
+optimizer steps), 127 s for the 150 batches of "reverse".
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -416,3 +427,216 @@ IPO_DEVIATIONS = {"ipo/step-matches-recipe-*": _IPO}
 
 def qualified(algorithms) -> dict:
     return {f"{alg}/padding-invariant": _PADDING_QUALIFIED for alg in algorithms}
+
+
+# --- train_run: a short real run through Trainer.train() ---------------------------------------------
+
+#: what train_run runs and what it sets (trl.py merges it into the GRPO-family and RLOO variants)
+SHIMS_RUN = {
+    "train_run": (
+        "nothing of the trainer is replaced: GRPOTrainer / RLOOTrainer built on the checkpoint at "
+        "model_path (float32, CPU, one thread) and run by transformers' Trainer.train() "
+        f"({_transformers('1450, :1583, :1939-1943')}): RepeatSampler over task.train_prompts, TRL's "
+        f"own sampling with transformers generate ({_at(GT + ':1155-1173, :1873')}; "
+        f"{_at(RT + ':787, :1385')}), the reward function, advantages, loss, AdamW (weight decay 0, "
+        "i.e. Adam), gradient clipping. The reward function is the user's part: task.reward on each "
+        "completion decoded as refimpl's loops decode it (the generated ids up to a final <eos>, "
+        f"special tokens kept; TRL stores the values in float32, {_at(GT + ':1637')}). Settings are "
+        "refimpl's loop's where TRL has them (refimpl/train/grpo.py, refimpl/train/rloo.py): 32 "
+        "prompts x num_generations 8 per generation batch, num_iterations = the loop's epochs (GRPO 2, "
+        "RLOO 1), one optimizer step over the whole batch per iteration, learning_rate 1e-4 (RLOO "
+        "3e-4), lr_scheduler_type constant, max_grad_norm 1.0, max_completion_length = "
+        "task.max_new_tokens, top_k 0, top_p 1; steps counts sampled batches as refimpl's loop does "
+        "(max_steps = steps x num_iterations) and each returned row is one batch: its reward "
+        f"(TRL's logged mean of the reward function, {_at(GT + ':2828')}; {_at(RT + ':1726')}) and the "
+        f"mean over its optimizer steps of TRL's logged kl ({_at(GT + ':3268')}: per-token k3 of the "
+        f"loss, bias-corrected by the ratio; {_at(RT + ':1716')}: per-token k1 of the rollout). With "
+        "beta = 0 TRL loads no reference and logs no kl "
+        f"({_at(GT + ':984-986')}; {_at(RT + ':670-672')}): the adapter then measures the rollout "
+        "policy's per-token k3 against a frozen copy of the checkpoint on each generation batch, "
+        "outside the loss. TRL's per-step printing is removed; nothing is saved (save_strategy no)."),
+}
+
+#: the per-step keys of TRL's logs a run row keeps (besides reward and kl)
+_RUN_KEYS = ("loss", "grad_norm", "learning_rate", "entropy", "reward_std", "frac_reward_zero_std",
+             "completions/mean_length", "clip_ratio/region_mean")
+
+
+def _loop_settings(alg):
+    """refimpl's loop settings for ``alg`` (refimpl/train/grpo.py GRPOConfig, refimpl/train/rloo.py
+    RLOOConfig): prompts per step, group size, epochs over each batch, learning rate, clip norm."""
+    if alg == "rloo":
+        from refimpl.train.rloo import RLOOConfig as Loop
+    else:
+        from refimpl.train.grpo import GRPOConfig as Loop
+    d = Loop()
+    return d.prompts_per_step, d.group_size, d.epochs, d.lr, d.max_grad_norm
+
+
+def _decode_completion(tok, ids):
+    """A completion as refimpl's loops score it (refimpl/train/common.py ``_decode``): every
+    generated token but a final ``<eos>``, decoded without dropping special tokens (a sampled
+    ``<pad>`` or ``<bos>`` stays in the text and makes the completion wrong)."""
+    ids = list(ids)
+    if ids and ids[-1] == tok.eos_token_id:
+        ids = ids[:-1]
+    return tok.decode(ids, skip_special_tokens=False)
+
+
+class _KLProbe:
+    """The KL metric where TRL computes none (beta = 0: GRPOTrainer loads no reference and logs no
+    ``kl``): on each generation batch, the rollout policy's per-token k3 against a frozen copy of the
+    start checkpoint, averaged over real completion tokens (the definition of GRPOTrainer's own
+    ``kl`` metric at ratio 1). A measurement only: nothing of it enters the loss."""
+
+    def __init__(self, model_path, temperature):
+        from transformers import AutoModelForCausalLM
+        self.ref = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+        self.ref.requires_grad_(False)
+        self.temperature = float(temperature)
+
+    def _logps(self, model, ids, am, T):
+        pos = (am.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=am, position_ids=pos).logits
+        logits = logits[:, -T - 1:-1].float() / self.temperature
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, -T:, None]).squeeze(-1)
+
+    @torch.no_grad()
+    def __call__(self, policy, tok, prompts, completion_ids):
+        enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        T = max(len(c) for c in completion_ids)
+        c_ids = torch.full((len(completion_ids), T), tok.pad_token_id, dtype=torch.long)
+        c_mask = torch.zeros_like(c_ids)
+        for i, c in enumerate(completion_ids):
+            c_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+            c_mask[i, :len(c)] = 1
+        ids = torch.cat([enc["input_ids"], c_ids], 1)
+        am = torch.cat([enc["attention_mask"], c_mask], 1)
+        was = policy.training
+        policy.eval()
+        try:
+            lp = self._logps(policy, ids, am, T)
+        finally:
+            policy.train(was)
+        rp = self._logps(self.ref, ids, am, T)
+        k3 = torch.exp(rp - lp) - (rp - lp) - 1
+        m = c_mask.bool()
+        return float(k3[m].mean())
+
+
+def _run_rows(logs, per_batch, probe_kl):
+    """One row per sampled batch (refimpl's step: one generation, ``per_batch`` optimizer steps on
+    it) from TRL's per-optimizer-step logs: the reward of the batch (logged on the step that
+    generated it), the KL averaged over its optimizer steps (TRL logs it on each), the other
+    figures of the batch's first optimizer step."""
+    rows = []
+    for i in range(0, len(logs), per_batch):
+        block = logs[i:i + per_batch]
+        first = block[0]
+        row = {"step": len(rows), "trl_global_steps": [b["_global_step"] for b in block],
+               "time_s": float(block[-1]["_time_s"])}
+        row["reward"] = float(first["reward"])
+        kls = [b["kl"] for b in block if b.get("kl") is not None]
+        if kls:
+            row["kl"] = float(sum(kls) / len(kls))
+        else:
+            row["kl"] = probe_kl[len(rows)] if len(rows) < len(probe_kl) else float("nan")
+            row["kl_source"] = "adapter probe (beta = 0: TRL computes no KL)"
+        losses = [b["loss"] for b in block if isinstance(b.get("loss"), (int, float))]
+        for k in _RUN_KEYS:
+            if k in first and first[k] is not None:
+                row[k] = float(first[k])
+        if losses:
+            row["loss"] = float(sum(losses) / len(losses))
+        rows.append(row)
+    return rows
+
+
+def train_run(adapter, model_path, task, config, steps, seed, out_dir=None):
+    """``steps`` sampled batches of ``config["algorithm"]`` through the trainer's own
+    ``Trainer.train()`` (GRPOTrainer or RLOOTrainer) from the checkpoint at ``model_path``, on
+    ``task``'s prompts with ``task.reward`` as the reward function; one metrics row per batch."""
+    import time
+
+    import transformers
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    alg = config["algorithm"]
+    if alg not in support.honoured(adapter, "algorithms") or alg not in (*GRPO_FAMILY, "rloo"):
+        raise Unsupported(f"{adapter.name} has no train_run for {alg!r} (online GRPO-family and RLOO "
+                          "trainers only)")
+    _check_online(adapter, alg, config)
+    if config.get("norm_len") not in (None, task.max_new_tokens):
+        raise Unsupported("TRL's Dr. GRPO normaliser is max_completion_length, which is also the "
+                          f"generation budget (task.max_new_tokens = {task.max_new_tokens}); "
+                          f"norm_len={config['norm_len']!r} cannot be both")
+    t = _lib()
+    prompts_per_step, G, epochs, lr, max_grad_norm = _loop_settings(alg)
+    batch = prompts_per_step * G
+    k = config.get("grad_accum", 1)
+    per_device = _micro(k, batch)
+    beta = float(config["beta"])
+    # Trainer's output_dir: a scratch directory, removed afterwards (nothing is saved into it;
+    # out_dir is the caller's, for the metrics it writes)
+    trl_out = tempfile.mkdtemp(prefix="rlconform-trl-run-")
+    common = dict(per_device_train_batch_size=per_device, gradient_accumulation_steps=k,
+                  steps_per_generation=k,            # one generation batch = one optimizer step
+                  num_generations=G, num_iterations=epochs, beta=beta,
+                  epsilon=config["clip_low"], epsilon_high=config["clip_high"],
+                  temperature=config["temperature"], max_completion_length=task.max_new_tokens,
+                  learning_rate=lr, lr_scheduler_type="constant", max_grad_norm=max_grad_norm,
+                  max_steps=steps * epochs, logging_steps=1, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if alg == "rloo":
+            args = t.RLOOConfig(output_dir=trl_out, use_cpu=True, bf16=False, fp16=False,
+                                report_to="none", gradient_checkpointing=False, save_strategy="no",
+                                disable_tqdm=True, **common)
+            cls = t.RLOOTrainer
+        else:
+            args = t.GRPOConfig(output_dir=trl_out, use_cpu=True, bf16=False, fp16=False,
+                                report_to="none", gradient_checkpointing=False, save_strategy="no",
+                                disable_tqdm=True, loss_type=adapter._loss_type(),
+                                scale_rewards=config["scale"], delta=config["dual_clip"], **common)
+            cls = t.GRPOTrainer
+
+    tok = _tokenizer(model_path)
+    holder = {}
+    probe = _KLProbe(model_path, config["temperature"]) if beta == 0.0 else None
+    probe_kl = []
+
+    def task_reward(prompts, completions, completion_ids, **kwargs):
+        # task.reward on each completion decoded as refimpl's loops decode it
+        if probe is not None:
+            probe_kl.append(probe(holder["trainer"].model, tok, prompts, completion_ids))
+        return [float(task.reward(p, _decode_completion(tok, c)))
+                for p, c in zip(prompts, completion_ids)]
+    task_reward.__name__ = f"{task.name}_reward"
+
+    logs_seen = []
+
+    class Collect(TrainerCallback):
+        """TRL's per-step logs (logging_steps=1): one per optimizer step, without the summary."""
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                logs_seen.append({**logs, "_global_step": state.global_step,
+                                  "_time_s": time.time() - t0})
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    try:
+        transformers.set_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+        ds = t.Dataset.from_dict({"prompt": list(task.train_prompts)})
+        trainer = _quiet(lambda: cls(model=model, reward_funcs=task_reward, args=args, train_dataset=ds,
+                                     processing_class=tok, callbacks=[Collect()]))
+        holder["trainer"] = trainer
+        for quiet in (PrinterCallback, ProgressCallback):      # no per-step printing
+            trainer.remove_callback(quiet)
+        _quiet(trainer.train)
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(trl_out, ignore_errors=True)
+    return _run_rows(logs_seen, epochs, probe_kl)

@@ -174,4 +174,5 @@ def train_run(model_path, task, config: dict, steps: int, seed: int, out_dir=Non
     loop = config_for(algorithm, task=task.name, steps=steps, seed=seed, model=str(model_path),
                       **options)
     validate(loop)
-    return run(loop, out_dir, progress=False)
+    rows = run(loop, out_dir, progress=False)
+    return [r for r in rows if "reward" in r]       # the steps (not the final evaluation row)
