@@ -587,6 +587,7 @@ class OpenRLHF:
         **_train_deviations(("ppo",)),
         "ppo/step-matches-recipe-*": TRAIN_NO_VF_COEF,
         "ppo/temperature": TRAIN_NO_VF_COEF,
+        "ppo/config-honoured": TRAIN_NO_VF_COEF,
     }
     shims = dict(TRAIN_SHIMS)
     framework_defaults = staticmethod(lambda: _defaults("gae"))
@@ -769,6 +770,8 @@ class OpenRLHFGroupNorm(_GroupVariant):
                         "grpo/step-matches-recipe-*": TRAIN_KL_TOKEN_MEAN,
                         "grpo/kl-term-exact": TRAIN_KL_TOKEN_MEAN,
                         "grpo/temperature": TRAIN_KL_TOKEN_MEAN,
+                        # kl_kind k2 with beta 0.1 in the loss: the KL term's token mean shows
+                        "grpo/config-honoured": TRAIN_KL_TOKEN_MEAN,
                         "group_normalized_advantages/matches-reference": GROUP_NORM_EPS,
                         "group_normalized_advantages/all-equal-group-gives-zero": GROUP_NORM_EPS,
                         "group_normalized_advantages/dtype-kept": REWARD_FLOAT32}
@@ -814,6 +817,7 @@ class OpenRLHFRloo(_GroupVariant):
                         # rloo's recipe puts the KL in the reward by default (refimpl OPTIONS)
                         "rloo/step-matches-recipe-*": TRAIN_KL_IN_REWARD_GROUP,
                         "rloo/temperature": TRAIN_KL_IN_REWARD_GROUP,
+                        "rloo/config-honoured": TRAIN_KL_IN_REWARD_GROUP,
                         "leave_one_out_advantages/dtype-kept": REWARD_FLOAT32,
                         "leave_one_out_advantages/scores-of-any-size": ADVANTAGE_CLIP}
     framework_defaults = staticmethod(lambda: _defaults("rloo"))
@@ -890,7 +894,8 @@ class OpenRLHFReinforce(OpenRLHF):
                            if not k.startswith("batch_normalized_advantages/")},
                         **_train_deviations(("reinforce_pp",)),
                         "reinforce_pp/step-matches-recipe-*": TRAIN_BIASED_WHITENING,
-                        "reinforce_pp/temperature": TRAIN_BIASED_WHITENING}
+                        "reinforce_pp/temperature": TRAIN_BIASED_WHITENING,
+                        "reinforce_pp/config-honoured": TRAIN_BIASED_WHITENING}
     framework_defaults = staticmethod(lambda: _defaults("reinforce"))
 
 

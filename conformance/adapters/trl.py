@@ -730,6 +730,8 @@ def _training(algorithms, loss_type=None) -> tuple[dict, dict, dict]:
         deviations.update(tt.RLOO_DEVIATIONS)
     if "ipo" in algorithms:
         deviations.update(tt.IPO_DEVIATIONS)
+    if "reward_model" in algorithms:
+        deviations.update(tt.REWARD_DEVIATIONS_TRAIN)
     return shims, deviations, tt.qualified(algorithms)
 
 

@@ -410,6 +410,8 @@ def grpo_deviations(algorithms, loss_type) -> dict:
         out[f"{alg}/temperature"] = _join(_POSITIONS, _KL_BIAS, eps)       # beta 0.1, on GPT-2
         out[f"{alg}/kl-term-exact"] = _join(_POSITIONS, _KL_BIAS)          # on GPT-2
         out[f"{alg}/nan-old-logp-ignored"] = _NAN
+        if eps:                      # options moved with beta 0 on Llama: only the eps is left
+            out[f"{alg}/config-honoured"] = eps
         if loss_type == "bnpo":
             out[f"{alg}/grad-accum"] = _BNPO
     return out
@@ -421,8 +423,17 @@ RLOO_DEVIATIONS = {
     "rloo/temperature": _join(_POSITIONS, _RLOO_SEQ),
     "rloo/kl-in-reward": _join(_POSITIONS, _RLOO_SEQ),
     "rloo/nan-old-logp-ignored": _NAN_RLOO,
+    "rloo/config-honoured": _RLOO_SEQ,
 }
-IPO_DEVIATIONS = {"ipo/step-matches-recipe-*": _IPO}
+IPO_DEVIATIONS = {"ipo/step-matches-recipe-*": _IPO, "ipo/config-honoured": _IPO}
+_POOLING = ("RewardTrainer reads the reward where transformers' sequence classifier pools: the "
+            "rightmost token whose id is not the pad id (input_ids != pad_token_id; "
+            "transformers/modeling_layers.py:179-182 for Llama, "
+            "transformers/models/gpt2/modeling_gpt2.py:921-925, transformers 5.24.0, used as is by "
+            f"{_at(RWT + ':777')}), not at the last real token of the attention mask: a sequence "
+            "whose last real token has the pad id (pad == eos, as many tokenizers set it) is "
+            "scored at an earlier token")
+REWARD_DEVIATIONS_TRAIN = {"reward_model/step-matches-recipe-*": _POOLING}
 
 
 def qualified(algorithms) -> dict:

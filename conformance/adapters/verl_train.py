@@ -413,4 +413,5 @@ DEVIATIONS = {
     **{f"{alg}/nan-old-logp-ignored": _NAN_REWARD for alg in ("rloo", "reinforce_pp", "ppo")},
     "ppo/step-matches-recipe-*": _NO_VF_COEF,
     "ppo/temperature": _NO_VF_COEF,
+    "ppo/config-honoured": _NO_VF_COEF,
 }

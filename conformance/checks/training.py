@@ -111,7 +111,8 @@ def fit(ctx, config: dict, about=()) -> dict:
         config[key] = allowed[0]
     resets = {"clip_high": ("clip_high", config["clip_low"]), "dual_clip": ("dual_clip", None),
               "norm_len": ("norm_len", None), "temperature": ("temperature", 1.0),
-              "value_clip": ("value_clip", None)}
+              "value_clip": ("value_clip", None),
+              "eps": ("eps", recipes.default_config(alg)["eps"])}
     for cap, (key, plain) in resets.items():
         if config[key] == plain or capability(adapter, cap, alg) is True:
             continue
@@ -506,18 +507,29 @@ MOVED = {
 }
 _CAPABILITY_OF = {"clip_low": (), "scale": ("scale",), "kl_kind": ("kl_kind",),
                   "dual_clip": ("dual_clip",), "clip_high": ("clip_high",),
-                  "value_clip": ("value_clip",)}
+                  "value_clip": ("value_clip",), "eps": ("eps",)}
+
+
+#: options of MOVED that concern the KL: the others are moved with beta = 0, so that a deviation
+#: of the KL term (declared under step-matches-recipe) does not hide whether the option is read
+_KL_OPTIONS = ("kl_kind", "beta")
 
 
 def _config_honoured(alg: str):
     def body(ctx):
-        fx = fixture("gpt2")
+        # rotary positions: a position-id deviation (declared under step-matches-recipe-gpt2)
+        # does not hide whether the option is read
+        fx = fixture("llama")
         batch = _batch(fx, alg)
         for key, value in MOVED[alg].items():
             with ctx.on(f"{key} = {value}").variant():
                 moved = {key: value}
                 if key == "clip_low":                       # both sides, so no clip_high needed
                     moved["clip_high"] = value
+                if alg in ONLINE and key not in _KL_OPTIONS:
+                    moved["beta"] = 0.0
+                elif alg in ONLINE and key == "kl_kind":
+                    moved["beta"] = 0.1
                 config = fit(ctx, config_for(alg, fx, fx.models(), **moved),
                              about=_CAPABILITY_OF.get(key, ()))
                 ctx.require(all(config[k] == v for k, v in moved.items()),
