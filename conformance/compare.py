@@ -321,6 +321,7 @@ TRAINING_COLUMNS = {"step-matches-recipe-llama": "step, Llama", "step-matches-re
                     "step, GPT-2", "grad-accum": "grad_accum 2, 4", "padding-invariant":
                     "extra padding", "kl-term-exact": "KL term", "kl-in-reward": "KL in reward",
                     "temperature": "temperature", "nan-old-logp-ignored": "NaN old_logp",
+                    "config-honoured": "config honoured",
                     "run-reward-rises": "short run"}
 
 

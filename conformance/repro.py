@@ -404,7 +404,13 @@ def _imported_modules(source: str, module: str, is_package: bool) -> set[str]:
     module or a name in a), relative imports resolved."""
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # a module imported inside an adapter's train_step / train_run serves the trainer only: a
+    # function-level reproduction never calls them, so it is not vendored
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and f.name in ("train_step", "train_run")
+            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -417,6 +423,8 @@ def _imported_modules(source: str, module: str, is_package: bool) -> set[str]:
         else:
             continue
         for name in names:
+            if id(node) in lazy:
+                continue
             if name.split(".")[0] in VENDORED_PACKAGES and _module_file(name) is not None:
                 out.add(name)
     return out

@@ -87,6 +87,7 @@ class Declared(RefimplAdapter):
         "gae/matches-reference": "stale: claims a deviation that does not occur (acme/gae.py:3)",
         "no_such_function/*": "matches no check",
     }
+    train_step = None                   # declarations of function-level checks only
 
     @staticmethod
     def leave_one_out_advantages(scores, group_ids):
@@ -108,6 +109,10 @@ class AllBroken(RefimplAdapter):
     sequence_logprob = staticmethod(WrongShape.sequence_logprob)
     bradley_terry_loss = staticmethod(ReturnsList.bradley_terry_loss)
     dpo_loss = staticmethod(KillsProcess.dpo_loss)
+    # the function-level misbehaviours only: the training checks' own handling of a misbehaving
+    # train_step is tested in tests/test_training_checks.py
+    train_step = None
+    train_run = None
 
 
 all_broken = AllBroken()
