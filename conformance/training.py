@@ -41,7 +41,12 @@ from pathlib import Path
 import torch
 
 from refimpl import models as rm
-from refimpl.recipes import completion_logprobs, completion_values, default_config
+from refimpl.recipes import (
+    completion_logprobs,
+    completion_values,
+    default_config,
+    trained_parameters,
+)
 
 ARCHS = rm.ARCHS
 #: smaller than the training loops' models: a check runs a dozen steps
@@ -230,15 +235,19 @@ def config_for(algorithm: str, fx: Fixture, models: dict, **overrides) -> dict:
     return default_config(algorithm, **paths, **overrides)
 
 
+def step_models(algorithm: str, models: dict) -> tuple:
+    """``(model, ref_model)`` of a step of ``algorithm``: the reward classifier and no reference
+    for ``reward_model``, the policy and its reference otherwise."""
+    if algorithm == "reward_model":
+        return models["reward"], None
+    return models["policy"], models["reference"]
+
+
 def trainable(algorithm: str, models: dict, config: dict) -> dict:
     """The parameters a step of ``algorithm`` trains, by the names the contract reports them
-    under (the value model's as ``value_model.<name>``)."""
-    model = models["reward"] if algorithm == "reward_model" else models["policy"]
-    named = dict(model.named_parameters())
-    if algorithm == "ppo":
-        named.update({f"value_model.{n}": p for n, p in config["value_model"].named_parameters()})
-    return named
+    under (``refimpl.recipes.trained_parameters``: the value model's as ``value_model.<name>``)."""
+    return trained_parameters(step_models(algorithm, models)[0], {**config, "algorithm": algorithm})
 
 
 __all__ = ["ARCHS", "B", "COMPLETION_LENGTHS", "Fixture", "GROUPS", "config_for", "fixture",
-           "online_batch", "pad_batch", "preference_batch", "trainable"]
+           "online_batch", "pad_batch", "preference_batch", "step_models", "trainable"]

@@ -53,7 +53,7 @@ from refimpl.value_loss import value_loss
 from refimpl.whitening import batch_normalized_advantages
 
 __all__ = ["ALGORITHMS", "ONLINE", "PREFERENCE", "OPTIONS", "RECIPES", "StepLoss", "default_config",
-           "train_step",
+           "train_step", "trained_parameters",
            "completion_logits", "completion_logprobs", "completion_values", "sequence_scores", "micro_slices",
            "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "ppo", "dpo", "ipo", "reward_model"]
 
@@ -442,6 +442,15 @@ RECIPES = {"grpo": grpo, "dr_grpo": dr_grpo, "dapo": dapo, "rloo": rloo,
            "reward_model": reward_model}
 
 
+def trained_parameters(model, config: dict) -> dict:
+    """The parameters one step trains, by the names the contract reports their gradients under:
+    ``model``'s, and for ``ppo`` the critic's (``config["value_model"]``) as ``value_model.<name>``."""
+    named = dict(model.named_parameters())
+    if config.get("algorithm") == "ppo":
+        named.update({f"value_model.{n}": p for n, p in config["value_model"].named_parameters()})
+    return named
+
+
 def train_step(model, ref_model, batch: dict, config: dict):
     """One optimisation step's loss, as an adapter's ``train_step`` returns it (docs/contract.md,
     "Training steps", "Returns"): the recipe of ``config["algorithm"]``. With ``grad_accum = 1``
@@ -455,9 +464,7 @@ def train_step(model, ref_model, batch: dict, config: dict):
     step = RECIPES[config["algorithm"]](model, ref_model, batch, config)
     if config.get("grad_accum", 1) == 1:
         return step.loss
-    named = dict(model.named_parameters())
-    if config["algorithm"] == "ppo":
-        named.update({f"value_model.{n}": p for n, p in config["value_model"].named_parameters()})
+    named = trained_parameters(model, config)
     found = {n: p.grad for n, p in named.items()}
     for p in named.values():
         p.grad = None

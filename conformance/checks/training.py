@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+import refimpl
 from conformance import Unsupported
 from conformance.checks.templates import mutant
 from conformance.context import AdapterMisbehaved, CheckFailed, NotProvided
@@ -44,9 +45,9 @@ from conformance.training import (
     online_batch,
     pad_batch,
     preference_batch,
+    step_models,
     trainable,
 )
-import refimpl
 from refimpl import recipes
 
 GRAD_TOL = 1e-4
@@ -144,8 +145,7 @@ def adapter_step(ctx, models: dict, batch: dict, config: dict) -> tuple[float, d
     the batch modified) is ``error``."""
     fn = _train_step(ctx)
     alg = config["algorithm"]
-    model = models["reward"] if alg == "reward_model" else models["policy"]
-    ref = None if alg == "reward_model" else models["reference"]
+    model, ref = step_models(alg, models)
     named = trainable(alg, models, config)
     for p in named.values():
         p.grad = None
@@ -202,20 +202,6 @@ def adapter_step(ctx, models: dict, batch: dict, config: dict) -> tuple[float, d
     return loss, out_grads
 
 
-def recipe_step(fx, batch: dict, config: dict) -> tuple[float, dict]:
-    """refimpl's recipe on fresh copies of the fixture's models: ``(loss, gradients)``."""
-    models = fx.models()
-    config = dict(config)
-    if config["algorithm"] == "ppo":
-        config["value_model"] = models["value"]
-    named = trainable(config["algorithm"], models, config)
-    model = models["reward"] if config["algorithm"] == "reward_model" else models["policy"]
-    step = recipes.RECIPES[config["algorithm"]](model, models["reference"], batch, config)
-    step.loss.backward()
-    return float(step.loss.detach()), {n: p.grad.detach().to(torch.float64) for n, p in
-                                       named.items()}
-
-
 def fresh(fx, config: dict) -> tuple[dict, dict]:
     """Fresh models, and ``config`` pointing at their critic."""
     models = fx.models()
@@ -223,6 +209,16 @@ def fresh(fx, config: dict) -> tuple[dict, dict]:
     if config["algorithm"] == "ppo":
         config["value_model"] = models["value"]
     return models, config
+
+
+def recipe_step(fx, batch: dict, config: dict) -> tuple[float, dict]:
+    """refimpl's recipe on fresh copies of the fixture's models: ``(loss, gradients)``."""
+    models, config = fresh(fx, config)
+    model, ref = step_models(config["algorithm"], models)
+    step = recipes.RECIPES[config["algorithm"]](model, ref, batch, config)
+    step.loss.backward()
+    return float(step.loss.detach()), {n: p.grad.detach().to(torch.float64) for n, p in
+                                       trainable(config["algorithm"], models, config).items()}
 
 
 def run(ctx, fx, batch: dict, config: dict) -> tuple[float, dict]:
@@ -787,9 +783,7 @@ def advantages_per_micro_batch(model, ref_model, batch, config):
     k = config["grad_accum"]
     if k == 1:
         return recipes.train_step(model, ref_model, batch, config)
-    named = dict(model.named_parameters())
-    if config["algorithm"] == "ppo":
-        named.update({f"value_model.{n}": p for n, p in config["value_model"].named_parameters()})
+    named = recipes.trained_parameters(model, config)
     mask = batch["completion_mask"].bool()
     total = 0.0
     for rows in recipes.micro_slices(mask.shape[0], k):
