@@ -58,15 +58,19 @@ def bool_mask(mask: object, shape: torch.Size, name: str = "mask") -> Tensor:
     if mask.dtype != torch.bool:
         if mask.is_complex():
             raise ValueError(f"{name} must be bool or hold only 0 and 1, got dtype {mask.dtype}")
-        if not bool(((mask == 0) | (mask == 1)).all()):
+        as_bool = mask != 0
+        if not bool((mask == as_bool).all()):               # 0 and 1 only (NaN fails too)
             raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
-        mask = mask != 0
-    if mask.shape[1] == 0 or not bool(mask.any(dim=1).all()):
+        mask = as_bool
+    if mask.shape[1] == 0:
         raise ValueError(f"{name} has a row with no real token; every row needs at least one")
-    # Prefix: once a row turns false it stays false, i.e. the row is non-increasing along T.
-    if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+    # Prefix: once a row turns false it stays false, i.e. no entry exceeds the one before it.
+    # Given that, a row holds a real token exactly when its first entry is one.
+    if mask.shape[1] > 1 and bool((mask[:, 1:] > mask[:, :-1]).any()):
         raise ValueError(f"{name}: the real tokens of each row must be a prefix of the row "
                          "(right padding only)")
+    if not bool(mask[:, 0].all()):
+        raise ValueError(f"{name} has a row with no real token; every row needs at least one")
     return mask
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from refimpl import _checks
 
-__all__ = ["aggregate", "AGG_MODES"]
+__all__ = ["aggregate", "AGG_MODES", "row_lengths"]
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -52,14 +52,27 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token-mean",
     _checks.float_tensor("values", values, ndim=2)
     m = _checks.bool_mask(mask, values.shape)
     _checks.one_of("mode", mode, AGG_MODES)
-    x = torch.where(m, values, torch.zeros_like(values))
+    if mode == "seq-mean-token-sum-norm" and norm_len is not None:
+        norm_len = _checks.positive("norm_len", norm_len)
+    return aggregate_masked(torch.where(m, values, 0.0), m, mode, norm_len)
+
+
+def aggregate_masked(x: Tensor, m: Tensor, mode: str, norm_len: float | None = None) -> Tensor:
+    """``aggregate`` for arguments already checked: ``m`` a bool prefix mask, ``x`` exactly 0 at
+    its padded entries. The losses call this, so a mask is validated once per call."""
     B, T = x.shape
-    lengths = m.sum(dim=1).to(x.dtype)                       # real tokens per row, >= 1
     if mode == "token-mean":
-        return x.sum() / lengths.sum()
+        return x.sum() / row_lengths(m).sum().to(x.dtype)
     if mode == "seq-mean-token-mean":
-        return (x.sum(dim=1) / lengths).mean()
+        return (x.sum(dim=1) / row_lengths(m).to(x.dtype)).mean()
     if mode == "seq-mean-token-sum":
         return x.sum(dim=1).mean()
-    L = T if norm_len is None else _checks.positive("norm_len", norm_len)
-    return x.sum() / (B * L)
+    return x.sum() / (B * (T if norm_len is None else norm_len))
+
+
+def row_lengths(m: Tensor) -> Tensor:
+    """Real tokens per row of a bool prefix mask, ``(B,)`` int64: the index of each row's first
+    padded entry (T for a row without padding). The same as ``m.sum(dim=1)`` for a prefix mask,
+    in one pass over bytes (a bool sum widens every entry to int64 first: about 10x slower)."""
+    first_padded = m.view(torch.uint8).argmin(dim=1)
+    return torch.where(m[:, -1], m.shape[1], first_padded)

@@ -28,9 +28,14 @@ Choices the contract leaves to us, and what we chose
 - The reference sheet writes the GRPO advantage as (r_i - mu_G) / sigma_G without saying which
   std or where the guard goes: we use the unbiased std (divisor n - 1, ``torch.std``'s default,
   which is what TRL and verl compute) and add ``eps`` to the std, not to the variance.
-- A group whose scores are all equal gets advantage exactly 0 for every scale (0 / (0 + eps)):
-  means are taken of the scores shifted by their group's minimum, so no rounding of the mean
-  leaves a residue of order 1e-16 / eps.
+- Group sums and means accumulate in float64 (float32 in, float32 out): a float32 sum of many
+  scores, accumulated one by one, loses more precision near zero advantage than the result's own
+  rounding.
+- A group whose scores are all equal gets advantage exactly 0 for every scale (0 / (0 + eps)), so
+  no rounding of the mean leaves a residue of order 1e-16 / eps: for float32 (and narrower)
+  scores this follows from the float64 accumulation (n copies of a float32 value v sum exactly in
+  float64 for n < 2^29, and that sum divided by n is exactly v); float64 scores are first shifted
+  by one score of their own group, which makes a constant group's shifted scores exactly 0.
 - Groups are found by value of ``group_ids`` (``torch.unique``), so ids need not be contiguous,
   sorted, or of equal group size; no Python loop over groups or samples.
 - A group of one has no std and no leave-one-out baseline: a ValueError for every scale.
@@ -59,7 +64,7 @@ def _groups(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"group_ids has shape {tuple(group_ids.shape)}, expected scores' shape "
                          f"{tuple(scores.shape)}")
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    if bool((counts < 2).any()):
+    if int(counts.min()) < 2:
         lonely = torch.unique(group_ids)[counts < 2].tolist()
         raise ValueError(f"group_ids: group(s) {lonely[:5]} hold a single response; a group "
                          "statistic needs at least two responses per group")
@@ -67,19 +72,26 @@ def _groups(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _group_sum(x: Tensor, inverse: Tensor, n_groups: int) -> Tensor:
-    return torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, inverse, x)
+    return x.new_zeros(n_groups).index_add_(0, inverse, x)
 
 
-def _shifted(scores: Tensor, inverse: Tensor, n_groups: int) -> Tensor:
-    """Scores minus their group's minimum: sums of these are exact for a constant group, so
-    an all-equal group gets advantage exactly 0 (the shifted-data algorithm for the mean)."""
-    low = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).scatter_reduce(
-        0, inverse, scores.detach(), "amin", include_self=False)
-    return scores - low[inverse]
+def _float64(scores: Tensor, inverse: Tensor, n_groups: int) -> Tensor:
+    """The scores in float64, shifted so that a constant group's group mean is exact.
+
+    float32 and narrower: the float64 copy as it is (see the module docstring). float64: each
+    score minus one score of its own group (the shifted-data algorithm for the mean; which member
+    is taken changes nothing but rounding).
+    """
+    if scores.dtype != torch.float64:
+        return scores.to(torch.float64)
+    member = scores.new_empty(n_groups).index_copy_(0, inverse, scores.detach())
+    return scores - member.index_select(0, inverse)
 
 
 def _safe_sqrt(var: Tensor) -> Tensor:
     """sqrt with a finite gradient at 0 (same value as ``torch.sqrt``)."""
+    if not var.requires_grad:
+        return torch.sqrt(var)
     positive = var > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))),
                        torch.zeros_like(var))
@@ -100,17 +112,18 @@ def group_normalized_advantages(scores: Tensor, group_ids: Tensor, scale: str = 
     _checks.one_of("scale", scale, _SCALES)
     eps = _checks.positive("eps", eps, allow_zero=True)
 
-    n = counts.to(scores.dtype)
-    x = _shifted(scores, inverse, len(counts))                           # s_i - min_g
-    centred = x - (_group_sum(x, inverse, len(counts)) / n)[inverse]     # s_i - mean_g(i)
+    x = _float64(scores, inverse, len(counts))
+    n = counts.to(x.dtype)
+    mean = _group_sum(x, inverse, len(counts)) / n
+    centred = x - mean.index_select(0, inverse)                           # s_i - mean_g(i)
     if scale == "none":
-        return centred
+        return centred.to(scores.dtype)
     if scale == "group":
-        var = _group_sum(centred ** 2, inverse, len(counts)) / (n - 1)   # unbiased, per group
-        std = _safe_sqrt(var)[inverse]
+        var = _group_sum(centred * centred, inverse, len(counts)) / (n - 1)   # unbiased, per group
+        std = _safe_sqrt(var).index_select(0, inverse)
     else:
-        std = _safe_sqrt(scores.var(unbiased=True)).expand_as(scores)    # all B scores
-    return centred / (std + eps)
+        std = _safe_sqrt(scores.to(x.dtype).var())                       # all B scores, unshifted
+    return (centred / (std + eps)).to(scores.dtype)
 
 
 def leave_one_out_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
@@ -122,8 +135,9 @@ def leave_one_out_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
     The baseline does not depend on response i, so the policy gradient stays unbiased.
     """
     inverse, counts = _groups(scores, group_ids)
-    n = counts.to(scores.dtype)[inverse]
-    x = _shifted(scores, inverse, len(counts))                          # s_i - min_g
-    total = _group_sum(x, inverse, len(counts))[inverse]
-    baseline = (total - x) / (n - 1)                                    # mean over j != i
-    return x - baseline
+    x = _float64(scores, inverse, len(counts))
+    n = counts.to(x.dtype)
+    total = _group_sum(x, inverse, len(counts))
+    others = total.index_select(0, inverse) - x                          # sum over j != i
+    baseline = others / (n - 1).index_select(0, inverse)                # mean over j != i
+    return (x - baseline).to(scores.dtype)

@@ -58,21 +58,15 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None,
     _checks.same_float_dtype(logp=logp, ref_logp=ref_logp)
     _checks.one_of("kind", kind, _KINDS)
 
-    if mask is None:
-        l = logp - ref_logp
-    else:
-        m = _checks.bool_mask(mask, logp.shape)
-        zero = torch.zeros_like(logp)
-        l = torch.where(m, logp, zero) - torch.where(m, ref_logp, zero)   # 0 at padding
-    if kind == "k1":
-        k = l
-    elif kind == "k2":
-        k = 0.5 * l ** 2
-    else:
-        k = torch.exp(-l) - 1.0 + l
+    l = logp - ref_logp
     if mask is not None:
-        k = torch.where(m, k, torch.zeros_like(k))
-    return k
+        l = torch.where(_checks.bool_mask(mask, logp.shape), l, 0.0)   # 0 at padding, gradient 0
+    # each estimator is exactly 0 at l = 0, so padded entries come out exactly 0
+    if kind == "k1":
+        return l
+    if kind == "k2":
+        return 0.5 * (l * l)
+    return torch.neg(l).expm1_() + l          # k3 = exp(-l) - 1 + l, with expm1 for exp(-l) - 1
 
 
 def kl_penalized_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor,

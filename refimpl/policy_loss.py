@@ -32,41 +32,54 @@ Choices the contract leaves to us, and what we chose
   as well.
 - Advantages and old log-probs are used as given: we do not detach them (the contract leaves it
   open, and gradient checks differentiate only with respect to ``logp``).
-- At padded positions logp, old_logp and a (B, T) advantage are replaced by 0 before use.
+- At padded positions logp - old_logp and a (B, T) advantage are replaced by 0 before use, and the
+  per-token loss by 0 before aggregation: nothing at a padded entry reaches the value or a gradient.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
 
 from refimpl import _checks
-from refimpl.aggregation import AGG_MODES, aggregate
+from refimpl.aggregation import AGG_MODES, aggregate, aggregate_masked
 
-__all__ = ["policy_gradient_loss", "ppo_clip_loss"]
+__all__ = ["policy_gradient_loss", "ppo_clip_loss", "ppo_clip_loss_plain"]
 
 
-def _token_inputs(mask: Tensor, **tensors: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Validate ``(B, T)`` float inputs sharing a mask; return the bool mask and zero-padded copies.
-
-    ``advantages`` may be ``(B,)``; it is broadcast over the tokens of its row.
-    """
+def _token_inputs(mask: Tensor, **tensors: Tensor) -> Tensor:
+    """Validate ``(B, T)`` float inputs sharing a mask (``advantages`` may be ``(B,)``); return the
+    mask as bool. The mask is validated here once; the losses then call ``aggregate_masked``."""
     ref_name, ref = next(iter(tensors.items()))
     _checks.float_tensor(ref_name, ref, ndim=2)
     for name, x in tensors.items():
         _checks.float_tensor(name, x)
         if name == "advantages":
-            continue
-        if x.shape != ref.shape:
+            _checks.per_row(name, x, ref.shape)
+        elif x.shape != ref.shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {ref_name}'s shape "
                              f"{tuple(ref.shape)}")
     _checks.same_float_dtype(**tensors)
-    m = _checks.bool_mask(mask, ref.shape)
-    out = {}
-    for name, x in tensors.items():
-        x = _checks.per_row(name, x, ref.shape)
-        out[name] = torch.where(m, x, torch.zeros_like(x))
-    return m, out
+    return _checks.bool_mask(mask, ref.shape)
+
+
+def _zero_padded(mask: Tensor, **tensors: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Validate as ``_token_inputs``; return the bool mask and ``(B, T)`` copies of the tensors
+    with their padded entries replaced by 0 (a ``(B,)`` advantage broadcast over its row). The
+    plain formulas (``ppo_clip_loss_plain``, the conformance mutants) start from these."""
+    m = _token_inputs(mask, **tensors)
+    return m, {name: torch.where(m, _checks.per_row(name, x, m.shape), 0.0)
+               for name, x in tensors.items()}
+
+
+def _per_token(advantages: Tensor, m: Tensor) -> Tensor:
+    """A ``(B,)`` advantage as a ``(B, 1)`` view (broadcast over its row's tokens, no copy); a
+    ``(B, T)`` one with its padded entries replaced by 0."""
+    if advantages.dim() == 1:
+        return advantages.unsqueeze(1)
+    return torch.where(m, advantages, 0.0)
 
 
 def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, agg: str = "token-mean",
@@ -76,10 +89,11 @@ def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, agg: st
     Its gradient is -A * grad log pi per token, aggregated; with A = R(y) and
     ``agg="seq-mean-token-sum"`` its expectation is exactly -grad J (policy-gradient theorem).
     """
-    m, x = _token_inputs(mask, logp=logp, advantages=advantages)
+    m = _token_inputs(mask, logp=logp, advantages=advantages)
     _checks.one_of("agg", agg, AGG_MODES)
-    per_token = -x["advantages"] * x["logp"]
-    return aggregate(per_token, m, agg, norm_len)
+    A = _per_token(advantages, m)
+    per_token = torch.where(m, -A * logp, 0.0)      # padding (even NaN) gives 0 and gradient 0
+    return aggregate_masked(per_token, m, agg, _norm_len(agg, norm_len))
 
 
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
@@ -93,23 +107,57 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
     loss_t = min(loss_t, -c A)   where A < 0, if dual_clip = c           (dual-clip PPO)
     loss   = aggregate(loss_t, mask, agg, norm_len)
 
-    ``clip_high`` defaults to ``clip_low``.
+    ``clip_high`` defaults to ``clip_low``. Computed as ``-A * clamp(r, lo_t, hi_t)`` with the
+    bound that can bind for the sign of A: ``max(-A r, -A clip(r))`` is ``-A min(r, 1 + clip_high)``
+    for A > 0 and ``-A max(r, 1 - clip_low)`` for A < 0 (both 0 for A = 0), the same value and
+    gradient with one clamp instead of two products and a maximum (``ppo_clip_loss_plain`` is the
+    formula as written, tested equal).
     """
-    m, x = _token_inputs(mask, logp=logp, old_logp=old_logp, advantages=advantages)
+    m = _token_inputs(mask, logp=logp, old_logp=old_logp, advantages=advantages)
     _checks.one_of("agg", agg, AGG_MODES)
-    clip_low = _checks.positive("clip_low", clip_low, allow_zero=True)
-    clip_high = clip_low if clip_high is None else _checks.positive("clip_high", clip_high,
-                                                                    allow_zero=True)
-    if dual_clip is not None:
-        c = _checks.positive("dual_clip", dual_clip)
-        if c <= 1.0:
-            raise ValueError(f"dual_clip must be > 1, got {dual_clip!r}")
+    clip_low, clip_high, c = _clip_options(clip_low, clip_high, dual_clip)
+    A = _per_token(advantages, m)
+    ratio = torch.where(m, logp - old_logp, 0.0).exp_()          # r; exactly 1 at padding
+    positive = A > 0
+    bound = functools.partial(torch.tensor, dtype=ratio.dtype, device=ratio.device)
+    lo = torch.where(positive, -torch.inf, bound(1.0 - clip_low))       # in the ratio's dtype
+    hi = torch.where(positive, bound(1.0 + clip_high), torch.inf)
+    per_token = -A * torch.clamp(ratio, lo, hi)                   # Eq. 7, negated
+    if c is not None:
+        per_token = torch.minimum(per_token, torch.where(A < 0, -c * A, torch.inf))
+    return aggregate_masked(torch.where(m, per_token, 0.0), m, agg, _norm_len(agg, norm_len))
+
+
+def ppo_clip_loss_plain(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                        clip_low: float = 0.2, clip_high: float | None = None,
+                        dual_clip: float | None = None, agg: str = "token-mean",
+                        norm_len: float | None = None) -> Tensor:
+    """``ppo_clip_loss`` written as the paper's formula (the readable reference, tested equal)."""
+    m, x = _zero_padded(mask, logp=logp, old_logp=old_logp, advantages=advantages)
+    clip_low, clip_high, c = _clip_options(clip_low, clip_high, dual_clip)
     A = x["advantages"]
     ratio = torch.exp(x["logp"] - x["old_logp"])
     unclipped = -A * ratio
     clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)                        # Eq. 7, negated
-    if dual_clip is not None:
+    if c is not None:
         per_token = torch.where(A < 0, torch.minimum(per_token, -c * A), per_token)
     return aggregate(per_token, m, agg, norm_len)
 
+
+def _clip_options(clip_low, clip_high, dual_clip) -> tuple[float, float, float | None]:
+    clip_low = _checks.positive("clip_low", clip_low, allow_zero=True)
+    clip_high = clip_low if clip_high is None else _checks.positive("clip_high", clip_high,
+                                                                    allow_zero=True)
+    c = None
+    if dual_clip is not None:
+        c = _checks.positive("dual_clip", dual_clip)
+        if c <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip!r}")
+    return clip_low, clip_high, c
+
+
+def _norm_len(agg: str, norm_len: float | None) -> float | None:
+    if agg == "seq-mean-token-sum-norm" and norm_len is not None:
+        return _checks.positive("norm_len", norm_len)
+    return norm_len

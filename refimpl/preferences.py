@@ -92,6 +92,8 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     ls = _checks.unit_interval("label_smoothing", label_smoothing)
     h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
     z = beta * h
+    if ls == 0.0:
+        return -F.logsigmoid(z)                 # the same value, without the ls = 0 term
     return -(1.0 - ls) * F.logsigmoid(z) - ls * F.logsigmoid(-z)
 
 

@@ -22,31 +22,129 @@ Choices the contract leaves to us, and what we chose
   read (padding is replaced by 0 before any arithmetic, so NaN or 1e30 there cannot leak into
   values or gradients).
 - ``gae`` returns raw advantages: no whitening (see ``whitening.py`` for that separate step).
-- The reverse scan runs over T with the batch vectorised; ``discounted_returns_loop`` and
-  ``gae_loop`` below are the same recurrences written as plain per-row Python loops over floats,
-  kept so that tests can hold the vectorised code against them (the CleanRL way).
+- Speed: ``discounted_returns`` and ``gae`` compute the reverse discounted sum
+  ``y_t = sum_{k>=t} c^(k-t) x_k`` in blocks of ``BLOCK`` steps: inside a block it is one small
+  triangular matrix product (``x_block @ M``, ``M[k, i] = c^(k-i)`` for ``k >= i``); across blocks
+  the first entry of each block obeys the same recurrence with discount ``c^BLOCK``, computed the
+  same way one level up, and is carried back into its block times ``c^(BLOCK-i)``. No Python loop
+  over T, no allocation per step, and sums of at most ``BLOCK`` terms before each carry, which is
+  closer to float64 than a T-step sequential scan. ``discounted_returns_scan`` and ``gae_scan``
+  are the same recurrences written as the plain reverse scan over T (the readable reference,
+  tested equal to float32 rounding), and ``discounted_returns_loop`` / ``gae_loop`` as per-row
+  loops over Python floats (the CleanRL way); ``benchmarks/`` measures all of them against the
+  frameworks.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from refimpl import _checks
 
-__all__ = ["discounted_returns", "gae", "discounted_returns_loop", "gae_loop"]
+__all__ = ["discounted_returns", "gae", "reverse_discounted_sum", "discounted_returns_scan",
+           "gae_scan", "discounted_returns_loop", "gae_loop"]
 
 
 def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
     """Reward-to-go ``G_t = sum_{k=t}^{last} gamma^(k-t) r_k`` for every real token.
 
-    Recurrence (scanned from the last real token backwards): ``G_t = r_t + gamma * G_{t+1}``, with
-    ``G`` after the last real token equal to 0. Padded positions of the result are exactly 0.
+    Recurrence (from the last real token backwards): ``G_t = r_t + gamma * G_{t+1}``, with ``G``
+    after the last real token equal to 0; computed in blocks (``reverse_discounted_sum``).
+    Padded positions of the result are exactly 0.
     """
     _checks.float_tensor("rewards", rewards, ndim=2)
     m = _checks.bool_mask(mask, rewards.shape)
     gamma = _checks.unit_interval("gamma", gamma)
+    r = torch.where(m, rewards, 0.0)                   # padding is 0, so the sums stop at the end
+    return reverse_discounted_sum(r, gamma)            # 0 after the last real token: exactly 0
 
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation; returns ``(advantages, returns)``, each ``(B, T)``.
+
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)             (GAE paper, Sec. 3)
+    A_t     = sum_{l>=0} (gamma * lam)^l * delta_{t+l}     (GAE paper, Eq. 16)
+    returns = A_t + V(s_t)                                  (the critic's regression target)
+
+    ``V(s_{t+1})`` is 0 after each row's last real token (the response ended: a terminal state),
+    and delta is 0 there, so the sum stops at the last real token. lam = 0 gives the TD residual
+    delta_t; lam = 1 gives the Monte-Carlo return minus V(s_t). Padded positions of both outputs
+    are exactly 0. No whitening. The sum is computed in blocks (``reverse_discounted_sum``);
+    ``gae_scan`` is the recurrence ``A_t = delta_t + gamma lam A_{t+1}`` as a plain scan.
+    """
+    _checks.float_tensor("rewards", rewards, ndim=2)
+    _checks.float_tensor("values", values)
+    if values.shape != rewards.shape:
+        raise ValueError(f"values has shape {tuple(values.shape)}, expected rewards' shape "
+                         f"{tuple(rewards.shape)}")
+    _checks.same_float_dtype(rewards=rewards, values=values)
+    m = _checks.bool_mask(mask, rewards.shape)
+    gamma = _checks.unit_interval("gamma", gamma)
+    lam = _checks.unit_interval("lam", lam)
+
+    V = torch.where(m, values, 0.0)
+    delta = torch.where(m, rewards, 0.0)               # r_t; the next two lines make it delta_t
+    delta[:, :-1].add_(V[:, 1:], alpha=gamma)          # + gamma V(s_{t+1}); 0 after the last token
+    delta.sub_(V)                                      # - V(s_t): the TD residual (Sec. 3)
+    A = reverse_discounted_sum(delta, gamma * lam)     # Eq. 16
+    return A, A + V                                    # both exactly 0 at padding
+
+
+#: steps per block of ``reverse_discounted_sum`` (measured in benchmarks/: 32 and 64 are close;
+#: the flops per element grow with the block, the levels of carries shrink with it)
+BLOCK = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _discount_matrix(c: float, n: int, dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    """``M`` (n, n) with ``M[k, i] = c^(k-i)`` for ``k >= i`` (else 0), and ``c^(n-i)`` (n,).
+
+    Built in float64; powers below the dtype's smallest normal number are set to 0 (a subnormal
+    would only add rounding noise, and subnormal arithmetic is slow on CPUs).
+    """
+    k = torch.arange(n, dtype=torch.float64)
+    e = k.unsqueeze(1) - k.unsqueeze(0)                          # k - i
+    M = torch.where(e >= 0, torch.tensor(c, dtype=torch.float64) ** e.clamp(min=0), 0.0)
+    carry = torch.tensor(c, dtype=torch.float64) ** (n - k)      # c^(n - i)
+    tiny = torch.finfo(dtype).tiny
+    M = torch.where(M.abs() < tiny, 0.0, M)
+    carry = torch.where(carry.abs() < tiny, 0.0, carry)
+    return M.to(dtype=dtype, device=device), carry.to(dtype=dtype, device=device)
+
+
+def reverse_discounted_sum(x: Tensor, c: float) -> Tensor:
+    """``y_t = sum_{k>=t} c^(k-t) x_k`` along dim 1 of a ``(B, T)`` tensor, in blocks of ``BLOCK``.
+
+    y[block j, i] = (x[block j] @ M)[i] + c^(BLOCK-i) * y[start of block j+1]
+    y[start of block j] = sum_{j'>=j} (c^BLOCK)^(j'-j) * (x[block j'] @ M)[0]  (the same sum, one
+    level up, on T / BLOCK entries)
+    Entries of ``x`` that are 0 from some t on give exactly 0 there.
+    """
+    B, T = x.shape
+    n = BLOCK
+    if T <= n:
+        M, _ = _discount_matrix(c, T, x.dtype, str(x.device))
+        return x @ M
+    nb = -(-T // n)
+    M, carry = _discount_matrix(c, n, x.dtype, str(x.device))
+    blocks = (x if T == nb * n else F.pad(x, (0, nb * n - T))).view(B, nb, n)
+    local = blocks @ M                                            # sums inside each block
+    heads = reverse_discounted_sum(local[:, :, 0], c ** n)       # y at the start of each block
+    after = F.pad(heads[:, 1:], (0, 1))                           # y at the start of the next block
+    y = local.addcmul_(after.unsqueeze(2), carry)                 # local + after * c^(n - i)
+    return y.view(B, nb * n)[:, :T]
+
+
+# --- the plain reverse scan: the readable reference of the two functions above ---------------------
+
+def discounted_returns_scan(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """``discounted_returns`` as the reverse scan over T, the batch vectorised (tested equal)."""
+    m = _checks.bool_mask(mask, rewards.shape)
     r = torch.where(m, rewards, torch.zeros_like(rewards))
     T = r.shape[1]
     G_next = torch.zeros_like(r[:, 0])
@@ -59,30 +157,10 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     return torch.stack(out, dim=1)
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[Tensor, Tensor]:
-    """Generalized advantage estimation; returns ``(advantages, returns)``, each ``(B, T)``.
-
-    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)             (GAE paper, Sec. 3)
-    A_t     = sum_{l>=0} (gamma * lam)^l * delta_{t+l}     (GAE paper, Eq. 16)
-            = delta_t + gamma * lam * A_{t+1}              (the recurrence computed here)
-    returns = A_t + V(s_t)                                  (the critic's regression target)
-
-    ``V(s_{t+1})`` is 0 after each row's last real token (the response ended: a terminal state),
-    and ``A`` is 0 there too, so the sum stops at the last real token. lam = 0 gives the TD
-    residual delta_t; lam = 1 gives the Monte-Carlo return minus V(s_t). Padded positions of both
-    outputs are exactly 0. No whitening.
-    """
-    _checks.float_tensor("rewards", rewards, ndim=2)
-    _checks.float_tensor("values", values)
-    if values.shape != rewards.shape:
-        raise ValueError(f"values has shape {tuple(values.shape)}, expected rewards' shape "
-                         f"{tuple(rewards.shape)}")
-    _checks.same_float_dtype(rewards=rewards, values=values)
+def gae_scan(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+             lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """``gae`` as the reverse scan over T, the batch vectorised (tested equal)."""
     m = _checks.bool_mask(mask, rewards.shape)
-    gamma = _checks.unit_interval("gamma", gamma)
-    lam = _checks.unit_interval("lam", lam)
-
     zero = torch.zeros_like(rewards)
     r = torch.where(m, rewards, zero)
     V = torch.where(m, values, zero)
@@ -97,8 +175,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         advantages[t] = A_t
         A_next, V_next = A_t, V[:, t]                      # both 0 beyond the row's end
     A = torch.stack(advantages, dim=1)
-    returns = torch.where(m, A + V, zero)
-    return A, returns
+    return A, torch.where(m, A + V, zero)
 
 
 # --- plain loops: the same recurrences, one row and one float at a time --------------------------

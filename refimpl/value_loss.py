@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from refimpl import _checks
-from refimpl.aggregation import AGG_MODES, aggregate
-from refimpl.policy_loss import _token_inputs
+from refimpl.aggregation import AGG_MODES, aggregate_masked
+from refimpl.policy_loss import _norm_len, _token_inputs
 
 __all__ = ["value_loss"]
 
@@ -41,12 +41,13 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
                norm_len: float | None = None) -> Tensor:
     """``aggregate(0.5 (V - R)^2)``; with ``clip=e``:
     ``aggregate(0.5 max((V - R)^2, (V_old + clamp(V - V_old, -e, e) - R)^2))``. A scalar."""
-    m, x = _token_inputs(mask, values=values, old_values=old_values, returns=returns)
+    m = _token_inputs(mask, values=values, old_values=old_values, returns=returns)
     _checks.one_of("agg", agg, AGG_MODES)
-    V, V_old, R = x["values"], x["old_values"], x["returns"]
+    V, R = torch.where(m, values, 0.0), torch.where(m, returns, 0.0)    # padding: 0, gradient 0
     loss = (V - R) ** 2                                                  # PPO Eq. 9
     if clip is not None:
         e = _checks.positive("clip", clip, allow_zero=True)
+        V_old = torch.where(m, old_values, 0.0)
         V_clipped = V_old + torch.clamp(V - V_old, -e, e)
         loss = torch.maximum(loss, (V_clipped - R) ** 2)                 # Engstrom et al. 2020
-    return aggregate(0.5 * loss, m, agg, norm_len)
+    return aggregate_masked(0.5 * loss, m, agg, _norm_len(agg, norm_len))

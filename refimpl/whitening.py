@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from refimpl import _checks
+from refimpl.aggregation import row_lengths
 
 __all__ = ["batch_normalized_advantages"]
 
@@ -43,16 +44,15 @@ def batch_normalized_advantages(advantages: Tensor, mask: Tensor | None = None,
     _checks.float_tensor("advantages", advantages)
     eps = _checks.positive("eps", eps, allow_zero=True)
     if mask is None:
-        m = torch.ones_like(advantages, dtype=torch.bool)
+        m = torch.ones((), dtype=torch.bool, device=advantages.device)    # every entry is real
+        n_real = advantages.numel()
     else:
         m = _checks.bool_mask(mask, advantages.shape)
-    n_real = int(m.sum())
+        n_real = int(row_lengths(m).sum())
     if n_real < 2:
         raise ValueError(f"advantages: whitening needs at least two real entries, got {n_real}")
 
-    zero = torch.zeros_like(advantages)
-    A = torch.where(m, advantages, zero)
-    n = torch.tensor(float(n_real), dtype=A.dtype, device=A.device)
-    mu = A.sum() / n
-    var = torch.where(m, (A - mu) ** 2, zero).sum() / (n - 1)        # unbiased
-    return torch.where(m, (A - mu) * torch.rsqrt(var + eps), zero)
+    mu = torch.where(m, advantages, 0.0).sum() / n_real
+    centred = torch.where(m, advantages - mu, 0.0)                   # A - mu; 0 at padding
+    var = (centred * centred).sum() / (n_real - 1)                   # unbiased
+    return centred * torch.rsqrt(var + eps)

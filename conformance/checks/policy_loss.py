@@ -31,7 +31,7 @@ from conformance.registry import check
 from refimpl import _checks
 from refimpl import tabular as tab
 from refimpl.aggregation import aggregate
-from refimpl.policy_loss import _token_inputs
+from refimpl.policy_loss import _zero_padded as _token_inputs
 
 
 # --- mutants --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from conformance.checks.templates import (
 from conformance.context import Context
 from conformance.registry import check
 from refimpl.aggregation import aggregate
-from refimpl.policy_loss import _token_inputs
+from refimpl.policy_loss import _zero_padded as _token_inputs
 
 
 # --- mutants --------------------------------------------------------------------------------------
