@@ -34,7 +34,7 @@ from pathlib import Path
 
 from refimpl import train as _train
 
-from conformance.install import FRAMEWORKS
+from conformance.install import FRAMEWORKS, GROUPS
 from conformance.loading import AdapterLoadError, glob_error, load_adapter
 from conformance.registry import CONTRACT, KINDS, REGISTRY
 from conformance.report import (
@@ -339,6 +339,8 @@ def _cmd_train(args) -> int:
 def _frameworks_help() -> str:
     how = {name: ("pip install " + " ".join(what)) if kind == "pip"
            else f"scripted minimal install, {what}" for name, (kind, what) in FRAMEWORKS.items()}
+    how.update({name: "every one of " + ", ".join(members) + ", into one environment"
+                for name, members in GROUPS.items()})
     return "one of: " + "; ".join(f"{name} ({h})" for name, h in how.items())
 
 
@@ -380,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--kind", choices=KINDS, help="only checks of this kind")
     ls.set_defaults(func=_cmd_list)
     st = sub.add_parser("setup", help="install a bundled framework into this environment")
-    st.add_argument("framework", choices=list(FRAMEWORKS), metavar="FRAMEWORK",
+    st.add_argument("framework", choices=[*FRAMEWORKS, *GROUPS], metavar="FRAMEWORK",
                     help=_frameworks_help())
     st.add_argument("--dry-run", action="store_true", help="print the install command only")
     st.set_defaults(func=_cmd_setup)

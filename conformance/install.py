@@ -22,8 +22,26 @@ ADAPTERS = Path(__file__).parent / "adapters"
 #: from the one source of the pinned versions
 FRAMEWORKS: dict[str, tuple[str, object]] = SETUP
 
+#: ``rlconform setup bench``: every framework that can share one environment with the others,
+#: for ``python -m benchmarks`` (timed in one process). Left out, and timed in their own
+#: environments, bridged through the shared anchors (benchmarks/README.md): verl (it pins
+#: ``tensordict==0.10`` and ``transformers<5.11`` where torchrl wants tensordict 0.14 and TRL
+#: comes with transformers 5.24) and OpenRLHF (its trainer files import
+#: ``transformers.integrations.deepspeed``, which with TRL's accelerate installed asks for
+#: deepspeed's module spec, and the stand-in the adapter registers for deepspeed has none:
+#: ``ValueError: deepspeed.__spec__ is None``).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "bench": ("trl", "torchrl", "liger", "skyrl"),
+}
+
 
 def setup(framework: str, dry_run: bool = False) -> int:
+    if framework in GROUPS:
+        for member in GROUPS[framework]:
+            status = setup(member, dry_run=dry_run)
+            if status:
+                return status
+        return 0
     if framework not in FRAMEWORKS:
         print(f"rlconform: unknown framework {framework!r}; bundled: {', '.join(FRAMEWORKS)}",
               file=sys.stderr)

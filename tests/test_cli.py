@@ -25,7 +25,7 @@ import pytest
 from conformance import contract_doc
 from conformance.checks import all_checks
 from conformance.cli import main, parser
-from conformance.install import FRAMEWORKS
+from conformance.install import FRAMEWORKS, GROUPS
 from conformance.loading import AdapterLoadError, load_adapter
 from conformance.registry import REGISTRY
 from conformance.runner import certify
@@ -561,7 +561,17 @@ def test_setup_offers_every_bundled_framework():
     missing = [f for f in FRAMEWORKS if f not in text]
     assert not missing, f"`rlconform setup --help` does not list {missing}:\n{text}"
     action = next(a for a in setup._actions if a.dest == "framework")
-    assert list(action.choices) == list(FRAMEWORKS)
+    assert list(action.choices) == [*FRAMEWORKS, *GROUPS]
+
+
+def test_setup_bench_installs_every_member_of_the_group(capsys):
+    """`rlconform setup bench` runs each member's own setup, in order (a dry run prints them)."""
+    assert main(["setup", "bench", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for member in GROUPS["bench"]:
+        assert FRAMEWORKS[member][0] == "script" or " ".join(FRAMEWORKS[member][1]) in printed
+    assert printed.count("rlconform setup:") == len(GROUPS["bench"])
+    assert "verl" not in GROUPS["bench"]          # its pins clash with torchrl's and TRL's
 
 
 def test_every_committed_report_matches_the_schema():
