@@ -89,6 +89,9 @@ def parser(extra_peers=()) -> argparse.ArgumentParser:
     p.add_argument("--max-reps", type=_positive(int), default=t.max_reps)
     p.add_argument("--budget", type=_positive(float), default=t.budget_s,
                    help="clock seconds per implementation and case before it stops repeating")
+    p.add_argument("--slow", type=_positive(float), default=t.slow_s,
+                   help="an implementation whose checked call takes longer (clock seconds) is "
+                        "timed once, without warm-up")
     return p
 
 
@@ -110,7 +113,7 @@ def parse(argv: list[str] | None = None, extra_peers=()) -> argparse.Namespace:
 
 def _timing(args) -> harness.Timing:
     return harness.Timing(warmup=args.warmup, min_reps=args.min_reps, max_reps=args.max_reps,
-                          budget_s=args.budget)
+                          budget_s=args.budget, slow_s=args.slow)
 
 
 def measure(args, peer_modules: dict | None = None) -> dict:

@@ -4,7 +4,7 @@ canonical layout (docs/contract.md), float32, seeded.
 Sizes are ``(B, T)`` from (64, 256) to (1024, 8192); response lengths are ragged, uniform in
 [T/2, T] (the mask is a prefix of each row). ``token_logprobs`` uses a vocabulary of 256 and only
 the sizes with B*T <= 2^20; the preference losses take N = B pairs; the group estimators take
-B scores in contiguous groups of ``GROUP_SIZE`` (the layout every framework that reshapes to
+B*T/256 scores (64 to 32768) in contiguous groups of ``GROUP_SIZE`` (the layout every framework that reshapes to
 ``(-1, G)`` expects, so none of them needs a reordering). Options are fixed per function
 (``OPTIONS``) and are what each framework is configured to, so that every implementation computes
 the same thing.
@@ -19,11 +19,13 @@ from __future__ import annotations
 import torch
 
 __all__ = ["SIZES", "QUICK_SIZES", "FUNCTIONS", "OPTIONS", "GRAD_ARGS", "GROUP_SIZE", "VOCAB",
-           "sizes_for", "make_inputs"]
+           "sizes_for", "elements", "make_inputs"]
 
 SIZES = [(64, 256), (256, 1024), (1024, 1024), (1024, 8192)]
 QUICK_SIZES = [(64, 256), (256, 1024)]
 GROUP_SIZE = 8
+#: the group estimators take B*T / GROUP_SCALE responses at size (B, T)
+GROUP_SCALE = 256
 VOCAB = 256
 LOGITS_MAX_TOKENS = 2 ** 20
 
@@ -68,9 +70,13 @@ _GROUP_FUNCTIONS = ("group_normalized_advantages", "leave_one_out_advantages")
 
 
 def sizes_for(function: str, sizes=SIZES) -> list[tuple[int, int]]:
-    """The sizes ``function`` is timed at (``token_logprobs``: B*T <= 2^20 only)."""
+    """The sizes ``function`` is timed at (``token_logprobs``: B*T <= 2^20 only; the group
+    estimators: ``(B*T / 256, 1)``, B*T/256 responses, from 64 to 32768 over ``SIZES``, so that
+    the plot shows how their time grows with the number of responses)."""
     if function == "token_logprobs":
         return [(B, T) for B, T in sizes if B * T <= LOGITS_MAX_TOKENS]
+    if function in _GROUP_FUNCTIONS:
+        return [(max(GROUP_SIZE, B * T // GROUP_SCALE), 1) for B, T in sizes]
     return list(sizes)
 
 

@@ -67,6 +67,10 @@ class Timing:
     min_reps: int = 3
     max_reps: int = 30
     budget_s: float = 0.3    # stop once an implementation has this much clock time (and min_reps)
+    #: an implementation whose checked call took longer than this many seconds of clock gets no
+    #: warm-up and one timed call (one of OpenRLHF's backward passes takes a minute at 2^20
+    #: tokens: min_reps of them would hold the run for many minutes and tell nothing more)
+    slow_s: float = 5.0
 
 
 @dataclass
@@ -263,6 +267,7 @@ class _Contender:
     leaves: list[torch.Tensor]
     samples: list[tuple[float, float]] = field(default_factory=list)
     rel_error: float | None = None
+    first_s: float = 0.0             # clock seconds of the checked call
 
     def reset(self) -> None:
         for leaf in self.leaves:
@@ -281,13 +286,15 @@ class _Contender:
 
     def done(self, timing: Timing) -> bool:
         n = len(self.samples)
+        if self.first_s > timing.slow_s:
+            return n >= 1
         return n >= timing.max_reps or (n >= timing.min_reps and
                                         sum(c for c, _ in self.samples) >= timing.budget_s)
 
 
 def _round_robin(contenders: list[_Contender], device: str, timing: Timing) -> None:
     for c in contenders:
-        for _ in range(timing.warmup):
+        for _ in range(0 if c.first_s > timing.slow_s else timing.warmup):
             c.reset()
             with c.impl.context():
                 c.step()
@@ -326,7 +333,9 @@ def _prepare(impl: Impl, function: str, mode: str, kw: dict, oracle: Any,
         contender = _Contender(impl, entry.prepare(kw), mode == "fwd+bwd" and not impl.memory_bound,
                                leaves)
         with impl.context():
+            start = time.thread_time()
             out = contender.step()           # the checked call is the first warm-up call
+            contender.first_s = time.thread_time() - start
         if impl.memory_bound:
             return contender
         got = entry.canonical(out, kw)

@@ -104,7 +104,9 @@ def _header(h: dict) -> list[str]:
         f"- **Repetitions**: {t.get('warmup', '?')} warm-up calls after the checked one, then "
         f"round-robin over the implementations of each case until each has "
         f"{t.get('budget_s', '?')} s of clock or {t.get('max_reps', '?')} calls (at least "
-        f"{t.get('min_reps', '?')}); the garbage collector is off during each timed call.",
+        f"{t.get('min_reps', '?')}); an implementation whose checked call took more than "
+        f"{t.get('slow_s', '?')} s gets one timed call and no warm-up (its row says n = 1); the "
+        "garbage collector is off during each timed call.",
         f"- **Checked before timed**: {tol.get('norm', '')} ≤ {tol.get('rel_error', '?')}. An "
         "implementation that disagrees is *mismatch* (with its error) and is not timed; one that "
         "raises is *error*.",
@@ -130,16 +132,20 @@ def _environments(h: dict) -> list[str]:
     if drift:
         lines += ["Frameworks that cannot share the main environment were timed in their own, on "
                   "the same inputs, with refimpl and the memory-bound pass beside them; their "
-                  "times are scaled by (refimpl median in the main run) / (refimpl median in "
-                  "theirs) per function, mode and size. The memory-bound ratio between the runs "
-                  "checks the bridge (close to the anchor scale when it holds).", ""]
+                  "times are multiplied by one scale per environment: the median over every case "
+                  "of (refimpl median in the main run) / (refimpl median in theirs). The "
+                  "memory-bound ratio between the runs checks the bridge (close to the anchor "
+                  "ratio when it holds).", ""]
         table = []
         for env, rec in drift.items():
             a, m = rec.get("anchor_scale"), rec.get("memory_ratio")
             fmt = (lambda s: f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}]" if s else "–")
-            table.append([env, len(rec.get("cases", [])), fmt(a), fmt(m)])
-        lines += [tabulate(table, ["environment", "cases", "anchor scale (refimpl here / there)",
-                                   "memory-bound here / there"], tablefmt="github"), ""]
+            scale = rec.get("scale")
+            table.append([env, len(rec.get("cases", [])),
+                          "–" if scale is None else f"{scale:.2f}", fmt(a), fmt(m)])
+        lines += [tabulate(table, ["environment", "cases", "scale applied",
+                                   "refimpl here / there, per case",
+                                   "memory-bound here / there, per case"], tablefmt="github"), ""]
         for env, rec in drift.items():
             if rec.get("same_refimpl") is False:
                 lines += [f"**Warning**: refimpl's code differed between the main run and "

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import torch
 
-from refimpl import models as rm
 from refimpl.recipes import (
     completion_logprobs,
     completion_values,
@@ -48,7 +47,10 @@ from refimpl.recipes import (
     trained_parameters,
 )
 
-ARCHS = rm.ARCHS
+#: refimpl.models.ARCHS, not imported from there: refimpl.models loads transformers (seconds), which
+#: only the training checks need, when they build their fixtures (tests/test_training_checks.py
+#: checks that the two agree)
+ARCHS = ("llama", "gpt2")
 #: smaller than the training loops' models: a check runs a dozen steps
 SIZES = dict(hidden=32, layers=2, heads=4, max_positions=64)
 B, GROUPS = 12, 3
@@ -110,6 +112,8 @@ def fixture(arch: str) -> Fixture:
         _ROOT.append(Path(tempfile.mkdtemp(prefix="rlconform-training-")))
         atexit.register(shutil.rmtree, _ROOT[0], ignore_errors=True)
     root = _ROOT[0] / arch
+    from refimpl import models as rm             # transformers, loaded on first use
+
     tok = rm.build_tokenizer()
     policy = rm.causal_lm(tok, arch, seed=1, **SIZES)
     reference = rm.causal_lm(tok, arch, seed=2, **SIZES)

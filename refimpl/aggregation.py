@@ -62,7 +62,7 @@ def aggregate_masked(x: Tensor, m: Tensor, mode: str, norm_len: float | None = N
     its padded entries. The losses call this, so a mask is validated once per call."""
     B, T = x.shape
     if mode == "token-mean":
-        return x.sum() / row_lengths(m).sum().to(x.dtype)
+        return x.sum() / torch.count_nonzero(m).to(x.dtype)
     if mode == "seq-mean-token-mean":
         return (x.sum(dim=1) / row_lengths(m).to(x.dtype)).mean()
     if mode == "seq-mean-token-sum":

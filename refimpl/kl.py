@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from refimpl import _checks
+from refimpl.aggregation import row_lengths
 
 __all__ = ["kl_estimate", "kl_penalized_rewards"]
 
@@ -66,7 +67,10 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None,
         return l
     if kind == "k2":
         return 0.5 * (l * l)
-    return torch.neg(l).expm1_() + l          # k3 = exp(-l) - 1 + l, with expm1 for exp(-l) - 1
+    k3 = torch.exp(-l)
+    if not k3.requires_grad:                  # nothing will differentiate it: finish in place
+        return k3.sub_(1.0).add_(l)           # (two fewer full-size temporaries, same rounding)
+    return k3 - 1.0 + l
 
 
 def kl_penalized_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor,
@@ -87,6 +91,5 @@ def kl_penalized_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: T
     m = _checks.bool_mask(mask, logp.shape)
 
     rewards = -beta * kl_estimate(logp, ref_logp, m, kind)
-    last = m.sum(dim=1) - 1                                    # index of the last real token
-    at_last = torch.arange(m.shape[1], device=m.device).unsqueeze(0) == last.unsqueeze(1)
-    return rewards + torch.where(at_last, scores.unsqueeze(1), torch.zeros_like(rewards))
+    last = (row_lengths(m) - 1).unsqueeze(1)                   # index of the last real token
+    return rewards.scatter_add_(1, last, scores.unsqueeze(1))  # + score there (rewards is ours)

@@ -38,8 +38,6 @@ Choices the contract leaves to us, and what we chose
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -92,7 +90,7 @@ def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, agg: st
     m = _token_inputs(mask, logp=logp, advantages=advantages)
     _checks.one_of("agg", agg, AGG_MODES)
     A = _per_token(advantages, m)
-    per_token = torch.where(m, -A * logp, 0.0)      # padding (even NaN) gives 0 and gradient 0
+    per_token = torch.where(m, A * logp, 0.0).neg_()   # padding (even NaN) gives 0, gradient 0
     return aggregate_masked(per_token, m, agg, _norm_len(agg, norm_len))
 
 
@@ -107,25 +105,19 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
     loss_t = min(loss_t, -c A)   where A < 0, if dual_clip = c           (dual-clip PPO)
     loss   = aggregate(loss_t, mask, agg, norm_len)
 
-    ``clip_high`` defaults to ``clip_low``. Computed as ``-A * clamp(r, lo_t, hi_t)`` with the
-    bound that can bind for the sign of A: ``max(-A r, -A clip(r))`` is ``-A min(r, 1 + clip_high)``
-    for A > 0 and ``-A max(r, 1 - clip_low)`` for A < 0 (both 0 for A = 0), the same value and
-    gradient with one clamp instead of two products and a maximum (``ppo_clip_loss_plain`` is the
-    formula as written, tested equal).
+    ``clip_high`` defaults to ``clip_low``. The advantage is set to 0 at padded positions (and the
+    log-ratio to 0, so r = 1 there): the per-token loss is then exactly 0 at padding with no
+    further masking (``ppo_clip_loss_plain`` zero-pads every input first; tested equal).
     """
     m = _token_inputs(mask, logp=logp, old_logp=old_logp, advantages=advantages)
     _checks.one_of("agg", agg, AGG_MODES)
     clip_low, clip_high, c = _clip_options(clip_low, clip_high, dual_clip)
-    A = _per_token(advantages, m)
+    A = torch.where(m, _per_token(advantages, m), 0.0)            # (B, T), 0 at padding
     ratio = torch.where(m, logp - old_logp, 0.0).exp_()          # r; exactly 1 at padding
-    positive = A > 0
-    bound = functools.partial(torch.tensor, dtype=ratio.dtype, device=ratio.device)
-    lo = torch.where(positive, -torch.inf, bound(1.0 - clip_low))       # in the ratio's dtype
-    hi = torch.where(positive, bound(1.0 + clip_high), torch.inf)
-    per_token = -A * torch.clamp(ratio, lo, hi)                   # Eq. 7, negated
-    if c is not None:
-        per_token = torch.minimum(per_token, torch.where(A < 0, -c * A, torch.inf))
-    return aggregate_masked(torch.where(m, per_token, 0.0), m, agg, _norm_len(agg, norm_len))
+    per_token = -torch.minimum(A * ratio, A * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    if c is not None:                                             # Eq. 7 above, negated
+        per_token = torch.where(A < 0, torch.minimum(per_token, -c * A), per_token)
+    return aggregate_masked(per_token, m, agg, _norm_len(agg, norm_len))
 
 
 def ppo_clip_loss_plain(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,

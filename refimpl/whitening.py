@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from refimpl import _checks
-from refimpl.aggregation import row_lengths
 
 __all__ = ["batch_normalized_advantages"]
 
@@ -48,7 +47,7 @@ def batch_normalized_advantages(advantages: Tensor, mask: Tensor | None = None,
         n_real = advantages.numel()
     else:
         m = _checks.bool_mask(mask, advantages.shape)
-        n_real = int(row_lengths(m).sum())
+        n_real = int(torch.count_nonzero(m))
     if n_real < 2:
         raise ValueError(f"advantages: whitening needs at least two real entries, got {n_real}")
 

@@ -107,3 +107,18 @@ def test_a_failure_names_the_parameter_and_the_likely_cause():
     row = _row(mutants.adapter("position_ids_from_arange"), "grpo/step-matches-recipe-gpt2")
     assert row["status"] == "fail" and row["class"] == "gradient"
     assert "gradient of transformer." in row["message"] and "position ids" in row["message"]
+
+
+def test_training_fixtures_name_refimpls_architectures_without_importing_transformers():
+    """conformance.training keeps its own copy of refimpl.models.ARCHS so that loading the checks
+    (every certification, in the CLI and in each worker) does not load transformers."""
+    import subprocess
+    import sys
+
+    from conformance import training
+    from refimpl import models
+    assert training.ARCHS == models.ARCHS
+    probe = ("import sys, conformance.checks, conformance.cli; "
+             "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "loading the checks imported transformers"

@@ -348,9 +348,14 @@ def entries() -> dict[str, Entry]:
             _prepare_dpo(True), canonical=_first, expected=_mean_of("ipo_loss"),
             deviation=_batch_mean("DPOLoss(ipo=True)", 360),
             source=_src(_L, 329, "DPOLoss(beta=tau, ipo=True).forward, :351-352")),
+        # forward only: the backward of its chunked logsumexp (slices assigned into a buffer,
+        # models/utils.py:162-169) writes a full-size gradient per chunk: 94 ms at 64x256, more
+        # than five minutes for one call at 256x1024 (measured), and quadratic beyond
         "token_logprobs": Entry(
-            _prepare_token_logprobs,
-            source=_token_logprobs_source()),
+            _prepare_token_logprobs, grad=False,
+            source=_token_logprobs_source() + "; forward only: its backward through "
+                   "_logsumexp_by_chunk (utils.py:162-169) writes a full-size gradient per "
+                   "chunk of 1024 positions (94 ms at 64x256, over 5 min at 256x1024)"),
         "sequence_logprob": Entry(
             _prepare_sequence_logprob, canonical=_first,
             source=_src(_DPO, 361, "DPOTrainer._get_batch_logps (sum, mean), on an instance "
