@@ -94,7 +94,14 @@ def start_reward():
     return _start_reward()
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp", "ppo"])
+# ppo and reinforce_pp (and reinforce_pp's KL test below) run in the slow tier: the default run
+# keeps one loop with its advantage from group statistics and one with the leave-one-out
+# baseline, and the KL-in-the-loss case, within its five minutes on two cores
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", pytest.param("reinforce_pp", marks=SLOW),
+                                       pytest.param("ppo", marks=SLOW)])
 def test_online_loop_keeps_reward_and_flipped_advantage_collapses_it(algorithm, monkeypatch,
                                                                    start_reward):
     rows = _short_run(algorithm)
@@ -120,8 +127,9 @@ def kl_dropped_from_the_reward(kl_penalized_rewards):
 
 @pytest.mark.parametrize("algorithm, mutant", [
     ("grpo", ("_clipped_steps", kl_term_dropped(recipes._clipped_steps))),           # in the loss
-    ("reinforce_pp", ("kl_penalized_rewards",
-                      kl_dropped_from_the_reward(recipes.kl_penalized_rewards))),     # in the reward
+    pytest.param("reinforce_pp", ("kl_penalized_rewards",
+                                  kl_dropped_from_the_reward(recipes.kl_penalized_rewards)),
+                 marks=SLOW),                                                         # in the reward
 ])
 def test_kl_term_holds_the_policy_near_the_reference(algorithm, mutant, monkeypatch):
     free = _last5(_short_run(algorithm, beta=0.0), "kl")
