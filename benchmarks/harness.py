@@ -473,7 +473,7 @@ def harness_info(args: dict, peers: PeerLoad, devices: list[str], timing: Timing
                       "entry's declared deviation)"},
         "timing": {"warmup": timing.warmup, "min_reps": timing.min_reps,
                    "max_reps": timing.max_reps, "budget_s": timing.budget_s,
-                   "order": "round-robin over the implementations of each case",
+                   "slow_s": timing.slow_s, "order": "round-robin over the implementations of each case",
                    "gc": "disabled during each timed call"},
         "memory_bound": "one read and one write of the same tensors: buffer.copy_(tensor) for "
                         "every tensor input; fwd+bwd also writes one buffer per differentiated "

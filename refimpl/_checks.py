@@ -67,7 +67,7 @@ def bool_mask(mask: object, shape: torch.Size, name: str = "mask") -> Tensor:
     # Prefix: once a row turns false it stays false, i.e. no step along a row goes from 0 to 1
     # (the largest difference of consecutive entries, as int8, is at most 0). Given that, a row
     # holds a real token exactly when its first entry is one.
-    if mask.shape[1] > 1 and int(torch.diff(mask.view(torch.int8), dim=1).max()) > 0:
+    if mask.shape[0] and mask.shape[1] > 1 and int(torch.diff(mask.view(torch.int8), dim=1).max()) > 0:
         raise ValueError(f"{name}: the real tokens of each row must be a prefix of the row "
                          "(right padding only)")
     if not bool(mask[:, 0].all()):

@@ -64,7 +64,7 @@ def _groups(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"group_ids has shape {tuple(group_ids.shape)}, expected scores' shape "
                          f"{tuple(scores.shape)}")
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    if int(counts.min()) < 2:
+    if counts.numel() and int(counts.min()) < 2:           # no scores: nothing to group
         lonely = torch.unique(group_ids)[counts < 2].tolist()
         raise ValueError(f"group_ids: group(s) {lonely[:5]} hold a single response; a group "
                          "statistic needs at least two responses per group")

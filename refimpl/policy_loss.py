@@ -90,6 +90,8 @@ def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, agg: st
     m = _token_inputs(mask, logp=logp, advantages=advantages)
     _checks.one_of("agg", agg, AGG_MODES)
     A = _per_token(advantages, m)
+    if advantages.dim() == 1 and advantages.requires_grad:
+        logp = torch.where(m, logp, 0.0)   # grad A = sum_t logp_t: padding must not carry a NaN
     per_token = torch.where(m, A * logp, 0.0).neg_()   # padding (even NaN) gives 0, gradient 0
     return aggregate_masked(per_token, m, agg, _norm_len(agg, norm_len))
 

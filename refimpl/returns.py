@@ -92,7 +92,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     delta[:, :-1].add_(V[:, 1:], alpha=gamma)          # + gamma V(s_{t+1}); 0 after the last token
     delta.sub_(V)                                      # - V(s_t): the TD residual (Sec. 3)
     A = reverse_discounted_sum(delta, gamma * lam)     # Eq. 16
-    return A, A + V                                    # both exactly 0 at padding
+    return A, V.add_(A)                                # A + V in V's buffer; both 0 at padding
 
 
 #: steps per block of ``reverse_discounted_sum`` (measured in benchmarks/: 32 and 64 are close;
@@ -105,16 +105,20 @@ def _discount_matrix(c: float, n: int, dtype: torch.dtype, device: str) -> tuple
     """``M`` (n, n) with ``M[k, i] = c^(k-i)`` for ``k >= i`` (else 0), and ``c^(n-i)`` (n,).
 
     Built in float64; powers below the dtype's smallest normal number are set to 0 (a subnormal
-    would only add rounding noise, and subnormal arithmetic is slow on CPUs).
+    would only add rounding noise, and subnormal arithmetic is slow on CPUs). Built as plain
+    tensors whatever the caller's mode (a cached tensor made under ``torch.inference_mode`` could
+    not be saved for a later backward), on the CPU first.
     """
-    k = torch.arange(n, dtype=torch.float64)
-    e = k.unsqueeze(1) - k.unsqueeze(0)                          # k - i
-    M = torch.where(e >= 0, torch.tensor(c, dtype=torch.float64) ** e.clamp(min=0), 0.0)
-    carry = torch.tensor(c, dtype=torch.float64) ** (n - k)      # c^(n - i)
-    tiny = torch.finfo(dtype).tiny
-    M = torch.where(M.abs() < tiny, 0.0, M)
-    carry = torch.where(carry.abs() < tiny, 0.0, carry)
-    return M.to(dtype=dtype, device=device), carry.to(dtype=dtype, device=device)
+    with torch.inference_mode(False), torch.no_grad():
+        k = torch.arange(n, dtype=torch.float64, device="cpu")
+        e = k.unsqueeze(1) - k.unsqueeze(0)                      # k - i
+        base = torch.tensor(c, dtype=torch.float64, device="cpu")
+        M = torch.where(e >= 0, base ** e.clamp(min=0), 0.0)
+        carry = base ** (n - k)                                  # c^(n - i)
+        tiny = torch.finfo(dtype).tiny
+        M = torch.where(M.abs() < tiny, 0.0, M)
+        carry = torch.where(carry.abs() < tiny, 0.0, carry)
+        return M.to(dtype=dtype, device=device), carry.to(dtype=dtype, device=device)
 
 
 def reverse_discounted_sum(x: Tensor, c: float) -> Tensor:
@@ -123,8 +127,19 @@ def reverse_discounted_sum(x: Tensor, c: float) -> Tensor:
     y[block j, i] = (x[block j] @ M)[i] + c^(BLOCK-i) * y[start of block j+1]
     y[start of block j] = sum_{j'>=j} (c^BLOCK)^(j'-j) * (x[block j'] @ M)[0]  (the same sum, one
     level up, on T / BLOCK entries)
-    Entries of ``x`` that are 0 from some t on give exactly 0 there.
+    Entries of ``x`` that are 0 from some t on give exactly 0 there, provided every entry is
+    finite: a non-finite entry reaches the whole of its block through the block's zero
+    coefficients (inf * 0), where the scan confines it to the steps before it.
+
+    16-bit inputs are summed in float32 (their smallest normal number would cut the powers of c
+    too early), and float32 on CUDA in float64 (a process-wide TF32 setting would otherwise turn
+    the matrix products into 10-bit ones).
     """
+    c = float(c)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return reverse_discounted_sum(x.float(), c).to(x.dtype)
+    if x.dtype == torch.float32 and x.device.type == "cuda":
+        return reverse_discounted_sum(x.double(), c).float()
     B, T = x.shape
     n = BLOCK
     if T <= n:
@@ -137,7 +152,8 @@ def reverse_discounted_sum(x: Tensor, c: float) -> Tensor:
     heads = reverse_discounted_sum(local[:, :, 0], c ** n)       # y at the start of each block
     after = F.pad(heads[:, 1:], (0, 1))                           # y at the start of the next block
     y = local.addcmul_(after.unsqueeze(2), carry)                 # local + after * c^(n - i)
-    return y.view(B, nb * n)[:, :T]
+    y = y.view(B, nb * n)
+    return y if T == nb * n else y[:, :T].contiguous()
 
 
 # --- the plain reverse scan: the readable reference of the two functions above ---------------------

@@ -54,4 +54,7 @@ def batch_normalized_advantages(advantages: Tensor, mask: Tensor | None = None,
     mu = torch.where(m, advantages, 0.0).sum() / n_real
     centred = torch.where(m, advantages - mu, 0.0)                   # A - mu; 0 at padding
     var = (centred * centred).sum() / (n_real - 1)                   # unbiased
-    return centred * torch.rsqrt(var + eps)
+    scale = torch.rsqrt(var + eps)
+    if not bool(torch.isfinite(scale)):           # eps = 0, no spread: keep padding exactly 0
+        return torch.where(m, centred * scale, 0.0)
+    return centred * scale

@@ -7,7 +7,13 @@
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# Two xdist workers on two cores: one torch thread each. With torch's default (one per core),
+# each worker's idle OpenMP threads spin for a core the other worker needs, and thousands of
+# tiny autograd calls (the bisections of test_preferences) ran 10-25x slower in the full run.
+torch.set_num_threads(1)
 
 settings.register_profile(
     "ci",

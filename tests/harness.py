@@ -9,10 +9,12 @@ bug it models). A test reaches every function under test through ``rf``: ``rf.ga
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
 import torch
+from hypothesis import Phase, settings
 
 import refimpl
 from refimpl import tabular
@@ -50,6 +52,22 @@ def _killed(exc: BaseException) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _first_failure_only(test):
+    """A Hypothesis test run on a mutant stops at its first failing example: whether it fails is
+    the question, and shrinking the example (for a readable report) took most of the time."""
+    current = getattr(test, "_hypothesis_internal_use_settings", None)
+    if current is None:
+        yield
+        return
+    test._hypothesis_internal_use_settings = settings(
+        current, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = current
+
+
 def against(*mutants: str):
     """Run the test on refimpl (must pass) and on each mutant (must fail by assertion)."""
     for name in mutants:
@@ -65,7 +83,8 @@ def against(*mutants: str):
             if rf.mutant is None:
                 return test(rf, *args, **kwargs)
             try:
-                test(rf, *args, **kwargs)
+                with _first_failure_only(test):
+                    test(rf, *args, **kwargs)
             except BaseException as exc:                      # noqa: BLE001
                 if _killed(exc):
                     return

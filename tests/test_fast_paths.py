@@ -15,6 +15,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from refimpl import batch_normalized_advantages, discounted_returns, gae, policy_gradient_loss
 from refimpl.policy_loss import ppo_clip_loss_plain
 from refimpl.returns import BLOCK, discounted_returns_loop, discounted_returns_scan, gae_loop, gae_scan
 from tests.harness import against, assert_close, lengths_mask
@@ -131,3 +132,61 @@ def test_group_means_accumulate_in_float64():
     assert bool(((loo.double() - exact).abs() <= torch.finfo(torch.float32).eps * exact.abs()).all())
     constant = torch.full((8,), 0.1, dtype=torch.float32)
     assert bool((refimpl.group_normalized_advantages(constant, torch.zeros(8, dtype=torch.long)) == 0).all())
+
+
+# --- edges of the fast paths (a review of the blocked sums, the masks and the caches) ------------
+
+def test_matrices_cached_under_inference_mode_still_serve_a_backward():
+    """The discount matrices are cached; one first built inside ``torch.inference_mode`` (a
+    rollout) must still serve a later call that differentiates (an update step)."""
+    from refimpl.returns import _discount_matrix
+    _discount_matrix.cache_clear()
+    mask = lengths_mask([100, 37], 100)
+    with torch.inference_mode():
+        refimpl_returns = discounted_returns(torch.randn(2, 100), mask, 0.93)
+    assert refimpl_returns.shape == (2, 100)
+    r = torch.randn(2, 100, requires_grad=True)
+    discounted_returns(r, mask, 0.93).sum().backward()       # raised before: inference tensors
+    # d sum_t G_t / d r_k = sum_{t<=k} gamma^(k-t): row 0, k = 0 is 1
+    assert r.grad[0, 0].item() == 1.0 and bool(torch.isfinite(r.grad).all())
+
+
+def test_half_precision_returns_keep_powers_below_half_precisions_smallest_normal():
+    """gamma^15 = 2^-15 is below float16's smallest normal (2^-14), yet 1000 * 2^-15 = 0.0305 is
+    an ordinary float16 number: the sum must not drop the term (it is done in float32)."""
+    r = torch.zeros(1, 16, dtype=torch.float16)
+    r[0, 15] = 1000.0
+    G = discounted_returns(r, torch.ones(1, 16, dtype=torch.bool), 0.5)
+    assert G.dtype == torch.float16
+    # 1000 * 2^-15 = 0.030517578125 is exactly representable in float16
+    assert G[0, 0].item() == 1000.0 * 2.0 ** -15
+
+
+def test_a_row_longer_than_a_block_comes_back_contiguous():
+    T = BLOCK + 7
+    G = discounted_returns(torch.randn(3, T), lengths_mask([T, 5, 70], T), 0.9)
+    assert G.is_contiguous() and G.view(-1).shape == (3 * T,)
+
+
+def test_no_rows_is_no_output_not_a_crash():
+    for fn in (lambda r, m: discounted_returns(r, m, 0.9), lambda r, m: gae(r, r, m)[0]):
+        out = fn(torch.zeros(0, 70), torch.zeros(0, 70, dtype=torch.bool))
+        assert out.shape == (0, 70)
+
+
+def test_sequence_advantage_gradient_ignores_nan_log_probs_at_padding():
+    """d loss / d A_b = -sum_t w_t logp_t over real tokens: a NaN log-prob at padding must not
+    reach it (0 * NaN is NaN if padding is multiplied rather than selected)."""
+    mask = lengths_mask([3, 1], 3)
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, float("nan"), float("nan")]])
+    A = torch.tensor([1.0, 2.0], requires_grad=True)
+    policy_gradient_loss(logp, A, mask, agg="seq-mean-token-sum").backward()
+    # seq-mean-token-sum: loss = -(1/B) sum_b A_b sum_t logp_bt  ->  grad = -(1/2) sum_t logp_bt
+    assert A.grad.tolist() == [3.0, 0.25]
+
+
+def test_whitening_without_eps_and_without_spread_keeps_padding_zero():
+    mask = lengths_mask([2, 1], 2)
+    out = batch_normalized_advantages(torch.tensor([[1.0, 1.0], [1.0, 5.0]]), mask, eps=0.0)
+    assert out[1, 1].item() == 0.0            # padded; the real entries are 0/0 (no spread)
+    assert bool(out[mask].isnan().all())

@@ -48,8 +48,10 @@ def _root_of_increasing(g, lo, hi, iters=200):
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         neg = g(mid) < 0
-        lo = torch.where(neg, mid, lo)
-        hi = torch.where(neg, hi, mid)
+        new_lo, new_hi = torch.where(neg, mid, lo), torch.where(neg, hi, mid)
+        if torch.equal(new_lo, lo) and torch.equal(new_hi, hi):
+            break           # a step is a function of (lo, hi): a fixed point stays one (~70 steps)
+        lo, hi = new_lo, new_hi
     return 0.5 * (lo + hi)
 
 
