@@ -100,26 +100,10 @@ def _pg_expected(kw: dict):
 def _dpo_prepare(loss_type: str, beta_key: str):
     def prepare(kw: dict):
         A = _adapter()
-        t = A._trl()
         pc, pr = kw["policy_chosen_logps"], kw["policy_rejected_logps"]
         rc, rr = kw["ref_chosen_logps"], kw["ref_rejected_logps"]
         n, device = pc.shape[0], pc.device
-        args = A._config(t.DPOConfig, loss_type=[loss_type], beta=kw[beta_key],
-                         precompute_ref_log_probs=True)
-        tr = object.__new__(t.DPOTrainer)
-        # the attributes DPOTrainer.__init__ copies from args (dpo_trainer.py:801-818)
-        tr.args = args
-        tr.beta = args.beta
-        tr.precompute_ref_logps = args.precompute_ref_log_probs
-        tr.loss_types = args.loss_type
-        tr.loss_weights = args.loss_weights or [1.0] * len(tr.loss_types)
-        tr.ld_alpha = args.ld_alpha
-        tr.f_divergence_type = args.f_divergence_type
-        tr.f_alpha_divergence_coef = args.f_alpha_divergence_coef
-        tr.label_smoothing = args.label_smoothing
-        tr.use_weighting = args.use_weighting
-        tr.aux_loss_enabled = False
-        A._metric_containers(tr, 1)
+        tr = A._bare_dpo_trainer(loss_type, kw[beta_key])        # as the adapter builds it
         # the policy forward's output: one-token completions, the batch is [chosen; rejected]
         log_probs = torch.cat([pc, pr]).unsqueeze(1)                      # (2N, 1)
         zeros = torch.zeros(2 * n, 1, dtype=pc.dtype, device=device)
@@ -131,7 +115,7 @@ def _dpo_prepare(loss_type: str, beta_key: str):
                   "attention_mask": torch.ones(2 * n, 2, dtype=torch.long, device=device),
                   "completion_mask": torch.tensor([[0, 1]], device=device).expand(2 * n, 2),
                   "ref_chosen_logps": rc.detach(), "ref_rejected_logps": rr.detach()}
-        fn, model = t.DPOTrainer._compute_loss, tr.model
+        fn, model = type(tr)._compute_loss, tr.model
         return lambda: fn(tr, model, inputs, return_outputs=False)
     return prepare
 

@@ -333,9 +333,9 @@ def _grpo_loss(loss_type, logp, mask, advantages, old_logp=None, ref_logp=None, 
     return _trl().GRPOTrainer._compute_loss(tr, tr.model, inputs)
 
 
-def _dpo_pair(loss_type, pc, pr, rc, rr, beta):
-    """``DPOTrainer._compute_loss`` on one pair (it returns the batch mean), with precomputed
-    reference log-probs and a one-token completion whose log-prob is the sequence's."""
+def _bare_dpo_trainer(loss_type: str, beta: float):
+    """A ``DPOTrainer`` without ``__init__`` (no model, no dataset): the attributes its
+    ``_compute_loss`` reads, set as ``__init__`` sets them from a ``DPOConfig``."""
     t = _trl()
     args = _config(t.DPOConfig, loss_type=[loss_type], beta=beta, precompute_ref_log_probs=True)
     tr = object.__new__(t.DPOTrainer)
@@ -352,6 +352,13 @@ def _dpo_pair(loss_type, pc, pr, rc, rr, beta):
     tr.use_weighting = args.use_weighting
     tr.aux_loss_enabled = False
     _metric_containers(tr, 1)
+    return tr
+
+
+def _dpo_pair(loss_type, pc, pr, rc, rr, beta):
+    """``DPOTrainer._compute_loss`` on one pair (it returns the batch mean), with precomputed
+    reference log-probs and a one-token completion whose log-prob is the sequence's."""
+    tr = _bare_dpo_trainer(loss_type, beta)
     log_probs = torch.stack([pc, pr]).unsqueeze(1)                 # (2, 1): [chosen, rejected]
 
     def forward(**kwargs):            # the policy forward, replaced
@@ -363,7 +370,7 @@ def _dpo_pair(loss_type, pc, pr, rc, rr, beta):
               "attention_mask": torch.ones(2, 2, dtype=torch.long),
               "completion_mask": torch.tensor([[0, 1], [0, 1]]),
               "ref_chosen_logps": rc.reshape(1), "ref_rejected_logps": rr.reshape(1)}
-    return t.DPOTrainer._compute_loss(tr, tr.model, inputs, return_outputs=False)
+    return type(tr)._compute_loss(tr, tr.model, inputs, return_outputs=False)
 
 
 def _reward_pair(chosen, rejected, margin):
