@@ -6,7 +6,8 @@ process that loads the adapter itself from its spec: a segfault, ``os._exit`` or
 that check only (``error``), the worker is restarted, and a healthy adapter pays one process
 start for the whole run. Workers are forked from a fork server that has only imported torch and
 the checks (forking a process whose torch has run threads is unsafe; the server never has), so a
-restart does not pay those imports again; ``spawn`` where there is no fork server. An adapter handed over as a Python object runs in-process, without that isolation.
+restart does not pay those imports again; ``spawn`` where there is no fork server. An adapter
+handed over as a Python object runs in-process, without that isolation.
 """
 
 from __future__ import annotations

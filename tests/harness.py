@@ -52,6 +52,10 @@ def _killed(exc: BaseException) -> bool:
     return False
 
 
+#: Hypothesis phases without shrinking: a run that only asks whether a mutant fails
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
+
+
 @contextlib.contextmanager
 def _first_failure_only(test):
     """A Hypothesis test run on a mutant stops at its first failing example: whether it fails is
@@ -60,8 +64,7 @@ def _first_failure_only(test):
     if current is None:
         yield
         return
-    test._hypothesis_internal_use_settings = settings(
-        current, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+    test._hypothesis_internal_use_settings = settings(current, phases=NO_SHRINK)
     try:
         yield
     finally:

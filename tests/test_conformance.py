@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import settings
 
 from conformance import report as report_mod
 from conformance.cli import main
@@ -16,6 +16,7 @@ from conformance.checks import all_checks, templates
 from conformance.registry import REGISTRY
 from conformance.runner import load_adapter, run_check
 from tests import broken_adapters, mutants
+from tests.harness import NO_SHRINK
 
 CHECKS = all_checks()
 #: the function-level checks: a mutant of a canonical function or a re-wrap of refimpl's
@@ -60,8 +61,7 @@ PAIRS = [(c.id, m) for c in all_checks(thorough=True) for m in c.mutants]
 def test_each_check_fails_on_each_mutant_it_names(check_id, mutant, monkeypatch):
     # a thorough check's first failing draw decides "fail"; shrinking it (which a report's
     # counterexample needs, and which took most of these tests' time) is left out here
-    monkeypatch.setattr(templates, "SETTINGS", settings(templates.SETTINGS, phases=(
-        Phase.explicit, Phase.reuse, Phase.generate)))
+    monkeypatch.setattr(templates, "SETTINGS", settings(templates.SETTINGS, phases=NO_SHRINK))
     row = run_check(REGISTRY[check_id], mutants.adapter(mutant))
     assert row["status"] == "fail", (
         f"{check_id} should fail on mutant {mutant} ({mutants.get(mutant).bug}), got "
