@@ -1,4 +1,4 @@
-"""The ``rlconform`` command: certify, compare, list, explain, setup, repro, train.
+"""The ``rlconform`` command: certify, compare, list, explain, setup, repro, train, sheet.
 
     rlconform certify ADAPTER --out DIR [-k GLOB] [--timeout S] [--seed N] [--thorough] [--slow]
                       [--device cpu|cuda] [--in-process] [-v] [-q]
@@ -9,6 +9,7 @@
     rlconform repro ADAPTER CHECK_ID --out FILE [--seed N]
     rlconform train ALGO --out DIR [--task T] [--steps N] [--seed S] [--model PATH]
                     [--device D] [--set FIELD=VALUE ...] [--preset NAME] [--tensorboard] [-q]
+    rlconform sheet --out FILE [--no-figures] [--check]
     rlconform --version
 
 Exit status of ``certify`` (docs/contract.md, "Certification and statuses"): 0 when no check is
@@ -336,6 +337,48 @@ def _cmd_train(args) -> int:
     return 0
 
 
+# --- sheet ---------------------------------------------------------------------------------------
+
+def _cmd_sheet(args) -> int:
+    """Generate the executable reference sheet; exit 1 when a computed claim disagrees with its
+    expectation (the document is still written, the failure marked in it) or, with ``--check``,
+    when the file at ``--out`` differs from what would be written."""
+    from conformance import sheet as _sheet
+    from conformance.sheet.common import ROOT
+
+    if not (ROOT / "reports" / "training").is_dir():
+        return _error(f"sheet reads the committed runs and reports of a checkout of the "
+                      f"repository, and {ROOT / 'reports'} has none: run it in a clone")
+    out = Path(args.out)
+    if out.is_dir():
+        return _error(f"--out {out}: a directory; give the Markdown file to write")
+    if args.check and not out.is_file():
+        return _error(f"--check: {out} does not exist (generate it first without --check)")
+    if not args.check:
+        try:
+            check_writable(out.parent)
+        except ReportWriteError as exc:
+            return _error(str(exc))
+    result = _sheet.generate()
+    for claim in result.failures:
+        print(f"FAILED [{claim.section}] {claim.text}: {claim.detail}", file=sys.stderr)
+    held = len(result.claims) - len(result.failures)
+    print(f"{held} of {len(result.claims)} computed claims hold")
+    if args.check:
+        if out.read_text() != result.text:
+            diff = difflib.unified_diff(out.read_text().splitlines(), result.text.splitlines(),
+                                        str(out), "generated", lineterm="", n=1)
+            print("\n".join(list(diff)[:60]), file=sys.stderr)
+            print(f"rlconform: {out} is out of date: run `rlconform sheet --out {out}`",
+                  file=sys.stderr)
+            return 1
+        print(f"{out} is up to date")
+    else:
+        written = _sheet.write(result, out, figures=not args.no_figures)
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 1 if result.failures else 0
+
+
 def _frameworks_help() -> str:
     how = {name: ("pip install " + " ".join(what)) if kind == "pip"
            else f"scripted minimal install, {what}" for name, (kind, what) in FRAMEWORKS.items()}
@@ -413,6 +456,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
+    sh = sub.add_parser("sheet", help="generate the reference sheet of the field with every "
+                        "computable claim computed and checked (docs/sheet.md)")
+    sh.add_argument("--out", required=True, metavar="FILE",
+                    help="the Markdown file to write (figures go to sheet/ beside it)")
+    sh.add_argument("--no-figures", action="store_true", help="write the text only")
+    sh.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if FILE differs from what would be written")
+    sh.set_defaults(func=_cmd_sheet)
+
     e = sub.add_parser("explain", help="equation, contract section, source and fix for one check")
     e.add_argument("check_id", help="a check id, as `rlconform list` prints it")
     e.set_defaults(func=_cmd_explain)
