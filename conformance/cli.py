@@ -9,7 +9,7 @@
     rlconform repro ADAPTER CHECK_ID --out FILE [--seed N]
     rlconform train ALGO --out DIR [--task T] [--steps N] [--seed S] [--model PATH]
                     [--device D] [--set FIELD=VALUE ...] [--preset NAME] [--tensorboard] [-q]
-    rlconform sheet --out FILE [--no-figures] [--check]
+    rlconform sheet --out FILE [--no-figures] [--check] [-v]
     rlconform --version
 
 Exit status of ``certify`` (docs/contract.md, "Certification and statuses"): 0 when no check is
@@ -360,8 +360,11 @@ def _cmd_sheet(args) -> int:
         except ReportWriteError as exc:
             return _error(str(exc))
     result = _sheet.generate()
-    for claim in result.failures:
-        print(f"FAILED [{claim.section}] {claim.text}: {claim.detail}", file=sys.stderr)
+    for claim in result.claims:
+        if not claim.ok:
+            print(f"FAILED [{claim.section}] {claim.text}: {claim.detail}", file=sys.stderr)
+        elif args.verbose:
+            print(f"ok     [{claim.section}] {claim.text}: {claim.detail}")
     held = len(result.claims) - len(result.failures)
     print(f"{held} of {len(result.claims)} computed claims hold")
     if args.check:
@@ -463,6 +466,8 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--no-figures", action="store_true", help="write the text only")
     sh.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 if FILE differs from what would be written")
+    sh.add_argument("-v", "--verbose", action="store_true",
+                    help="print every claim with its numbers (residual, value, expectation)")
     sh.set_defaults(func=_cmd_sheet)
 
     e = sub.add_parser("explain", help="equation, contract section, source and fix for one check")

@@ -4,18 +4,17 @@ For each baseline, the exact expected gradient of the REINFORCE surrogate
 -(1/G) sum_i A_i log pi(y_i), over every G-tuple of one prompt's responses (or every batch of N
 draws), is compared with grad J or with the ideal normalised gradient grad J / sigma. Where the
 sheet says "biased", the size of the bias is computed and pinned by an independent oracle: the
-*effective reward* a(c) = E[A_1 | y_1 = c], enumerated in numpy over the other G - 1 samples, so
+*effective reward* a(c) = E[A_1 | y_1 = c], enumerated in numpy over the other G - 1 samples
+(``conformance.sheet.variance.effective_reward``, which docs/sheet.md uses too), so
 that E[grad] = -grad_theta sum_c pi_theta(c) a(c) with a held fixed.
 """
-
-import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from refimpl.tabular import TabularPolicy, cosine, pg_surrogate
+from conformance.sheet.variance import effective_reward, grpo_np, whiten_np
 from tests.harness import against, assert_close
 
 EXACT = 1e-10
@@ -35,30 +34,6 @@ def _advantages(tup, scores, fn):
     R = scores[tup.prompt, tup.completion]
     ids = torch.arange(len(tup)).repeat_interleave(tup.size)
     return fn(R.flatten(), ids).reshape(R.shape)
-
-
-def _effective_reward(probs, values, N, advantage):
-    """numpy oracle: a(o) = E[A_1 | sample 1 = o] with the other N - 1 samples i.i.d. ~ probs.
-
-    ``advantage(rows (M, N)) -> (M, N)``; enumerates multisets of the others with multinomial
-    weights."""
-    O = len(values)
-    a = np.zeros(O)
-    for multiset in itertools.combinations_with_replacement(range(O), N - 1):
-        counts = np.bincount(np.array(multiset, dtype=int), minlength=O)
-        weight = math.factorial(N - 1) / np.prod([math.factorial(int(k)) for k in counts])
-        weight *= np.prod(probs[list(multiset)])
-        rows = np.concatenate([values[:, None], np.tile(values[list(multiset)], (O, 1))], axis=1)
-        a += weight * advantage(rows)[:, 0]
-    return a
-
-
-def _group_std_adv(rows, eps=1e-6):
-    return (rows - rows.mean(1, keepdims=True)) / (rows.std(1, ddof=1, keepdims=True) + eps)
-
-
-def _global_adv(rows, eps=1e-8):
-    return (rows - rows.mean(1, keepdims=True)) / np.sqrt(rows.var(1, ddof=1, keepdims=True) + eps)
 
 
 @against("constant_baseline_updated_with_sample")
@@ -105,7 +80,7 @@ def test_group_std_normalisation_bias_is_exactly_the_effective_reward_oracles(rf
         tup = pol.tuples(G)
         A = _advantages(tup, scores, lambda s, i: rf.group_normalized_advantages(s, i, "group", 1e-6))
         g = -pol.expected_gradient(pg_surrogate(A), tup)
-        a = torch.tensor(np.stack([_effective_reward(probs[p], scores[p].numpy(), G, _group_std_adv)
+        a = torch.tensor(np.stack([effective_reward(probs[p], scores[p].numpy(), G, grpo_np)
                                    for p in range(pol.n_prompts)]))
         oracle = pol.grad((pol.prompt_weights * (pol.probs() * a).sum(1)).sum())
         assert_close(g, oracle, EXACT, f"group std normalisation, G={G}: E[grad] vs effective reward")
@@ -132,7 +107,7 @@ def test_global_normalisation_gap_shrinks_as_the_batch_grows(rf, setup):
                          for k in range(len(tup))])
         g = -pol.expected_gradient(pg_surrogate(A), tup)
         if N <= 4:
-            a = torch.tensor(_effective_reward(q, scores.flatten().numpy(), N, _global_adv))
+            a = torch.tensor(effective_reward(q, scores.flatten().numpy(), N, whiten_np))
             joint = pol.prompt_weights.unsqueeze(1) * pol.probs()
             oracle = pol.grad((joint.flatten() * a).sum())
             assert_close(g, oracle, EXACT, f"global normalisation, N={N}: E[grad] vs effective reward")

@@ -8,6 +8,7 @@ text does not depend on ``--out``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -27,16 +28,17 @@ def rel(path: Path | str) -> str:
 
 
 def where(fn) -> tuple[str, int]:
-    """``(repository path, line)`` of a function's definition ("", 0 when it has none)."""
+    """``(repository path, line)`` of a function's definition ("", 0 when it has none), relative
+    to the directory that holds its top-level package, so that the link is the same whether the
+    package is installed editable or not."""
     try:
         path = Path(inspect.getsourcefile(fn)).resolve()
         line = inspect.getsourcelines(fn)[1]
-    except (OSError, TypeError):
+        package = importlib.import_module(fn.__module__.split(".")[0])
+        base = Path(package.__file__).resolve().parent.parent
+        return path.relative_to(base).as_posix(), line
+    except (OSError, TypeError, ValueError, AttributeError, ImportError):
         return "", 0
-    try:
-        return path.relative_to(ROOT).as_posix(), line
-    except ValueError:
-        return path.name, line
 
 
 def code_link(fn, label: str | None = None) -> str:
@@ -60,7 +62,7 @@ def checks_for(estimator: str) -> str:
     mine = [c for c in all_checks() if c.estimator == estimator]
     exact = [f"`{c.id}`" for c in mine if c.kind == "exact"]
     lead = ", ".join(exact) + "; " if exact else ""
-    return (f"{lead}[{len(mine)} checks in all](checks.md#{estimator.replace('_', '_')})")
+    return f"{lead}[{len(mine)} checks in all](checks.md#{estimator})"
 
 
 def policy(max_len: int = 2, n_prompts: int = 2, seed: int = 1) -> TabularPolicy:
@@ -70,8 +72,8 @@ def policy(max_len: int = 2, n_prompts: int = 2, seed: int = 1) -> TabularPolicy
 
 def scores_for(pol: TabularPolicy, seed: int = 3) -> torch.Tensor:
     """A score for every (prompt, response), standard normal, fixed by ``seed``."""
-    return torch.randn(pol.n_prompts, pol.n_completions, generator=torch.Generator().manual_seed(seed),
-                       dtype=DTYPE)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(pol.n_prompts, pol.n_completions, generator=generator, dtype=DTYPE)
 
 
 def token_jacobian(pol: TabularPolicy) -> torch.Tensor:
@@ -88,7 +90,8 @@ def _token_logp(pol: TabularPolicy, theta: torch.Tensor) -> torch.Tensor:
     return torch.where(pol.tree.mask, lp, torch.zeros_like(lp))
 
 
-def per_row_gradients(pol: TabularPolicy, tup, coef: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+def per_row_gradients(pol: TabularPolicy, tup, coef: torch.Tensor,
+                      jac: torch.Tensor) -> torch.Tensor:
     """``(K, P*S*A)``: each row's REINFORCE estimate of the ascent direction
     ``(1/N) sum_i sum_t A_{i,t} grad log pi(y_{i,t})``; ``coef`` is ``A`` as ``(K, N)`` (a score per
     sample) or ``(K, N, L)`` (per token)."""

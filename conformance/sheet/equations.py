@@ -35,7 +35,6 @@ def policy_gradient(led: Ledger) -> str:
     grad_J = pol.grad_J(rewards)
     pg = canonical("policy_gradient_loss")
     one = pol.tuples(1)
-    L = pol.tree.max_len
 
     def surrogate(advantage):                                   # advantage: (K, 1) or (K, 1, L)
         def loss(batch):
@@ -48,6 +47,8 @@ def policy_gradient(led: Ledger) -> str:
     _, _, A = pol.values(rewards)
     A_tok = pol.along(A)[one.prompt, one.completion]             # (K, 1, L)
     g_A = -pol.expected_gradient(surrogate(A_tok), one)
+    err_R = led.bound("E[grad pg loss with R] = grad J", _rel(g_R, grad_J), 1e-12)
+    err_A = led.bound("E[grad pg loss with A(s,a)] = grad J", _rel(g_A, grad_J), 1e-12)
     return "\n".join([
         "### Policy gradient",
         "",
@@ -59,10 +60,11 @@ def policy_gradient(led: Ledger) -> str:
         f"Exact, on the tabular policy ({pol.n_prompts} prompts, {pol.n_completions} responses "
         "each, standard normal scores):",
         "",
-        "| weight on ∇log π | relative error of E[−∇ loss] against ∇J (autograd of the exact J) |",
+        "| weight on ∇log π "
+        "| relative error of E[−∇ loss] against ∇J (autograd of the exact J) |",
         "|---|---|",
-        f"| the return R(y) (REINFORCE) | {led.bound('E[grad pg loss with R] = grad J', _rel(g_R, grad_J), 1e-12)} |",
-        f"| the true advantage A(s_t, y_t) per token | {led.bound('E[grad pg loss with A(s,a)] = grad J', _rel(g_A, grad_J), 1e-12)} |",
+        f"| the return R(y) (REINFORCE) | {err_R} |",
+        f"| the true advantage A(s_t, y_t) per token | {err_A} |",
         "",
         "The sheet writes A(s, a) as the weight; the return R and the advantage give the same "
         "expectation because a state-only baseline has zero expected gradient (question 2 below).",
@@ -82,29 +84,46 @@ def value_functions(led: Ledger) -> str:
     EQ, reach_sa = pol.conditional_on_transition(G_t.reshape(1, -1, L))
     err_V = float(((EV - V) * (reach_s > 0)).abs().max())
     err_Q = float(((EQ - Q) * (reach_sa > 0)).abs().max())
-    err_A = float((pi * A).sum(-1).abs().max())
+    A_enum = EQ - EV.unsqueeze(-1)                      # advantage from enumeration alone
+    err_A = float(((A_enum - A) * (reach_sa > 0)).abs().max())
     J = float(pol.J(rewards, gamma).detach())
     names = {pol.tree.eos: "EOS"}
+    theta = pol.theta.detach()
     rows = []
     for s, prefix in enumerate(pol.tree.states):
         label = "(empty)" if not prefix else " ".join(map(str, prefix))
+        z = [math.exp(float(x)) for x in theta[0, s]]
         for a in range(pol.tree.n_actions):
-            rows.append(f"| {label} | {names.get(a, a)} | {sig(float(pi[0, s, a]))} | "
-                        f"{sig(float(rewards[0, s, a]))} | {sig(float(Q[0, s, a]))} | "
-                        f"{sig(float(V[0, s]))} | {sig(float(A[0, s, a]))} |")
+            where = f"s={label}, a={names.get(a, a)}"
+            pi_cell = led.value(f"pi({where}) against the softmax by hand", float(pi[0, s, a]),
+                                z[a] / sum(z), 1e-12)
+            q_cell = led.value(f"Q({where}) against enumeration", float(Q[0, s, a]),
+                               float(EQ[0, s, a]), 1e-12)
+            v_cell = led.value(f"V({label}) against enumeration", float(V[0, s]),
+                               float(EV[0, s]), 1e-12)
+            a_cell = led.value(f"A({where}) against enumeration", float(A[0, s, a]),
+                               float(A_enum[0, s, a]), 1e-12)
+            rows.append(
+                f"| {label} | {names.get(a, a)} | {pi_cell} | "
+                f"{sig(float(rewards[0, s, a]))} | {q_cell} | {v_cell} | {a_cell} |")
     return "\n".join([
         "## Value functions",
         "",
-        "$$V^\\pi(s) = \\mathbb{E}\\Big[\\sum_{k \\ge t} \\gamma^{k-t} r_k \\,\\Big|\\, s_t = s\\Big], \\quad "
-        "Q^\\pi(s, a) = \\mathbb{E}\\Big[\\sum_{k \\ge t} \\gamma^{k-t} r_k \\,\\Big|\\, s_t = s, a_t = a\\Big], "
+        "$$V^\\pi(s) = \\mathbb{E}\\Big[\\sum_{k \\ge t} \\gamma^{k-t} r_k "
+        "\\,\\Big|\\, s_t = s\\Big], \\quad "
+        "Q^\\pi(s, a) = \\mathbb{E}\\Big[\\sum_{k \\ge t} \\gamma^{k-t} r_k "
+        "\\,\\Big|\\, s_t = s, a_t = a\\Big], "
         "\\quad A^\\pi = Q^\\pi - V^\\pi$$",
         "",
-        "In a language model the state is the prompt with the tokens generated so far, the action "
-        "the next token, and the transition is deterministic (append the token). Below, one "
+        "For a language model, a state is a prompt together with the part of the response "
+        "written so far, an action is one more token, and the transition just appends it. Below, "
+        "one "
         "prompt of a tabular policy with tokens {0, 1} and EOS, responses of at most 2 tokens, a "
         f"reward on every transition (standard normal, seed 6) and γ = {gamma}. V, Q and A come "
         f"from backward induction ({code_link(type(pol).values, 'TabularPolicy.values')}); every "
-        "row is reached with positive probability.",
+        "row is reached with positive probability, and every cell is checked against the "
+        "enumeration of every response (π against the softmax written out by hand; r is the "
+        "input).",
         "",
         "| state (prefix) | action | π(a∣s) | r(s, a) | Q(s, a) | V(s) | A(s, a) |",
         "|---|---|---|---|---|---|---|",
@@ -113,11 +132,12 @@ def value_functions(led: Ledger) -> str:
         "Checked against enumeration of every response, with returns from "
         f"{code_link(canonical('discounted_returns'), 'refimpl.discounted_returns')}:",
         "",
-        f"- V(s) = E[G_t ∣ s_t = s] for every state: max error {led.bound('V = E[G_t | s]', err_V, 1e-12)}",
+        "- V(s) = E[G_t ∣ s_t = s] for every state: max error "
+        f"{led.bound('V = E[G_t | s]', err_V, 1e-12)}",
         f"- Q(s, a) = E[G_t ∣ s_t = s, a_t = a] for every transition: max error "
         f"{led.bound('Q = E[G_t | s, a]', err_Q, 1e-12)}",
-        f"- Σ_a π(a∣s) A(s, a) = 0 in every state: max "
-        f"{led.bound('sum_a pi A = 0', err_A, 1e-12)}",
+        "- A(s, a) = E[G_t ∣ s_t = s, a_t = a] − E[G_t ∣ s_t = s], both enumerated: "
+        f"max error {led.bound('A = E[G_t | s, a] - E[G_t | s]', err_A, 1e-12)}",
         f"- V(empty prefix) = J = {led.value('V(root) = J', float(V[0, 0]), J, 1e-12)}",
     ])
 
@@ -146,14 +166,21 @@ def ppo_clip(led: Ledger, figs: dict) -> str:
         curves[f"A = {A:+.0f}"] = (obj, grad)
         zero[A] = (n_zero, n_expected)
     # clip-higher (DAPO): the upper bound alone moves
-    high, n_zero, n_expected = 0.28, 0, 0
+    high, n_zero, n_expected, worst_high = 0.28, 0, 0, 0.0
     for r in RATIOS:
-        logp = torch.tensor([[math.log(r)]], dtype=DTYPE, requires_grad=True)
-        loss = ppo(logp, torch.zeros(1, 1, dtype=DTYPE), torch.ones(1, dtype=DTYPE), m,
-                   clip_low=EPS_CLIP, clip_high=high, agg="token-mean")
-        (g_logp,) = torch.autograd.grad(loss, logp)
-        n_zero += float(g_logp) == 0.0
-        n_expected += r > 1 + high
+        for A in (1.0, -1.0):
+            logp = torch.tensor([[math.log(r)]], dtype=DTYPE, requires_grad=True)
+            loss = ppo(logp, torch.zeros(1, 1, dtype=DTYPE), torch.tensor([A], dtype=DTYPE), m,
+                       clip_low=EPS_CLIP, clip_high=high, agg="token-mean")
+            (g_logp,) = torch.autograd.grad(loss, logp)
+            g_r = -float(g_logp) / r
+            want_obj = min(r * A, min(max(r, 1 - EPS_CLIP), 1 + high) * A)
+            want_grad = 0.0 if (A > 0 and r > 1 + high) or (A < 0 and r < 1 - EPS_CLIP) else A
+            worst_high = max(worst_high, abs(-float(loss.detach()) - want_obj),
+                             abs(g_r - want_grad))
+            if A > 0:
+                n_zero += g_r == 0.0
+                n_expected += want_grad == 0.0
     figs["clip.png"] = lambda path: _figures().clip_figure(path, RATIOS, EPS_CLIP, curves)
     pos = led.holds("clip zeroes the gradient for A>0 exactly where r > 1+eps",
                     zero[1.0][0] == zero[1.0][1], f"{zero[1.0][0]}",
@@ -165,15 +192,17 @@ def ppo_clip(led: Ledger, figs: dict) -> str:
         "### PPO clipped objective",
         "",
         "$$L^{\\mathrm{CLIP}} = \\mathbb{E}_t\\big[\\min\\big(r_t A_t,\\ "
-        "\\mathrm{clip}(r_t, 1-\\epsilon_{\\mathrm{low}}, 1+\\epsilon_{\\mathrm{high}}) A_t\\big)\\big], "
+        "\\mathrm{clip}(r_t, 1-\\epsilon_{\\mathrm{low}}, 1+\\epsilon_{\\mathrm{high}}) "
+        "A_t\\big)\\big], "
         "\\quad r_t = \\frac{\\pi_\\theta(a_t \\mid s_t)}{\\pi_{\\mathrm{old}}(a_t \\mid s_t)}$$",
         "",
         _where_line("ppo_clip_loss") + " The loss is the negated objective; ε_low = ε_high = ε "
         "unless clip-higher (DAPO) sets them apart, and dual clip bounds the loss of a negative "
         "advantage by −c·A.",
         "",
-        f"On a grid of {len(RATIOS)} ratios from {RATIOS[0]:.3f} to {RATIOS[-1]:.3f} (step 0.01, no "
-        f"point on a boundary), ε = {EPS_CLIP}, A = ±1: objective and d objective / d r from "
+        f"On a grid of {len(RATIOS)} ratios from {RATIOS[0]:.3f} to {RATIOS[-1]:.3f} "
+        f"(step 0.01, no point on a boundary), ε = {EPS_CLIP}, A = ±1: objective and "
+        "d objective / d r from "
         "autograd through refimpl against the formula written out by hand, max difference "
         f"{led.bound('ppo clip objective and gradient on the grid', worst, 1e-12)}. The gradient "
         f"is exactly 0 at {pos} ratios for A = +1 (every r > 1 + ε) and at {neg} for A = −1 "
@@ -182,7 +211,9 @@ def ppo_clip(led: Ledger, figs: dict) -> str:
         f"ε_high = {high}) the zeros for A = +1 are "
         + led.holds("clip-higher zeroes the gradient for A>0 exactly where r > 1+eps_high",
                     n_zero == n_expected, f"{n_zero}", f"{n_zero} zeros, closed form {n_expected}")
-        + f" (every r > {1 + high:g}).",
+        + f" (every r > {1 + high:g}); objective and gradient on the grid for both signs, max "
+        "difference "
+        f"{led.bound('clip-higher objective and gradient on the grid', worst_high, 1e-12)}.",
         "",
         "![PPO clip objective and gradient](sheet/clip.png)",
     ])
@@ -202,6 +233,8 @@ def grpo_advantage(led: Ledger) -> str:
     dr = canonical("group_normalized_advantages")(torch.tensor(group, dtype=DTYPE), ids, "none")
     err_dr = max(abs(float(a) - (r - mean)) for a, r in zip(dr, group))
     correct = float(out[0])
+    factor = math.sqrt(len(group) / (len(group) - 1))
+    pop = (1 - mean) / (pstd + eps)                    # the advantage with the population std
     return "\n".join([
         "### GRPO advantage",
         "",
@@ -218,9 +251,10 @@ def grpo_advantage(led: Ledger) -> str:
         f"one {led.value('GRPO advantage of a wrong answer', float(out[1]), want[1], 1e-12)}. "
         "The std is the sample std (divisor G − 1); with the population std (divisor G) the "
         "correct answer would get "
-        f"{led.value('population-std advantage', (1 - mean) / (pstd + eps), correct * math.sqrt(len(group) / (len(group) - 1)), 1e-5)}, "
-        f"a factor √(G/(G−1)) = {sig(math.sqrt(len(group) / (len(group) - 1)))} apart. Dr. GRPO's "
-        f"advantage is r − mean: max difference {led.bound('Dr GRPO advantage = r - mean', err_dr, 1e-12)}. "
+        f"{led.value('population-std advantage', pop, correct * factor, 1e-6)}, "
+        f"a factor √(G/(G−1)) = {sig(factor)} apart (up to ε). Dr. GRPO's advantage is "
+        "r − mean: max difference "
+        f"{led.bound('Dr GRPO advantage = r - mean', err_dr, 1e-12)}. "
         "A group whose rewards are all equal gets advantages "
         f"{led.holds('a constant group gets exact zeros', bool((flat == 0).all()), 'exactly 0')} "
         "(no signal, and no NaN: see degenerate groups under red flags).",
@@ -236,23 +270,27 @@ def dpo(led: Ledger) -> str:
     z = beta * ((pc - rc) - (pr - rr))
     want = math.log1p(math.exp(-z))
     sig_neg = 1 / (1 + math.exp(z))
+    g_w = float(g_chosen[0])
     zero = torch.zeros(1, dtype=DTYPE)
     at0 = float(canonical("dpo_loss")(zero, zero, zero, zero, beta=beta)[0])
     return "\n".join([
         "### DPO loss",
         "",
-        "$$\\mathcal{L}_{\\mathrm{DPO}} = -\\log \\sigma\\Big(\\beta \\log \\frac{\\pi_\\theta(y_w \\mid x)}"
+        "$$\\mathcal{L}_{\\mathrm{DPO}} = -\\log \\sigma\\Big(\\beta \\log "
+        "\\frac{\\pi_\\theta(y_w \\mid x)}"
         "{\\pi_{\\mathrm{ref}}(y_w \\mid x)} - \\beta \\log \\frac{\\pi_\\theta(y_l \\mid x)}"
         "{\\pi_{\\mathrm{ref}}(y_l \\mid x)}\\Big)$$",
         "",
         _where_line("dpo_loss"),
         "",
-        f"With log π(y_w) = {pc}, log π(y_l) = {pr}, log π_ref(y_w) = {rc}, log π_ref(y_l) = {rr}, "
-        f"β = {beta}: the margin z = {sig(z)}, the loss "
+        f"With log π(y_w) = {pc}, log π(y_l) = {pr}, log π_ref(y_w) = {rc}, "
+        f"log π_ref(y_l) = {rr}, β = {beta}: the log-ratio margin is h = {sig(z / beta)} and "
+        f"z = βh = {sig(z)}; the loss "
         f"{led.value('DPO loss against log1p(exp(-z))', float(loss[0].detach()), want, 1e-12)} "
         f"(closed form log(1 + e^(−z))), and ∂L/∂log π(y_w) = −β σ(−z) = "
-        f"{led.value('DPO gradient against -beta sigma(-z)', float(g_chosen[0]), -beta * sig_neg, 1e-12)}. "
-        f"At z = 0 the loss is log 2 = {led.value('DPO loss at z = 0 is log 2', at0, math.log(2), 1e-12)}.",
+        f"{led.value('DPO gradient against -beta sigma(-z)', g_w, -beta * sig_neg, 1e-12)}. "
+        "At z = 0 the loss is log 2 = "
+        f"{led.value('DPO loss at z = 0 is log 2', at0, math.log(2), 1e-12)}.",
     ])
 
 
@@ -264,12 +302,20 @@ def kl(led: Ledger, figs: dict) -> str:
     # the oracle: the chain rule, sum over states of P(reach s) KL(pi(.|s) || ref(.|s))
     exact = (pol.state_visitation().detach() * pol.state_kl(ref).detach()).sum(1)
     m = pol.mask.repeat(pol.n_prompts, 1)
+    seq_formula = (p * (pol.seq_logp().detach() - ref.seq_logp().detach())).sum(1)
+    l_tok = torch.where(pol.mask, lp - lq, torch.zeros_like(lp))            # by hand, per token
+    hand = {"k1": l_tok, "k2": 0.5 * l_tok ** 2,
+            "k3": torch.where(pol.mask, torch.exp(-l_tok) - 1 + l_tok, torch.zeros_like(lp))}
     lines = []
     for kind in ("k1", "k2", "k3"):
         k = canonical("kl_estimate")(lp.reshape(-1, L), lq.reshape(-1, L), m, kind)
         per_seq = k.reshape(p.shape + (L,)).sum(-1)
         mean = (p * per_seq).sum(1)
         var = (p * (per_seq - mean.unsqueeze(1)) ** 2).sum(1)
+        h = hand[kind].sum(-1)
+        var_hand = (p * h ** 2).sum(1) - (p * h).sum(1) ** 2
+        var_cell = ", ".join(led.value(f"variance of sum_t {kind} against the formula by hand",
+                                       float(v), float(w), 1e-12) for v, w in zip(var, var_hand))
         if kind == "k2":
             by_hand = (p * (0.5 * (lp - lq) ** 2).sum(-1)).sum(1)
             gap = float((mean - exact).abs().max())
@@ -278,8 +324,9 @@ def kl(led: Ledger, figs: dict) -> str:
             cell = led.holds("E[k2] differs from KL", gap > 1e-2, f"biased: E = {shown}",
                              f"largest gap {gap:.3g}")
         else:
-            cell = "unbiased: ∣E − KL∣ " + led.bound(f"E[sum_t {kind}] = KL", float((mean - exact).abs().max()), 1e-12)
-        lines.append(f"| {kind} | {cell} | {', '.join(sig(float(v)) for v in var)} |")
+            gap = float((mean - exact).abs().max())
+            cell = "unbiased: ∣E − KL∣ " + led.bound(f"E[sum_t {kind}] = KL", gap, 1e-12)
+        lines.append(f"| {kind} | {cell} | {var_cell} |")
     log_ratios = [-2 + 0.04 * i for i in range(101)]
     ests = {}
     for kind, label in (("k1", "k1 = l"), ("k2", "k2 = l^2 / 2"), ("k3", "k3 = exp(-l) - 1 + l")):
@@ -296,16 +343,19 @@ def kl(led: Ledger, figs: dict) -> str:
         "log-probability differences), k2 = l²/2, k3 = e^(−l) − 1 + l.",
         "",
         "Exact, over every response of the tabular policy against a second one (seeds 1 and 2), "
-        "the true KL from the chain rule (Σ_s P(reach s) · KL(π(·∣s) ‖ π_ref(·∣s)), not the "
-        f"sequence formula): KL = {', '.join(sig(float(x)) for x in exact)} for the two prompts.",
+        "the true KL from the chain rule (Σ_s P(reach s) · KL(π(·∣s) ‖ π_ref(·∣s)), "
+        "not the sequence formula): KL = "
+        + ", ".join(led.value("KL by the chain rule against the sequence formula", float(x),
+                              float(y), 1e-12) for x, y in zip(exact, seq_formula))
+        + " for the two prompts (the sequence formula Σ_y π(y) log(π(y)/π_ref(y)) agrees).",
         "",
         "| estimator | expectation of the per-response sum | variance (per prompt) |",
         "|---|---|---|",
         *lines,
         "",
-        "k1 and k3 are unbiased for the sequence KL; k2 is not (it is unbiased to second order "
-        "only). k3 is never negative, k1 often is (figure). What each one does as a *loss* is "
-        "question 5 below.",
+        "k1 and k3 are unbiased for the sequence KL; k2 is not (it matches the KL only to second "
+        "order in the log-ratio). k3 is never negative, k1 often is (figure). What each one "
+        "does as a *loss* is question 5 below.",
         "",
         "![k1, k2, k3 against the log-ratio](sheet/kl.png)",
     ])
@@ -344,15 +394,18 @@ def gae(led: Ledger) -> str:
         "\\delta_{t+l}, \\quad \\delta_t = r_t + \\gamma V(s_{t+1}) - V(s_t)$$",
         "",
         _where_line("gae") + " The sum stops at the response's last token (with positions "
-        "0..T−1, l runs to T − 1 − t), and V after the last token is 0: the response has ended.",
+        "0..T−1, l runs to T − 1 − t), and V after the last token is 0: the response has "
+        "ended.",
         "",
-        f"- Three ragged rows (lengths {lengths}, random r and V, γ = {gamma}, λ = {lam}): refimpl "
-        "against the sum written out term by term, max difference "
+        f"- Three ragged rows (lengths {lengths}, random r and V, γ = {gamma}, λ = {lam}): "
+        "refimpl against the sum written out term by term, max difference "
         f"{led.bound('gae against the explicit sum', worst, 1e-12)}.",
         "- On a tabular policy with 3-token responses and a reward on every transition, with the "
         "true V: E[Â_t ∣ s_t, a_t] = A^π(s_t, a_t) exactly for λ = 0, 0.5, 0.95, 1, max error "
-        f"{led.bound('E[GAE | s, a] = A with the true V', max(errs), 1e-12)}. With a wrong V only "
-        "λ = 1 stays unbiased (the variance-reduction table below).",
+        f"{led.bound('E[GAE | s, a] = A with the true V', max(errs), 1e-12)}. With a wrong V the "
+        "advantage is off at every λ, but at λ = 1 it is G_t − V(s_t), a state baseline, so "
+        "the policy gradient stays unbiased; at λ = 0.95 the gradient is biased (the "
+        "variance-reduction table below).",
     ])
 
 
@@ -396,8 +449,9 @@ def section(led: Ledger, figs: dict) -> str:
     parts = [
         "## Core equations",
         "",
-        "Every number in this section is computed by refimpl when the sheet is generated and "
-        "checked against an expectation computed another way. The tabular policies are exact: "
+        "Every number in this section is computed when the sheet is generated (by refimpl "
+        "wherever a function of the contract is involved) and checked against an expectation "
+        "computed another way. The tabular policies are exact: "
         "their responses are enumerated, so an expectation is a finite sum in float64, and a "
         "residual printed as \"< 1e-12\" is rounding, not sampling error.",
         "",

@@ -84,7 +84,8 @@ def clip_figure(path: Path | str, ratios: list[float], eps: float,
     _save(fig, path)
 
 
-def kl_figure(path: Path | str, log_ratios: list[float], estimators: dict[str, list[float]]) -> None:
+def kl_figure(path: Path | str, log_ratios: list[float],
+              estimators: dict[str, list[float]]) -> None:
     """Per-token KL estimators (k1, k2, k3) against the sampled token's log-ratio."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -105,8 +106,10 @@ def normalisation_figure(path: Path | str, group_sizes: list[int], group: dict[s
     plt = _plt()
     fig, (ax_g, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
     panels = (
-        (ax_g, group_sizes, group, "group size G", "Group estimators: exact bias against group size"),
-        (ax_b, batch_sizes, batch, "batch size N", "Global normalisation: exact bias against batch size"),
+        (ax_g, group_sizes, group, "group size G",
+         "Group estimators: exact bias against group size"),
+        (ax_b, batch_sizes, batch, "batch size N",
+         "Global normalisation: exact bias against batch size"),
     )
     for ax, xs, series, xlabel, title in panels:
         for name, values in series.items():
@@ -121,7 +124,8 @@ def normalisation_figure(path: Path | str, group_sizes: list[int], group: dict[s
 
 
 def learning_curves_figure(path: Path | str, rl: dict[str, tuple[list[int], list[float]]],
-                           evals: dict[str, tuple[list[int], list[float]]], window: int = 10) -> None:
+                           evals: dict[str, tuple[list[int], list[float]]],
+                           window: int = 10) -> None:
     """Online RL training reward (moving average over raw) and greedy evaluation accuracy."""
     plt = _plt()
     colours = _run_colours(rl, evals)

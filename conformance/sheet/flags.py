@@ -54,12 +54,22 @@ def section(led: Ledger, figs: dict) -> str:
             led.holds(f"{name}: runs committed", False, "missing")
             continue
         fired, quiet = _fired(s, flag), _fired(c, flag)
-        cell = led.holds(f"{name} fires on {trigger}", bool(fired),
-                         f"from step {fired[0]}, {len(fired)} of {s['steps']} steps" if fired else "",
-                         f"{len(fired)} steps")
+        when = f"from step {fired[0]}, {len(fired)} of {s['steps']} steps" if fired else ""
+        cell = led.holds(f"{name} fires on {trigger}", bool(fired), when, f"{len(fired)} steps")
         ctl = led.holds(f"{name} silent on {control}", not quiet,
                         f"{len(quiet)} of {c['steps']} steps", f"{len(quiet)} steps")
         figures = "; ".join(f"{label} {_first_last(s, key)}" for key, label in shown)
+        others = [other for other, f in (("KL explosion", "flag_kl_explosion"),
+                                          ("mode collapse", "flag_mode_collapse"),
+                                          ("degenerate groups", "flag_degenerate_groups"),
+                                          ("reward hacking", "flag_reward_hacking"))
+                  if f != flag and _fired(s, f)]
+        if others:
+            figures += "; also fired: " + ", ".join(
+                f"{o} (from step {_fired(s, f)[0]})" for o, f in (
+                    (o, {"KL explosion": "flag_kl_explosion", "mode collapse": "flag_mode_collapse",
+                         "degenerate groups": "flag_degenerate_groups",
+                         "reward hacking": "flag_reward_hacking"}[o]) for o in others))
         preset = PRESETS.get(trigger, (None, {}, ""))
         rows.append(f"| {name} | {fn} | {rule} | [{trigger}]({rel(s['dir'])}/curves.png): "
                     f"{preset[2]} | {cell}; {figures} | [{control}]({rel(c['dir'])}/curves.png): "
@@ -67,7 +77,8 @@ def section(led: Ledger, figs: dict) -> str:
     grpo, ppo = committed.get("credit-grpo"), committed.get("credit-ppo")
     credit = ""
     if grpo and ppo:
-        share = lambda s, k: statistics.fmean([r[k] for r in s["rows"] if k in r][-10:])  # noqa: E731
+        share = lambda s, k: statistics.fmean(  # noqa: E731
+            [r[k] for r in s["rows"] if k in r][-10:])
         g, p = share(grpo, "credit_share"), share(ppo, "credit_share")
         proc = share(grpo, "credit_share_process")
         more = led.holds("PPO's critic puts more advantage on the deciding token than GRPO",
@@ -75,16 +86,16 @@ def section(led: Ledger, figs: dict) -> str:
         credit = (
             "**Credit assignment.** Diagnostic "
             f"{code_link(common.credit_share, 'credit_share')}: the share of the advantage mass "
-            "Σ_t∣A_t∣ on the one token that decides the reward, on the `decisive` task (4-token "
-            "answers, only the third token scored). A sequence-level advantage spreads evenly "
-            "(1/length); a critic can learn where the reward comes from; a process reward puts "
-            "it all there. Over the last 10 steps of the committed runs: PPO's GAE advantages "
-            f"{more} (GRPO, whose advantage is one number per sequence) "
-            f"([credit-ppo]({rel(ppo['dir'])}/curves.png), "
-            f"[credit-grpo]({rel(grpo['dir'])}/curves.png)); the task's process reward gives "
-            f"{led.value('process reward credit share', proc, 1.0, 1e-9, 3)}. Both runs reach "
-            f"greedy accuracy {grpo['acc']} (GRPO) and {ppo['acc']} (PPO): on a 4-token answer "
-            "the spread costs little; it is the diagnostic that shows it.")
+            "Σ_t∣A_t∣ that sits on the one token deciding the reward, on the `decisive` task "
+            "(a completion of 4 digits and EOS, only the third digit scored). A sequence-level "
+            "advantage spreads evenly, 1/5 = 0.2 of it on each of the 5 tokens; a critic can learn "
+            "where the reward comes from; a process reward puts all of it there. Over the last 10 "
+            f"steps of the committed runs, PPO's GAE advantages put {more} (GRPO, one advantage "
+            f"per sequence) on the deciding token ([credit-ppo]({rel(ppo['dir'])}/curves.png), "
+            f"[credit-grpo]({rel(grpo['dir'])}/curves.png)), and the task's process reward "
+            f"{led.value('process reward credit share', proc, 1.0, 1e-9, 3)}. Greedy accuracy went "
+            f"{grpo['acc']} (GRPO) and {ppo['acc']} (PPO): on an answer this short the even "
+            "spread does not stop learning, and only the diagnostic tells the two apart.")
     return "\n".join([
         "## Red flags",
         "",
@@ -93,7 +104,8 @@ def section(led: Ledger, figs: dict) -> str:
         "constants of that module, measured against healthy runs). Each flag has a run built to "
         "make it fire (`rlconform train ALGO --preset NAME`) and a default run where it must not.",
         "",
-        "| red flag | diagnostic | fires when | run built to trigger it | fired | default run: fired |",
+        "| red flag | diagnostic | fires when | run built to trigger it | fired "
+        "| default run: fired |",
         "|---|---|---|---|---|---|",
         *rows,
         "",

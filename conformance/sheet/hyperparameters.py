@@ -41,7 +41,9 @@ def _framework_cells(defaults: dict) -> dict[str, str]:
     clip = _fmt(lo) if lo == hi else f"{_fmt(lo)} / {_fmt(hi)}"
     beta = _fmt(defaults.get("kl_beta"))
     where = defaults.get("kl_in")
-    if where:
+    if defaults.get("kl_beta") is None:
+        beta = f"— (no default; a {where} term)" if where else "—"
+    elif where:
         beta += f" (in the {where})"
     else:
         enabled = [f"{_fmt(defaults[k])} in the {k.rsplit('_', 1)[1]}"
@@ -56,8 +58,9 @@ def _framework_cells(defaults: dict) -> dict[str, str]:
 def _refimpl_cells() -> dict[str, str]:
     from refimpl import train
     grpo, ppo = train.config_for("grpo"), train.config_for("ppo")
-    return {"clip ε": _fmt(grpo.clip_low), "KL β": f"{_fmt(grpo.beta)} (GRPO, in the {grpo.kl_in}); "
-            f"{_fmt(ppo.beta)} (PPO, in the reward)",
+    return {"clip ε": _fmt(grpo.clip_low),
+            "KL β": f"{_fmt(grpo.beta)} (GRPO, in the {grpo.kl_in}); "
+                    f"{_fmt(ppo.beta)} (PPO, in the reward)",
             "GAE λ": _fmt(ppo.lam), "discount γ": _fmt(ppo.gamma),
             "group size": _fmt(grpo.group_size), "temperature": _fmt(grpo.temperature)}
 
@@ -74,21 +77,26 @@ def section(led: Ledger, figs: dict) -> str:
         columns[fw] = _framework_cells(report.get("framework_defaults", {}))
         v = {k: val for k, val in report.get("versions", {}).items()
              if k not in ("python", "torch", "rlconform")}
-        versions.append(f"[{fw}](../reports/{fw}.md) " + ", ".join(f"{k} {val}" for k, val in v.items()))
+        versions.append(f"[{fw}](../reports/{fw}.md) "
+                        + ", ".join(f"{k} {val}" for k, val in v.items()))
+    no_temperature = led.holds("no framework declares a default temperature",
+                               all(c["temperature"] == "—" for n, c in columns.items()
+                                   if n != "refimpl loops"), "none declares")
     head = "| knob | typical (the sheet) | " + " | ".join(columns) + " |"
     lines = [
         "## Hyperparameter cheat sheet",
         "",
         "The sheet's typical values beside the defaults of refimpl's loops and of each bundled "
         "framework, as its certification report records them (`framework_defaults`; "
-        + "; ".join(versions) + "). \"—\" means the framework declares no default for it "
-        "(none declares a sampling temperature: it belongs to the rollout engine).",
+        + "; ".join(versions) + "). \"—\" means the framework declares no default for it ("
+        + no_temperature + " a sampling temperature: it belongs to the rollout engine).",
         "",
         head,
         "|" + "---|" * (len(columns) + 2),
     ]
     for knob, typical in TYPICAL.items():
-        lines.append(f"| {knob} | {typical} | " + " | ".join(c[knob] for c in columns.values()) + " |")
+        cells = " | ".join(c[knob] for c in columns.values())
+        lines.append(f"| {knob} | {typical} | {cells} |")
 
     committed = runs.summaries(runs.SWEEP)
     table = ["| knob | value | greedy accuracy first → last | reward, first → last 10 steps "
@@ -113,20 +121,41 @@ def section(led: Ledger, figs: dict) -> str:
         panels[knob] = panel
     budget = led.holds(f"every sweep run took at most {RUN_BUDGET_S:g} s", within,
                        f"at most {RUN_BUDGET_S:g} s")
+    design = _design(led, committed)
     figs["sweep.png"] = lambda path: _figures().sweep_figure(path, panels)
     return "\n".join(lines + [
         "",
         "What moving each one does on the reference loops: one knob at a time from the GRPO loop's "
-        "defaults (PPO's for λ), on the reverse task, seed 0, 16 prompts a step (the group-size "
-        "runs keep 128 completions a step), GRPO 60 steps and PPO 40, each run "
-        f"{budget} on one CPU thread ({file_link('reports/training/sweep.sh')}). One seed: a "
-        "difference smaller than the spread of the three GRPO seeds in the decision tree above "
-        "is not a finding.",
+        f"defaults (PPO's for λ), {design}, each run {budget} on one CPU thread "
+        f"({file_link('reports/training/sweep.sh')}). One seed: a difference smaller than the "
+        "spread of the three GRPO seeds in the decision tree above is not a finding.",
         "",
         *table,
         "",
         "![Hyperparameter sweep](sheet/sweep.png)",
     ])
+
+
+def _design(led: Ledger, committed: dict) -> str:
+    """The sweep's design, read from its configs and checked: one task and seed, one number of
+    completions a step, one number of steps per algorithm."""
+    configs = [s["config"] for s in committed.values()]
+    if not configs:
+        return "(no sweep committed)"
+    tasks = {c["task"] for c in configs}
+    seeds = {c["seed"] for c in configs}
+    completions = {c["prompts_per_step"] * c["group_size"] for c in configs}
+    steps = {c["algorithm"]: c["steps"] for c in configs}
+    same_steps = all(c["steps"] == steps[c["algorithm"]] for c in configs)
+    default = committed.get("grpo-default", {}).get("config", {})
+    ok = len(tasks) == 1 and len(seeds) == 1 and len(completions) == 1 and same_steps
+    text = (f"on the {next(iter(tasks))} task, seed {next(iter(seeds))}, "
+            f"{default.get('prompts_per_step')} prompts of {default.get('group_size')} a step (the "
+            f"group-size runs keep the {next(iter(completions))} completions a step), "
+            + ", ".join(f"{a.upper()} {n} steps" for a, n in sorted(steps.items())))
+    return led.holds("the sweep's runs share task, seed, completions per step and steps", ok,
+                     text,
+                     f"tasks {tasks}, seeds {seeds}, completions {completions}, steps {steps}")
 
 
 def _figures():

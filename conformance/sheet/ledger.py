@@ -38,38 +38,42 @@ class Claim:
     section: str
     text: str
     ok: bool
-    detail: str
+    detail: str                  # the numbers (for the command's output; not deterministic)
+    test: str = ""               # what was checked, deterministic (for the document)
 
 
 @dataclass
 class Ledger:
     claims: list[Claim] = field(default_factory=list)
     section: str = ""
+    notes: dict = field(default_factory=dict)      # results one section hands to a later one
 
     @property
     def failures(self) -> list[Claim]:
         return [c for c in self.claims if not c.ok]
 
-    def _enter(self, text: str, ok: bool, detail: str) -> bool:
-        self.claims.append(Claim(self.section, text, ok, detail))
+    def _enter(self, text: str, ok: bool, detail: str, test: str = "") -> bool:
+        self.claims.append(Claim(self.section, text, ok, detail, test))
         return ok
 
     def bound(self, text: str, residual: float, bound: float) -> str:
         """``residual < bound``; prints ``< bound`` (or the failure with the residual)."""
         residual = float(residual)
         ok = math.isfinite(residual) and residual < bound
-        self._enter(text, ok, f"residual {residual:.3g}, bound {bound:.0e}")
+        self._enter(text, ok, f"residual {residual:.3g}, bound {bound:.0e}",
+                    f"residual < {bound:.0e}")
         return f"< {bound:.0e}" if ok else f"**FAILED: {residual:.3g}, not < {bound:.0e}**"
 
     def value(self, text: str, x: float, expected: float, tol: float, digits: int = 4) -> str:
         """``x`` printed to ``digits`` significant digits, checked ``|x - expected| <= tol``."""
         x, expected = float(x), float(expected)
         ok = math.isfinite(x) and abs(x - expected) <= tol
-        self._enter(text, ok, f"{x!r} vs expected {expected!r} (tolerance {tol:.0e})")
+        self._enter(text, ok, f"{x!r} vs expected {expected!r} (tolerance {tol:.0e})",
+                    f"within {tol:.0e} of the expectation")
         return sig(x, digits) if ok else f"**FAILED: {x:.6g}, expected {expected:.6g}**"
 
     def holds(self, text: str, ok: bool, shown: str, detail: str = "") -> str:
         """A statement that must be true; prints ``shown`` (or the failure)."""
         ok = bool(ok)
-        self._enter(text, ok, detail or shown)
+        self._enter(text, ok, detail or shown, "holds")
         return shown if ok else f"**FAILED: {text} ({detail or shown})**"

@@ -10,14 +10,16 @@ def distinctions() -> str:
         "",
         "| concept | what it is | in an LLM | where it is concrete here |",
         "|---|---|---|---|",
-        "| state | what the policy conditions on | the prompt and the tokens generated so far "
+        "| state | what the policy conditions on | the prompt plus whatever part of the response "
+        "exists so far "
         "| a prefix of the tabular policy ([`refimpl/tabular.py`](../refimpl/tabular.py)); "
         "`prompt_ids` + `completion_ids[:t]` in the loops |",
-        "| action | what the policy chooses | the next token (or, for sequence-level methods, "
-        "the whole response) | `token_logprobs` per token, `sequence_logprob` per response "
-        "([`refimpl/logprobs.py`](../refimpl/logprobs.py)) |",
+        "| action | what the policy chooses | one token at a time (a sequence-level method treats "
+        "a whole response as one action) | `token_logprobs` per token, `sequence_logprob` per "
+        "response ([`refimpl/logprobs.py`](../refimpl/logprobs.py)) |",
         "| reward model | a fixed scorer of whole responses | a Bradley-Terry classifier trained "
-        "on preference pairs | [`refimpl/train/reward_model.py`](../refimpl/train/reward_model.py); "
+        "on preference pairs "
+        "| [`refimpl/train/reward_model.py`](../refimpl/train/reward_model.py); "
         "its failure mode: reward hacking below |",
         "| value function | a learned prediction of the return from a state | the critic of PPO, "
         "a value per token | the critic in [`refimpl/train/ppo.py`](../refimpl/train/ppo.py), "

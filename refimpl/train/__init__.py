@@ -50,8 +50,8 @@ ALGORITHMS = tuple(LOOPS)
 PRESETS = {
     "kl-explosion": ("grpo", {"beta": 0.0, "lr": 3e-3, "steps": 60},
                      "no KL penalty and a learning rate 30x the default: the first updates carry "
-                     "the policy about 7 nats from the reference (KL explosion) and its reward "
-                     "falls to 0"),
+                     "the policy past the 5-nat threshold from the reference (KL explosion) and "
+                     "its reward falls to 0"),
     "mode-collapse": ("grpo", {"beta": 0.0, "lr": 2e-3, "reward": "partial", "steps": 100},
                       "no KL penalty, a learning rate 20x the default and a dense reward: the "
                       "policy settles on one completion per prompt (entropy and distinct "

@@ -149,8 +149,9 @@ def greedy_accuracy(model, tokenizer, task: Task, prompts: list[str] | None = No
 # ---------------------------------------------------------------------------------------------
 
 #: SFT steps per task that leave a middling policy, room for RL to show a rise. Measured (seed 0,
-#: 200 held-out prompts): reverse 100 steps: greedy 0.515, sampled at temperature 1 0.105 (120:
-#: 0.63 / 0.205); sort 100: 0.635 / 0.24 (150: 0.89 / 0.535).
+#: 200 held-out prompts): reverse 100 steps: greedy 0.425 on the code of 2026-12-02 (0.515 on that
+#: of 2026-12-01: the warm-up is sensitive to rounding), sampled at temperature 1 about 0.05 (the
+#: committed GRPO run's first batch); sort 100: 0.635 / 0.24 (150: 0.89 / 0.535), not re-measured.
 SFT_STEPS = {"reverse": 100, "sort": 100, "decisive": 60, "addition": 925}
 
 
