@@ -3,7 +3,8 @@
 A correct loop does not visibly improve in 20 steps on a 2-core CPU, but a loop with the advantage
 sign flipped drives the sampled reward to ~0, and a loop that drops its KL term drifts as far as a
 beta = 0 run. So each test runs the loop and its mutant (kept here, beside the test) and asserts
-both sides. The full learning runs are ``tests/test_train_slow.py`` (``tox -e slow``).
+both sides. The full learning runs are ``tests/test_train_slow.py`` (``tox -e slow``); the
+short runs of rloo (grpo's loop with another loss), reinforce_pp and ppo are marked slow too.
 
 Bounds come from a sweep over seeds 0, 1, 2 (20 steps, 16 prompts x G 8, reverse task, one
 thread); the tests run seed 0, which reproduces bit for bit.
@@ -100,7 +101,8 @@ def start_reward():
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo", pytest.param("reinforce_pp", marks=SLOW),
+@pytest.mark.parametrize("algorithm", ["grpo", pytest.param("rloo", marks=SLOW),
+                                       pytest.param("reinforce_pp", marks=SLOW),
                                        pytest.param("ppo", marks=SLOW)])
 def test_online_loop_keeps_reward_and_flipped_advantage_collapses_it(algorithm, monkeypatch,
                                                                    start_reward):

@@ -64,6 +64,7 @@ class Setup:
         ideal = self.pol.ideal_normalized_gradient
         self.ideal_group = ideal(self.scores, per_prompt=True).flatten()
         self.ideal_global = ideal(self.scores, per_prompt=False).flatten()
+        self._batches: dict[int, tuple] = {}
 
     def group(self, G: int, fn):
         """(mean, variance) of a per-group estimator ``fn(scores, ids)`` over every G-multiset."""
@@ -74,7 +75,13 @@ class Setup:
         return moments(self.pol, tup, per_row_gradients(self.pol, tup, A, self.jac))
 
     def batch(self, N: int):
-        """REINFORCE++'s whitening over a batch of N independent (prompt, response) draws."""
+        """REINFORCE++'s whitening over a batch of N independent (prompt, response) draws (one
+        refimpl call per batch: whitening is over the whole batch; computed once per N)."""
+        if N not in self._batches:
+            self._batches[N] = self._batch(N)
+        return self._batches[N]
+
+    def _batch(self, N: int):
         tup = self.pol.tuples(N, same_prompt=False)
         R = self.scores[tup.prompt, tup.completion]
         m = torch.ones(1, N, dtype=torch.bool)
