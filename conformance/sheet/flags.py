@@ -92,10 +92,11 @@ def section(led: Ledger, figs: dict) -> str:
             "where the reward comes from; a process reward puts all of it there. Over the last 10 "
             f"steps of the committed runs, PPO's GAE advantages put {more} (GRPO, one advantage "
             f"per sequence) on the deciding token ([credit-ppo]({rel(ppo['dir'])}/curves.png), "
-            f"[credit-grpo]({rel(grpo['dir'])}/curves.png)), and the task's process reward "
-            f"{led.value('process reward credit share', proc, 1.0, 1e-9, 3)}. Greedy accuracy went "
-            f"{grpo['acc']} (GRPO) and {ppo['acc']} (PPO): on an answer this short the even "
-            "spread does not stop learning, and only the diagnostic tells the two apart.")
+            f"[credit-grpo]({rel(grpo['dir'])}/curves.png)), and the task's process reward puts "
+            f"{led.value('process reward credit share', proc, 1.0, 1e-9, 3)} there. Greedy "
+            f"accuracy went {grpo['acc']} (GRPO) and {ppo['acc']} (PPO): on an answer this "
+            "short the even spread does not stop learning, and only the diagnostic tells the two "
+            "apart.")
     return "\n".join([
         "## Red flags",
         "",
