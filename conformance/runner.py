@@ -16,6 +16,7 @@ import fnmatch
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
 import zlib
@@ -181,10 +182,13 @@ def framework_defaults(adapter) -> tuple[dict, list[str]]:
 
 # --- crash isolation ------------------------------------------------------------------------------
 
-def _worker_main(spec: str, seed: int, device: str, conn, environ: dict | None = None) -> None:
+def _worker_main(spec: str, seed: int, device: str, conn, environ: dict | None = None,
+                 lifeline=None) -> None:
     # Ctrl-C goes to the whole process group: the parent handles it (both reports written,
     # exit 130) and kills this worker; the worker itself must not print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if lifeline is not None:            # never outlive the parent, even one killed mid-check
+        threading.Thread(target=_exit_when_closed, args=(lifeline,), daemon=True).start()
     if environ is not None:             # the parent's environment now, not the fork server's
         os.environ.clear()
         os.environ.update(environ)
@@ -193,6 +197,17 @@ def _worker_main(spec: str, seed: int, device: str, conn, environ: dict | None =
         _serve(spec, seed, device, conn)
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         return                          # the parent is gone (Ctrl-C): nothing to answer, no traceback
+
+
+def _exit_when_closed(lifeline) -> None:
+    """The worker's watchdog: the parent holds the other end of ``lifeline`` and never writes;
+    when that end closes (the parent exited or was killed, however it died) the worker exits at
+    once, even while an adapter hangs in a check, so no orphan keeps the parent's pipes open."""
+    try:
+        lifeline.poll(None)
+    except (OSError, EOFError):
+        pass
+    os._exit(0)
 
 
 def _serve(spec: str, seed: int, device: str, conn) -> None:
@@ -243,20 +258,24 @@ class WorkerPool:
         self.ctx = _worker_context()
         self.proc = None
         self.conn = None
+        self.lifeline = None
         self.restarts = 0
 
     def _start(self):
         parent, child = self.ctx.Pipe()
+        watched, self.lifeline = self.ctx.Pipe(duplex=False)      # the worker's watchdog end
         self.proc = self.ctx.Process(target=_worker_main, daemon=True,
                                      args=(self.spec, self.seed, self.device, child,
-                                           dict(os.environ)))
+                                           dict(os.environ), watched))
         try:
             self.proc.start()
         except BaseException:
             self.proc = None            # interrupted while the fork server answered: not started
+            self._cut_lifeline()        # (if it did start, its watchdog ends it)
             raise
         finally:
             child.close()
+            watched.close()
         self.conn = parent
         if not self.conn.poll(max(self.timeout, 120.0)):
             self._kill()
@@ -280,6 +299,12 @@ class WorkerPool:
         if self.proc is not None:
             self.proc.join(5)
         self.proc = None
+        self._cut_lifeline()
+
+    def _cut_lifeline(self):
+        if self.lifeline is not None:
+            self.lifeline.close()
+            self.lifeline = None
 
     def run(self, chk: Check) -> dict:
         if self.proc is None or not self.proc.is_alive():

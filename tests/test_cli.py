@@ -150,9 +150,12 @@ def test_report_writer_says_why_it_cannot_write(tmp_path):
 def _interrupt(spec: str, report: Path, ready) -> tuple[int, str]:
     """Run ``rlconform certify spec``, send SIGINT once ``ready(report)`` holds, return the exit
     status and stderr."""
+    # SIGINT at its default in the child: a test run started as a background job of a
+    # non-interactive shell inherits SIGINT ignored, and Ctrl-C could then never arrive
     proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", "certify", spec, "--out",
                              str(report.parent), "-q"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None and not ready(report):
@@ -163,7 +166,7 @@ def _interrupt(spec: str, report: Path, ready) -> tuple[int, str]:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=60)
     return proc.returncode, stderr
 
 
