@@ -9,7 +9,7 @@ import math
 import torch
 
 from conformance.sheet import runs
-from conformance.sheet.common import DTYPE, ROOT, canonical, code_link, file_link, rel
+from conformance.sheet.common import DTYPE, canonical, code_link, file_link, rel
 from conformance.sheet.ledger import Ledger, sig
 
 #: leaf label -> (algorithm, the committed run on the reverse task, seed 0)
@@ -154,4 +154,4 @@ def _figures():
     return figures
 
 
-__all__ = ["section", "LEAVES", "ROOT"]
+__all__ = ["section", "LEAVES"]

@@ -11,6 +11,11 @@ from conformance.sheet.common import code_link, rel
 from conformance.sheet.ledger import Ledger, fixed
 
 
+#: every flag a loop writes, by the name the page gives it
+FLAGS = {"KL explosion": "flag_kl_explosion", "mode collapse": "flag_mode_collapse",
+         "degenerate groups": "flag_degenerate_groups", "reward hacking": "flag_reward_hacking"}
+
+
 def _fired(s: dict, flag: str) -> list[int]:
     return [r["step"] for r in s["rows"] if r.get(flag)]
 
@@ -59,17 +64,10 @@ def section(led: Ledger, figs: dict) -> str:
         ctl = led.holds(f"{name} silent on {control}", not quiet,
                         f"{len(quiet)} of {c['steps']} steps", f"{len(quiet)} steps")
         figures = "; ".join(f"{label} {_first_last(s, key)}" for key, label in shown)
-        others = [other for other, f in (("KL explosion", "flag_kl_explosion"),
-                                          ("mode collapse", "flag_mode_collapse"),
-                                          ("degenerate groups", "flag_degenerate_groups"),
-                                          ("reward hacking", "flag_reward_hacking"))
+        others = [f"{other} (from step {_fired(s, f)[0]})" for other, f in FLAGS.items()
                   if f != flag and _fired(s, f)]
         if others:
-            figures += "; also fired: " + ", ".join(
-                f"{o} (from step {_fired(s, f)[0]})" for o, f in (
-                    (o, {"KL explosion": "flag_kl_explosion", "mode collapse": "flag_mode_collapse",
-                         "degenerate groups": "flag_degenerate_groups",
-                         "reward hacking": "flag_reward_hacking"}[o]) for o in others))
+            figures += "; also fired: " + ", ".join(others)
         preset = PRESETS.get(trigger, (None, {}, ""))
         rows.append(f"| {name} | {fn} | {rule} | [{trigger}]({rel(s['dir'])}/curves.png): "
                     f"{preset[2]} | {cell}; {figures} | [{control}]({rel(c['dir'])}/curves.png): "

@@ -55,7 +55,7 @@ def summary(run_dir: Path) -> dict:
         "models": len(models_held(config)),
         "held": ", ".join(models_held(config)),
         "prompts": config.get("prompts_per_step", config.get("pairs_per_step")),
-        "group": config.get("group_size", "—") if "group_size" in config else "—",
+        "group": config.get("group_size", "—"),
         "step_s": sig(statistics.median(dt), 2) if dt else "—",
         "total_s": f"{rows[-1]['time_s']:.0f}",
         "max_s": rows[-1]["time_s"],
